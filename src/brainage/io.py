@@ -1,0 +1,87 @@
+"""Atomic file writing and small I/O helpers shared by every stage.
+
+A killed job must never leave a half-written file that Snakemake (or a user) could take for
+a finished output: everything is written to a temporary name in the destination folder and
+renamed into place, which is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad input data: the message is one line naming the subject, the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    ``suffix`` defaults to the full suffix of ``path`` (``.nii.gz`` stays ``.nii.gz``) so that
+    libraries choosing the format from the file name keep working.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_tsv(path: str | os.PathLike, frame) -> None:
+    """Write a pandas DataFrame as a tab-separated table with a header, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+
+
+def save_nifti(img, path: str | os.PathLike) -> None:
+    """Save a nibabel image atomically (gzip level fixed by nibabel, so output is deterministic)."""
+    with atomic_path(path) as tmp:
+        img.to_filename(str(tmp))
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    """Save a matplotlib figure atomically; PNG metadata is stripped for byte-identical reruns."""
+    path = Path(path)
+    kwargs.setdefault("dpi", 150)
+    kwargs.setdefault("bbox_inches", "tight")
+    if path.suffix == ".png":
+        kwargs.setdefault("metadata", {"Software": None})
+    elif path.suffix in (".svg", ".pdf"):
+        kwargs.setdefault("metadata", {"Date": None} if path.suffix == ".svg" else {"CreationDate": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

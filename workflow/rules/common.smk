@@ -1,0 +1,52 @@
+# Helpers shared by the rules: config validation, the participants table, file names.
+# No rules here (STYLE.md); every function is a thin call into the brainage library.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from brainage.atlases import resource_paths
+from brainage.grids import res_label
+from brainage.provenance import code_hash
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESOURCES = "resources/atlases"
+SEED = config["seed"]
+GRIDS = [float(g) for g in config["preprocess"]["grids"]]
+
+
+def resource_files():
+    """Template, mask and AAL116 on every configured grid, plus the labels table."""
+    files = {str(p) for res in GRIDS for p in resource_paths(RESOURCES, res).values()}
+    return sorted(files)
+
+
+def load_participants():
+    """The participants table at parse time (one row per subject, ``t1w`` is the raw scan).
+
+    Simulated cohort: demographics are planned from the config and seed alone (cheap), and
+    each raw scan is a file that the rule ``simulate_subject`` writes. Real data: the
+    validated manifest given as ``cohort.manifest``.
+    """
+    if config["cohort"]["source"] == "simulate":
+        from brainage.simulate import plan_cohort
+
+        return plan_cohort(**config["cohort"]["simulate"], seed=SEED, bids_root=SIM_BIDS)
+    from brainage.manifest import read_manifest
+
+    if not config["cohort"].get("manifest"):
+        raise ValueError("config: cohort.manifest must name a participants TSV when cohort.source is 'manifest'")
+    return read_manifest(config["cohort"]["manifest"])
+
+
+SIM_BIDS = "results/cohort/bids"
+PARTICIPANTS = load_participants().set_index("participant_id", drop=False)
+SUBJECTS = list(PARTICIPANTS.index)
+
+
+def raw_t1w(wildcards):
+    """The raw T1w scan of ``wildcards.subject``."""
+    return PARTICIPANTS.at[wildcards.subject, "t1w"]
