@@ -14,10 +14,18 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/stats.smk"
 
 
 rule all:
     default_target: True
     input:
-        resource_files(),
-        "results/cohort/participants.tsv",
+        rules.resources.output,
+        rules.cohort_all.input,
+        rules.preprocess_all.input,
+        rules.train_all.input,
+        rules.infer_all.input,
+        rules.stats_all.input,

@@ -1,18 +1,27 @@
 # The participants manifest, the single source of truth for who is in the study:
-# simulated (the embedded demo) or validated from a user's manifest.
+# the embedded simulated cohort, or a user's manifest made by `brainage manifest`.
 
 
-rule participants:
+if config["cohort"]["source"] == "simulate":
+
+    # simulate_subject / simulate_cohort: see the simulation issue (owner: simulate helper)
+    pass
+
+else:
+
+    rule participants:
+        input:
+            manifest=config["cohort"]["manifest"],
+        output:
+            "results/cohort/participants.tsv",
+        log:
+            "logs/participants/participants.log",
+        params:
+            code=code_hash("brainage.manifest"),
+        script:
+            "../scripts/participants.py"
+
+
+rule cohort_all:
     input:
-        manifest=config["cohort"]["manifest"] or [],
-    output:
         "results/cohort/participants.tsv",
-    log:
-        "logs/participants/participants.log",
-    params:
-        source=config["cohort"]["source"],
-        simulate=config["cohort"].get("simulate"),
-        seed=SEED,
-        code=code_hash("brainage.manifest", "brainage.simulate"),
-    script:
-        "../scripts/participants.py"

@@ -1,0 +1,132 @@
+"""Rank-N-Contrast loss (Zha et al. 2023, "Rank-N-Contrast: learning continuous representations
+for regression"), vectorised and numerically stable.
+
+For 2N views with features f and labels y, similarity s_ij = -||f_i - f_j||_2 and label distance
+d_ij = |y_i - y_j| (L1), the loss is the mean over anchors i and pairs j != i of
+
+    -log( exp(s_ij / t) / sum_{k != i, d_ik >= d_ij} exp(s_ik / t) ).
+
+`RnCLoss` sorts each anchor's row by label distance once and reads every denominator off a
+reverse cumulative log-sum-exp of the sorted logits: O(n^2 log n) time, O(n^2) memory, instead of
+the reference code's loop over the n - 1 positives (O(n^3) time and, through autograd, memory).
+`rnc_loss_reference` is that reference loop, kept for tests and `benchmarks/bench_rnc_loss.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RnCLoss", "rnc_loss_reference", "label_distances", "feature_similarities"]
+
+
+def _as_label_matrix(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """labels (n,) or (n, L) -> (n, L); one scalar label per view is the study's case."""
+    if labels.shape[0] != n:
+        raise ValueError(f"RnCLoss: {labels.shape[0]} labels for {n} feature rows")
+    return labels.reshape(n, -1)
+
+
+def label_distances(labels: torch.Tensor) -> torch.Tensor:
+    """L1 label distance. labels: (n,) or (n, L) -> (n, n), d_ij = sum_l |y_il - y_jl|."""
+    y = labels.reshape(labels.shape[0], -1)
+    return (y[:, None, :] - y[None, :, :]).abs().sum(dim=-1)
+
+
+def feature_similarities(features: torch.Tensor) -> torch.Tensor:
+    """Negative L2 distance. features: (n, D) -> (n, n), s_ij = -||f_i - f_j||_2.
+
+    The direct (non-matmul) cdist avoids the cancellation of ||a||^2 + ||b||^2 - 2ab, which loses
+    every digit for far-apart features in float32, and its backward is 0 (not NaN) at distance 0
+    (the diagonal, and duplicated views).
+    """
+    return -torch.cdist(features, features, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+class RnCLoss(nn.Module):
+    """Rank-N-Contrast loss over a batch of 2N views (two augmented views per subject).
+
+    Args:
+        temperature: t in exp(s / t); the study and the reference code use 2.
+        label_diff: label distance; only "l1" (the study's choice).
+        feature_sim: feature similarity; only "l2" (negative Euclidean distance).
+    """
+
+    def __init__(self, temperature: float = 2.0, label_diff: str = "l1", feature_sim: str = "l2") -> None:
+        super().__init__()
+        if label_diff != "l1":
+            raise ValueError(f"RnCLoss: label_diff must be 'l1', got {label_diff!r}")
+        if feature_sim != "l2":
+            raise ValueError(f"RnCLoss: feature_sim must be 'l2', got {feature_sim!r}")
+        if not temperature > 0:
+            raise ValueError(f"RnCLoss: temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.label_diff = label_diff
+        self.feature_sim = feature_sim
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, label_diff={self.label_diff!r}, feature_sim={self.feature_sim!r}"
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """features: (2N, D); labels: (2N,) or (2N, 1) (or (2N, L)) -> scalar loss.
+
+        Half-precision features are promoted to float32 here (as autocast does for losses): the
+        log-sum-exp is stable in any dtype, but a bfloat16 mean over n^2 terms is not accurate.
+        The result has the promoted dtype; gradients flow back in the features' own dtype.
+        """
+        if features.ndim != 2:
+            raise ValueError(f"RnCLoss: features must be (2N, D), got shape {tuple(features.shape)}")
+        n = features.shape[0]
+        if n < 2:
+            raise ValueError("RnCLoss: needs at least 2 views")
+        compute_dtype = torch.promote_types(features.dtype, torch.float32)
+        f = features.to(compute_dtype)
+        y = _as_label_matrix(labels, n).to(compute_dtype)
+
+        logits = feature_similarities(f) / self.temperature  # (n, n)
+        dist = label_distances(y)  # (n, n)
+        # The anchor itself must be excluded: give it a distance below every other one, so it
+        # sorts first in its row, and drop column 0 after sorting.
+        eye = torch.eye(n, dtype=torch.bool, device=f.device)
+        dist = dist.masked_fill(eye, -1.0)
+        dist_sorted, order = torch.sort(dist, dim=1)
+        dist_sorted, order = dist_sorted[:, 1:].contiguous(), order[:, 1:]
+        logits_sorted = logits.gather(1, order)  # (n, n - 1), ascending label distance
+
+        # tail[i, m] = logsumexp(logits_sorted[i, m:]): every k at least as far as position m.
+        tail = torch.logcumsumexp(logits_sorted.flip(1), dim=1).flip(1)
+        # Ties: all k with d_ik >= d_ij are in the denominator, so a tied group uses the tail
+        # starting at the group's first position (leftmost index of the equal value).
+        group_start = torch.searchsorted(dist_sorted, dist_sorted, right=False)
+        log_denominator = tail.gather(1, group_start)
+        return (log_denominator - logits_sorted).mean()
+
+
+def rnc_loss_reference(features: torch.Tensor, labels: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """The Rank-N-Contrast reference implementation (Zha et al. 2023, github.com/kaiwenzha/
+    Rank-N-Contrast, loss.py): a Python loop over the n - 1 positives of every anchor, with the
+    denominator masked and summed per positive. Max-subtraction as there, so it overflows less
+    but still gives inf/NaN once exp(s / t) underflows for far-apart features.
+
+    features: (2N, D) (both views already concatenated); labels: (2N,) or (2N, L) -> scalar.
+    """
+    n = features.shape[0]
+    label_diffs = label_distances(_as_label_matrix(labels, n).to(features.dtype))
+    logits = feature_similarities(features).div(temperature)
+    logits_max, _ = torch.max(logits, dim=1, keepdim=True)
+    logits = logits - logits_max.detach()
+    exp_logits = logits.exp()
+
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=features.device)
+    logits = logits.masked_select(off_diagonal).view(n, n - 1)
+    exp_logits = exp_logits.masked_select(off_diagonal).view(n, n - 1)
+    label_diffs = label_diffs.masked_select(off_diagonal).view(n, n - 1)
+
+    loss = features.new_zeros(())
+    for k in range(n - 1):
+        pos_logits = logits[:, k]  # (n,)
+        pos_label_diffs = label_diffs[:, k]  # (n,)
+        neg_mask = (label_diffs >= pos_label_diffs.view(-1, 1)).to(features.dtype)  # (n, n - 1)
+        pos_log_probs = pos_logits - torch.log((neg_mask * exp_logits).sum(dim=-1))
+        loss = loss - (pos_log_probs / (n * (n - 1))).sum()
+    return loss
