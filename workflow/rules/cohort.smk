@@ -17,7 +17,8 @@ else:
         log:
             "logs/participants/participants.log",
         params:
-            code=code_hash("brainage.manifest"),
+            schema=PARTICIPANTS_SCHEMA,
+            code=code_hash("brainage.manifest", "brainage.io", "brainage.logs"),
         script:
             "../scripts/participants.py"
 

@@ -14,6 +14,7 @@ from brainage.provenance import code_hash
 validate(config, "../schemas/config.schema.yaml")
 
 RESOURCES = "resources/atlases"
+PARTICIPANTS_SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "participants.schema.yaml")
 SEED = config["seed"]
 GRIDS = [float(g) for g in config["preprocess"]["grids"]]
 

@@ -1,6 +1,329 @@
-# Stage 'stats': see README.md. Rules are added by the issue that builds this stage.
+# Stage 'stats': Tables 1-4, the study's figures, the comparison sheet and the report entries.
+# Every figure and table is a rule without wildcards named as the target a user types
+# (`snakemake fig6_bag_violin`); each asks only for the files it draws from. Which models are
+# "best end-to-end", "RNC", "SFCN" and the batch-size sweep comes from config models via
+# brainage.stats.model_roles (no model names here).
+from brainage.stats import model_roles, normalise_models
+
+STATS = config["stats"]
+STATS_MODELS = normalise_models(config.get("models") or config.get("train", {}).get("models"))
+ROLES = model_roles(STATS_MODELS)
+HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn))
+EXTERNAL = STATS.get("external") or None
+QC_MONTAGE = "results/qc/qc_montage.png"
+
+
+def predictions(names):
+    return [f"results/predictions/{m}.tsv" for m in names]
+
+
+def train_logs(names):
+    return [f"results/models/{m}/train_log.tsv" for m in names]
+
+
+def saliency_groups(names):
+    return [f"results/saliency/{m}/groups" for m in names]
+
+
+def templates(names):
+    """Template of each grid the named models use (the saliency figures draw on it)."""
+    grids = sorted({STATS_MODELS[m]["grid"] for m in names})
+    return [str(resource_paths(RESOURCES, g)["template"]) for g in grids]
+
+
+def figure(name, category, subcategory=None):
+    """The PNG (in the report, captioned by workflow/report/<name>.rst) of figure ``name``."""
+    return report(
+        f"results/figures/{name}.png",
+        caption=f"../report/{name}.rst",
+        category=category,
+        subcategory=subcategory,
+    )
+
+
+def table(name, category):
+    """The HTML rendering (in the report) of table ``name``."""
+    return report(f"results/tables/{name}.html", caption=f"../report/{name}.rst", category=category)
+
+
+STATS_PARAMS = dict(
+    alpha=STATS["alpha"],
+    n_resamples=STATS["bootstrap"],
+    seed=SEED,
+    older_than=STATS["older_than"],
+)
+CAT_QC, CAT_TRAIN, CAT_ACC, CAT_SAL, CAT_DIS = (
+    "1. Cohort and QC",
+    "2. Training curves",
+    "3. Accuracy",
+    "4. Saliency",
+    "5. Disease",
+)
+
+
+rule fig1_age_distribution:
+    input:
+        "results/cohort/participants.tsv",
+    output:
+        png=figure("fig1_age_distribution", CAT_QC),
+        svg="results/figures/fig1_age_distribution.svg",
+    log:
+        "logs/fig1_age_distribution/fig1_age_distribution.log",
+    params:
+        code=code_hash("brainage.figures", "brainage.tables"),
+    script:
+        "../scripts/fig1_age_distribution.py"
+
+
+rule table1:
+    input:
+        "results/cohort/participants.tsv",
+    output:
+        tsv="results/tables/table1.tsv",
+        md="results/tables/table1.md",
+        html=table("table1", CAT_QC),
+    log:
+        "logs/table1/table1.log",
+    params:
+        code=code_hash("brainage.tables"),
+    script:
+        "../scripts/table1.py"
+
+
+rule fig_qc_montage:
+    input:
+        QC_MONTAGE,
+    output:
+        figure("fig_qc_montage", CAT_QC),
+    log:
+        "logs/fig_qc_montage/fig_qc_montage.log",
+    params:
+        code=code_hash("brainage.figures"),
+    script:
+        "../scripts/fig_qc_montage.py"
+
+
+rule fig_training_curves:
+    input:
+        train_logs(STATS_MODELS),
+    output:
+        png=figure("fig_training_curves", CAT_TRAIN),
+        svg="results/figures/fig_training_curves.svg",
+    log:
+        "logs/fig_training_curves/fig_training_curves.log",
+    params:
+        models=list(STATS_MODELS),
+        code=code_hash("brainage.figures"),
+    script:
+        "../scripts/fig_training_curves.py"
+
+
+rule table2:
+    input:
+        predictions(STATS_MODELS),
+    output:
+        tsv="results/tables/table2.tsv",
+        md="results/tables/table2.md",
+        html=table("table2", CAT_ACC),
+    log:
+        "logs/table2/table2.log",
+    params:
+        models=STATS_MODELS,
+        stats=STATS_PARAMS,
+        code=code_hash("brainage.tables", "brainage.stats"),
+    script:
+        "../scripts/table2.py"
+
+
+rule table3:
+    input:
+        predictions=predictions(HEADLINE),
+        logs=train_logs(ROLES.e2e + ROLES.rnc),
+        splits="results/splits.tsv",
+        external=[EXTERNAL["predictions"]] if EXTERNAL else [],
+    output:
+        tsv="results/tables/table3.tsv",
+        md="results/tables/table3.md",
+        html=table("table3", CAT_ACC),
+    log:
+        "logs/table3/table3.log",
+    params:
+        models=STATS_MODELS,
+        external=EXTERNAL,
+        stats=STATS_PARAMS,
+        code=code_hash("brainage.tables", "brainage.stats"),
+    script:
+        "../scripts/table3.py"
+
+
+rule fig3_batch_size:
+    input:
+        predictions(ROLES.sweep_models),
+    output:
+        png=figure("fig3_batch_size", CAT_ACC),
+        svg="results/figures/fig3_batch_size.svg",
+        tsv="results/figures/fig3_batch_size.tsv",
+    log:
+        "logs/fig3_batch_size/fig3_batch_size.log",
+    params:
+        models=STATS_MODELS,
+        stats=STATS_PARAMS,
+        code=code_hash("brainage.figures", "brainage.stats"),
+    script:
+        "../scripts/fig3_batch_size.py"
+
+
+rule fig_pred_vs_age:
+    input:
+        predictions(STATS_MODELS),
+    output:
+        png=figure("fig_pred_vs_age", CAT_ACC),
+        svg="results/figures/fig_pred_vs_age.svg",
+    log:
+        "logs/fig_pred_vs_age/fig_pred_vs_age.log",
+    params:
+        models=list(STATS_MODELS),
+        code=code_hash("brainage.figures", "brainage.stats"),
+    script:
+        "../scripts/fig_pred_vs_age.py"
+
+
+rule study_comparison:
+    input:
+        predictions=predictions(ROLES.e2e + ROLES.rnc),
+        logs=train_logs(ROLES.e2e + ROLES.rnc),
+    output:
+        md="results/tables/study_comparison.md",
+        html=table("study_comparison", CAT_ACC),
+    log:
+        "logs/study_comparison/study_comparison.log",
+    params:
+        models=STATS_MODELS,
+        cohort=config["cohort"],
+        code=code_hash("brainage.tables", "brainage.stats"),
+    script:
+        "../scripts/study_comparison.py"
+
+
+rule fig4_gradram_e2e:
+    input:
+        groups=saliency_groups(ROLES.e2e),
+        logs=train_logs(ROLES.e2e),
+        templates=templates(ROLES.e2e),
+    output:
+        png=figure("fig4_gradram_e2e", CAT_SAL),
+        svg="results/figures/fig4_gradram_e2e.svg",
+    log:
+        "logs/fig4_gradram_e2e/fig4_gradram_e2e.log",
+    params:
+        models=STATS_MODELS,
+        candidates=list(ROLES.e2e),
+        roles=["e2e"],
+        rows="age",
+        resources=RESOURCES,
+        cut_coords=STATS["cut_coords"],
+        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
+    script:
+        "../scripts/fig_gradram.py"
+
+
+rule fig5_gradram_rnc:
+    input:
+        groups=saliency_groups(ROLES.rnc),
+        logs=train_logs(ROLES.rnc),
+        templates=templates(ROLES.rnc),
+    output:
+        png=figure("fig5_gradram_rnc", CAT_SAL),
+        svg="results/figures/fig5_gradram_rnc.svg",
+    log:
+        "logs/fig5_gradram_rnc/fig5_gradram_rnc.log",
+    params:
+        models=STATS_MODELS,
+        candidates=list(ROLES.rnc),
+        roles=["rnc"],
+        rows="age",
+        resources=RESOURCES,
+        cut_coords=STATS["cut_coords"],
+        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
+    script:
+        "../scripts/fig_gradram.py"
+
+
+rule table4:
+    input:
+        predictions(STATS_MODELS),
+    output:
+        tsv="results/tables/table4.tsv",
+        md="results/tables/table4.md",
+        html=table("table4", CAT_DIS),
+    log:
+        "logs/table4/table4.log",
+    params:
+        models=STATS_MODELS,
+        stats=STATS_PARAMS,
+        code=code_hash("brainage.tables", "brainage.stats"),
+    script:
+        "../scripts/table4.py"
+
+
+rule fig6_bag_violin:
+    input:
+        predictions=predictions(HEADLINE),
+        logs=train_logs(ROLES.e2e + ROLES.rnc),
+    output:
+        png=figure("fig6_bag_violin", CAT_DIS),
+        svg="results/figures/fig6_bag_violin.svg",
+    log:
+        "logs/fig6_bag_violin/fig6_bag_violin.log",
+    params:
+        models=STATS_MODELS,
+        code=code_hash("brainage.figures", "brainage.tables", "brainage.stats"),
+    script:
+        "../scripts/fig6_bag_violin.py"
+
+
+rule fig7_gradram_disease:
+    input:
+        groups=saliency_groups(ROLES.rnc + ROLES.e2e),
+        logs=train_logs(ROLES.rnc + ROLES.e2e),
+        templates=templates(ROLES.rnc + ROLES.e2e),
+    output:
+        png=figure("fig7_gradram_disease", CAT_DIS),
+        svg="results/figures/fig7_gradram_disease.svg",
+    log:
+        "logs/fig7_gradram_disease/fig7_gradram_disease.log",
+    params:
+        models=STATS_MODELS,
+        candidates=list(ROLES.rnc + ROLES.e2e),
+        roles=["rnc", "e2e"],
+        rows="disease",
+        resources=RESOURCES,
+        cut_coords=STATS["cut_coords"],
+        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
+    script:
+        "../scripts/fig_gradram.py"
+
+
+def stats_targets():
+    """The stage's final files; those needing a model role are left out when no model has it."""
+    targets = [rules.fig1_age_distribution.output, rules.table1.output]
+    if STATS.get("qc_montage", True):
+        targets.append(rules.fig_qc_montage.output)
+    if STATS_MODELS:
+        targets += [rules.fig_training_curves.output, rules.table2.output, rules.fig_pred_vs_age.output, rules.table4.output]
+    if HEADLINE:
+        targets += [rules.table3.output, rules.fig6_bag_violin.output]
+    if ROLES.e2e or ROLES.rnc:
+        targets += [rules.study_comparison.output, rules.fig7_gradram_disease.output]
+    if ROLES.e2e:
+        targets.append(rules.fig4_gradram_e2e.output)
+    if ROLES.rnc:
+        targets.append(rules.fig5_gradram_rnc.output)
+    if ROLES.sweeps:
+        targets.append(rules.fig3_batch_size.output)
+    return targets
 
 
 rule stats_all:
     input:
-        [],
+        stats_targets(),

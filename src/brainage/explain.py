@@ -1,0 +1,497 @@
+"""Grad-RAM saliency: which parts of the brain drive a model's age estimate.
+
+Grad-RAM (gradient-weighted regression activation map) is Grad-CAM for a regression output:
+the gradient of the predicted age with respect to the activations of the last convolutional
+block, channel weights = spatial mean of that gradient, ReLU of the weighted channel sum,
+trilinear upsampling to the input grid, min-max normalisation to [0, 1] per subject.
+
+The maps are then averaged per group (HC age group x sex, AD, PD), differenced against
+age-matched healthy controls, and summarised per AAL116 region (Figures 4, 5 and 7 of the
+study). On the simulated cohort the region ranking is checked against the regions the
+simulator made age-dependent (precision at 10 against random rankings).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from brainage.io import save_figure, save_nifti
+
+log = logging.getLogger(__name__)
+
+#: the study's age groups (years): [low, high); the last is open-ended
+AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
+    ("20-40", 20.0, 40.0),
+    ("40-60", 40.0, 60.0),
+    ("60-80", 60.0, 80.0),
+    ("80plus", 80.0, float("inf")),
+)
+SEXES = ("F", "M")
+
+
+# --------------------------------------------------------------------------------------
+# Grad-RAM
+# --------------------------------------------------------------------------------------
+
+
+def find_layer(model: nn.Module, target_layer: str) -> nn.Module:
+    """The block named ``target_layer`` (dotted path) in ``model`` or in ``model.encoder``.
+
+    ``AgeModel`` keeps its convolutional trunk under ``.encoder``, so ``"layer4"`` resolves
+    to ``model.encoder.layer4`` for both the end-to-end and the RNC encoder + head models.
+    """
+    for root in (model, getattr(model, "encoder", None)):
+        if root is None:
+            continue
+        try:
+            return root.get_submodule(target_layer)
+        except AttributeError:
+            continue
+    names = [n for n, _ in model.named_modules() if n and n.count(".") <= 1]
+    raise ValueError(f"no layer {target_layer!r} in {type(model).__name__}; candidates: {', '.join(names[:20])}")
+
+
+def grad_ram(model: nn.Module, volumes: torch.Tensor, target_layer: str = "layer4") -> torch.Tensor:
+    """Grad-RAM maps of a batch: ``volumes (B, 1, D, H, W)`` -> ``(B, D, H, W)`` in [0, 1].
+
+    One forward and one backward pass for the whole batch. The model is run in eval mode
+    (BatchNorm uses its running statistics, so each subject's map does not depend on the
+    others in the batch) and restored to its previous mode afterwards. The backward pass
+    stops at the target block: its output is re-entered into the graph as a leaf, so the
+    trunk below it (most of the network) is never differentiated.
+    """
+    if volumes.ndim != 5 or volumes.shape[1] != 1:
+        raise ValueError(f"volumes must be (B, 1, D, H, W), got {tuple(volumes.shape)}")
+    layer = find_layer(model, target_layer)
+    store: dict[str, torch.Tensor] = {}
+
+    def _keep(_module, _inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        store["acti"] = leaf
+        return leaf
+
+    handle = layer.register_forward_hook(_keep)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            ages = model(volumes).reshape(volumes.shape[0], -1)[:, 0]  # (B,)
+            acti = store["acti"]  # (B, C, d, h, w)
+            # samples are independent in eval mode: d(sum of ages)/d acti_b = d age_b / d acti_b
+            (grad,) = torch.autograd.grad(ages.sum(), acti)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    with torch.no_grad():
+        weights = grad.mean(dim=tuple(range(2, grad.ndim)), keepdim=True)  # (B, C, 1, 1, 1)
+        cam = F.relu((weights * acti).sum(dim=1, keepdim=True))  # (B, 1, d, h, w)
+        cam = F.interpolate(cam, size=tuple(volumes.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
+        return minmax_per_subject(cam)
+
+
+def minmax_per_subject(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``maps (B, ...)`` to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return scaled.reshape(maps.shape)
+
+
+# --------------------------------------------------------------------------------------
+# Groups
+# --------------------------------------------------------------------------------------
+
+
+def age_group(age: float) -> str | None:
+    """The study's age group of ``age`` (``20-40`` ... ``80plus``), None below 20 or unknown."""
+    if age is None or not np.isfinite(age):
+        return None
+    for name, low, high in AGE_GROUPS:
+        if low <= age < high:
+            return name
+    return None
+
+
+@dataclass
+class Group:
+    """A set of subjects whose saliency maps are averaged (``id`` is used in file names)."""
+
+    id: str
+    label: str
+    cohort: str
+    age_group: str = "all"
+    sex: str = "all"
+    members: list[str] = field(default_factory=list)
+
+
+def saliency_groups(subjects: pd.DataFrame) -> list[Group]:
+    """Groups of the study: HC by age group (x sex and both sexes), all HC, AD and PD.
+
+    ``subjects`` has columns participant_id, cohort (HC|AD|PD), age, sex (F|M). Every group
+    is listed, also empty ones (``members == []``), so the outputs have a fixed layout.
+    """
+    groups: list[Group] = []
+    hc = subjects[subjects["cohort"] == "HC"]
+    bins = hc["age"].map(age_group)
+    for name, low, high in AGE_GROUPS:
+        span = f"{low:g}+" if not np.isfinite(high) else f"{low:g}-{high:g}"
+        in_bin = hc[bins == name]
+        for sex in SEXES:
+            members = in_bin.loc[in_bin["sex"] == sex, "participant_id"].tolist()
+            groups.append(Group(f"HC_{name}_{sex}", f"HC {span} y, {sex}", "HC", name, sex, members))
+        groups.append(Group(f"HC_{name}", f"HC {span} y", "HC", name, "all", in_bin["participant_id"].tolist()))
+    groups.append(Group("HC", "HC, all ages", "HC", members=hc["participant_id"].tolist()))
+    for cohort in ("AD", "PD"):
+        members = subjects.loc[subjects["cohort"] == cohort, "participant_id"].tolist()
+        groups.append(Group(cohort, cohort, cohort, members=members))
+    return groups
+
+
+def match_controls_by_age(patients: pd.DataFrame, controls: pd.DataFrame) -> pd.DataFrame:
+    """Age-matched controls: for each patient (oldest first) the nearest-age unused control.
+
+    Without replacement while controls last, then with replacement; ties go to the same sex,
+    then to the smaller participant_id, so the matching is deterministic. Returns columns
+    participant_id, age, control_id, control_age.
+    """
+    rows = []
+    if controls.empty:
+        return pd.DataFrame(columns=["participant_id", "age", "control_id", "control_age"])
+    free = controls.sort_values("participant_id").copy()
+    for _, p in patients.sort_values(["age", "participant_id"], ascending=[False, True]).iterrows():
+        pool = free if not free.empty else controls
+        cost = pd.DataFrame(
+            {
+                "gap": (pool["age"] - p["age"]).abs().to_numpy(),
+                "other_sex": (pool["sex"] != p["sex"]).to_numpy().astype(int),
+                "participant_id": pool["participant_id"].to_numpy(),
+            },
+            index=pool.index,
+        )
+        best = cost.sort_values(["gap", "other_sex", "participant_id"]).index[0]
+        rows.append(
+            {"participant_id": p["participant_id"], "age": p["age"], "control_id": pool.at[best, "participant_id"], "control_age": pool.at[best, "age"]}
+        )
+        if not free.empty:
+            free = free.drop(index=best)
+    return pd.DataFrame(rows)
+
+
+class GroupMeans:
+    """Running sums of saliency maps per group: memory is one map per group, not per subject."""
+
+    def __init__(self, groups: Sequence[Group], shape: tuple[int, ...]):
+        self.groups = list(groups)
+        self.shape = tuple(shape)
+        self._index: dict[str, list[int]] = {}
+        for k, g in enumerate(self.groups):
+            for pid in g.members:
+                self._index.setdefault(pid, []).append(k)
+        self._sum = np.zeros((len(self.groups), *self.shape), dtype=np.float64)
+        self._n = np.zeros(len(self.groups), dtype=np.int64)
+
+    def add(self, participant_id: str, saliency: np.ndarray) -> None:
+        for k in self._index.get(participant_id, []):
+            self._sum[k] += saliency
+            self._n[k] += 1
+
+    def means(self) -> dict[str, np.ndarray | None]:
+        """Mean map per group id (float32); None for a group with no subject."""
+        return {g.id: (self._sum[k] / self._n[k]).astype(np.float32) if self._n[k] else None for k, g in enumerate(self.groups)}
+
+    def counts(self) -> dict[str, int]:
+        return {g.id: int(self._n[k]) for k, g in enumerate(self.groups)}
+
+
+# --------------------------------------------------------------------------------------
+# AAL116 tables and the check against the simulator's truth
+# --------------------------------------------------------------------------------------
+
+
+def parcel_means(saliency: np.ndarray, atlas: np.ndarray, labels: pd.DataFrame) -> np.ndarray:
+    """Mean of ``saliency`` in each region of ``atlas`` (same grid), ordered as ``labels.index``.
+
+    A region with no voxel on this grid gets NaN.
+    """
+    if saliency.shape != atlas.shape:
+        raise ValueError(f"saliency grid {saliency.shape} differs from atlas grid {atlas.shape}")
+    idx = labels["index"].to_numpy().astype(np.int64)
+    flat = atlas.reshape(-1).astype(np.int64)
+    top = max(int(flat.max(initial=0)), int(idx.max())) + 1
+    sums = np.bincount(flat, weights=saliency.reshape(-1).astype(np.float64), minlength=top)
+    counts = np.bincount(flat, minlength=top)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts[idx] > 0, sums[idx] / np.maximum(counts[idx], 1), np.nan)
+
+
+def parcel_table(
+    saliency: np.ndarray, atlas: np.ndarray, labels: pd.DataFrame, threshold: float = 0.8, signed: bool = False
+) -> pd.DataFrame:
+    """AAL116 table of one (group) map: index, name, hemisphere, mean, mean_scaled, rank, above_threshold.
+
+    ``mean`` is the region mean of the map. A mean of [0, 1] maps rarely reaches 0.8, so the
+    study's "regions above 0.8" is read on ``mean_scaled``: the region means divided by their
+    maximum (by the maximum absolute value for a ``signed`` difference map), i.e. relative to
+    the most salient region. ``rank`` 1 is the most salient region (largest ``mean``).
+    """
+    means = parcel_means(saliency, atlas, labels)
+    scale = np.nanmax(np.abs(means)) if signed else np.nanmax(means) if np.isfinite(means).any() else np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = means / scale if scale and np.isfinite(scale) and scale > 0 else np.zeros_like(means)
+    table = labels[["index", "name", "hemisphere"]].copy().reset_index(drop=True)
+    table["mean"] = means
+    table["mean_scaled"] = scaled
+    table["rank"] = pd.Series(means).rank(ascending=False, method="min").astype("Int64")
+    table["above_threshold"] = np.nan_to_num(scaled, nan=-np.inf) > threshold
+    return table
+
+
+def precision_at_k(ranked_names: Sequence[str], relevant: Iterable[str], k: int = 10) -> float:
+    """Share of the first ``k`` names of a ranking that are in ``relevant``."""
+    relevant = set(relevant)
+    top = list(ranked_names)[:k]
+    return float(np.mean([name in relevant for name in top])) if top else float("nan")
+
+
+def random_precision_at_k(n_regions: int, n_relevant: int, k: int, draws: int, seed: int) -> np.ndarray:
+    """Precision at ``k`` of ``draws`` uniformly random rankings of ``n_regions`` regions."""
+    rng = np.random.default_rng(seed)
+    hits = np.array([(rng.permutation(n_regions)[:k] < n_relevant).sum() for _ in range(draws)])
+    return hits / k
+
+
+def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws: int = 10000, seed: int = 0) -> dict:
+    """Precision at ``k`` of a group's AAL116 ranking against the truly age-dependent regions.
+
+    The baseline is the distribution over random rankings of the same regions; ``p_value``
+    is the share of random rankings at least as precise (with the +1 correction).
+    """
+    relevant = set(relevant)
+    ranked = table.dropna(subset=["mean"]).sort_values(["rank", "index"])
+    names = ranked["name"].tolist()
+    observed = precision_at_k(names, relevant, k)
+    baseline = random_precision_at_k(len(names), len(relevant & set(names)), k, draws, seed)
+    return {
+        "k": k,
+        "n_relevant": len(relevant & set(names)),
+        "precision": observed,
+        "random_mean": float(baseline.mean()),
+        "random_sd": float(baseline.std(ddof=1)) if draws > 1 else float("nan"),
+        "p_value": float((1 + np.sum(baseline >= observed)) / (1 + draws)),
+        "top": ";".join(names[:k]),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Files: NIfTI and PNG in template space
+# --------------------------------------------------------------------------------------
+
+
+def template_image(data: np.ndarray, affine: np.ndarray, dtype=np.float16) -> nib.Nifti1Image:
+    """A template-space (MNI152, sform/qform code 4) NIfTI of ``data`` stored as ``dtype``."""
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.set_qform(affine, code=4)
+    img.set_sform(affine, code=4)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+def plot_group_map(img: nib.Nifti1Image, template: nib.Nifti1Image, title: str, path: str | Path, signed: bool = False) -> None:
+    """PNG of a saliency map on the template: orthogonal slices (top) and a glass brain (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    vmax = float(np.nanmax(np.abs(data))) or 1.0
+    img32 = nib.Nifti1Image(data, img.affine)
+    fig = plt.figure(figsize=(9, 6.4))
+    top = fig.add_axes([0.0, 0.5, 1.0, 0.46])
+    bottom = fig.add_axes([0.0, 0.02, 1.0, 0.46])
+    cmap = "RdBu_r" if signed else "hot"
+    plotting.plot_stat_map(
+        img32, bg_img=template, display_mode="ortho", cut_coords=(0, -18, 10), axes=top, cmap=cmap,
+        vmax=vmax, symmetric_cbar=signed, threshold=None, title=title, colorbar=True, draw_cross=False,
+        black_bg=False, annotate=True,
+    )
+    plotting.plot_glass_brain(
+        img32, display_mode="lyrz", axes=bottom, cmap=cmap, vmax=vmax, vmin=-vmax if signed else 0.0,
+        plot_abs=False, colorbar=False, threshold=0.0 if not signed else vmax * 0.05, black_bg=False,
+    )
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# The rule ``saliency``: one model -> per-subject maps, group maps, PNGs, AAL116 tables
+# --------------------------------------------------------------------------------------
+
+
+def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None) -> str:
+    """BIDS-derivative-like file name of a subject's or a group's Grad-RAM map."""
+    entity = participant_id if participant_id is not None else f"group-{group}"
+    return f"{entity}_space-MNI152NLin2009cAsym_res-{res_label}_desc-gradram_saliency.nii.gz"
+
+
+def read_truth_regions(path: str | Path | None) -> set[str] | None:
+    """AAL116 names the simulator made age-dependent, from its truth table (None: no truth).
+
+    Accepts a TSV with a ``name`` (or ``region``) column and, when present, a boolean-like
+    ``age_effect`` column selecting the rows (other rows are the unaffected regions).
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    table = pd.read_csv(path, sep="\t")
+    column = next((c for c in ("name", "region", "aal_name") if c in table), None)
+    if column is None:
+        raise ValueError(f"{path}: truth table has no name/region column")
+    if "age_effect" in table:
+        keep = table["age_effect"].astype(str).str.lower().isin(["true", "1", "yes"])
+        table = table[keep]
+    return set(table[column].astype(str))
+
+
+def run_saliency(
+    model_path: str | Path,
+    participants_tsv: str | Path,
+    splits_tsv: str | Path,
+    cache_volumes: str | Path,
+    cache_index: str | Path,
+    resources_root: str | Path,
+    out: dict[str, str | Path],
+    *,
+    hc_splits: Sequence[str] = ("test",),
+    target_layer: str = "layer4",
+    batch_size: int = 4,
+    threshold: float = 0.8,
+    top_k: int = 10,
+    random_draws: int = 10000,
+    truth_tsv: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Grad-RAM of every subject of ``hc_splits`` and of AD and PD; group maps and tables.
+
+    ``out`` names the outputs: ``subjects`` and ``groups`` (folders), ``groups_tsv``,
+    ``aal116`` (long table: one row per group and region), ``matches`` (age-matched
+    controls of AD and PD) and ``truth`` (precision at ``top_k`` against the simulator).
+    """
+    from tqdm import tqdm
+
+    from brainage.atlases import aal_labels, resource_paths
+    from brainage.cache import CachedVolumes
+    from brainage.grids import res_label, template_grid
+    from brainage.infer import iter_batches, pick_device
+    from brainage.io import write_tsv
+    from brainage.splits import read_splits
+    from brainage.train import load_model
+
+    model, meta = load_model(model_path, map_location="cpu")
+    name = meta.get("name") or Path(model_path).parent.name
+    res = float(meta["grid_res"])
+    grid = template_grid(res)
+    label = res_label(res)
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    cache = CachedVolumes(cache_volumes, cache_index)
+    if tuple(cache.shape) != grid.shape:
+        raise ValueError(f"cache {cache_volumes}: grid {cache.shape} differs from model {name}'s {grid.shape}")
+
+    participants = pd.read_csv(participants_tsv, sep="\t", dtype={"participant_id": str}, na_values=["n/a"])
+    split_of = read_splits(splits_tsv).set_index("participant_id")["split"]
+    chosen = split_of[split_of.isin(list(hc_splits) + ["AD", "PD"])].index
+    subjects = participants[participants["participant_id"].isin(chosen)].sort_values("participant_id").reset_index(drop=True)
+    subjects["age"] = subjects["age"].astype(float)
+    groups = saliency_groups(subjects)
+    hc = subjects[subjects["cohort"] == "HC"]
+    matches = []
+    for cohort in ("AD", "PD"):
+        pairs = match_controls_by_age(subjects[subjects["cohort"] == cohort], hc)
+        pairs.insert(1, "cohort", cohort)
+        matches.append(pairs)
+        groups.append(Group(f"{cohort}-matchedHC", f"HC age-matched to {cohort}", "HC", members=pairs["control_id"].tolist()))
+    matches_table = pd.concat(matches, ignore_index=True)
+
+    # matched controls may repeat (with replacement): count each occurrence in the mean
+    acc = GroupMeans([g for g in groups if not g.id.endswith("matchedHC")], grid.shape)
+    matched_sum = {c: np.zeros(grid.shape, np.float64) for c in ("AD", "PD")}
+    uses = {c: matches_table.loc[matches_table["cohort"] == c, "control_id"].value_counts() for c in ("AD", "PD")}
+
+    subjects_dir = Path(out["subjects"])
+    subjects_dir.mkdir(parents=True, exist_ok=True)
+    ids = subjects["participant_id"].tolist()
+    log.info("model %s: Grad-RAM on %s for %d subjects (%s, AD, PD)", name, target_layer, len(ids), "+".join(hc_splits))
+    for chunk, volumes in tqdm(iter_batches(ids, cache.volume, batch_size), total=-(-len(ids) // batch_size), desc="grad-ram", mininterval=5):
+        maps = grad_ram(model, volumes.to(dev), target_layer).cpu().numpy()
+        for pid, sal in zip(chunk, maps):
+            sal16 = sal.astype(np.float16)  # what is stored is what is averaged
+            save_nifti(template_image(sal16, grid.affine), subjects_dir / saliency_file(label, participant_id=pid))
+            acc.add(pid, sal16.astype(np.float32))
+            for c in ("AD", "PD"):
+                if pid in uses[c].index:
+                    matched_sum[c] += int(uses[c][pid]) * sal16.astype(np.float64)
+
+    means = acc.means()
+    counts = acc.counts()
+    for c in ("AD", "PD"):
+        n = int(uses[c].sum())
+        counts[f"{c}-matchedHC"] = n
+        means[f"{c}-matchedHC"] = (matched_sum[c] / n).astype(np.float32) if n else None
+        diff_ok = means[c] is not None and n
+        means[f"{c}-minus-HC"] = (means[c] - means[f"{c}-matchedHC"]) if diff_ok else None
+        counts[f"{c}-minus-HC"] = counts[c] if diff_ok else 0
+        groups.append(Group(f"{c}-minus-HC", f"{c} minus age-matched HC", c))
+
+    paths = resource_paths(resources_root, res)
+    template = nib.load(str(paths["template"]))
+    atlas = np.asanyarray(nib.load(str(paths["aal"])).dataobj).astype(np.int16)
+    labels = aal_labels()
+    truth = read_truth_regions(truth_tsv)
+    groups_dir = Path(out["groups"])
+    groups_dir.mkdir(parents=True, exist_ok=True)
+    rows, tables, checks = [], [], []
+    for g in groups:
+        mean = means.get(g.id)
+        signed = g.id.endswith("minus-HC")
+        row = {"group": g.id, "label": g.label, "cohort": g.cohort, "age_group": g.age_group, "sex": g.sex, "n": counts.get(g.id, 0)}
+        if mean is not None:
+            img = template_image(mean, grid.affine, dtype=np.float32)
+            save_nifti(img, groups_dir / saliency_file(label, group=g.id))
+            plot_group_map(img, template, f"{name}: {g.label} (n={row['n']})", groups_dir / f"group-{g.id}_saliency.png", signed=signed)
+            table = parcel_table(mean, atlas, labels, threshold=threshold, signed=signed)
+            above = table[table["above_threshold"]].sort_values("rank")
+            row["regions_above_threshold"] = ";".join(above["name"])
+            table.insert(0, "group", g.id)
+            table.insert(1, "n", row["n"])
+            tables.append(table)
+            if truth is not None and not signed:
+                checks.append({"group": g.id, "n": row["n"], **truth_check(table, truth, top_k, random_draws, seed)})
+        rows.append(row)
+    groups_table = pd.DataFrame(rows)
+    groups_table["threshold"] = threshold
+    aal_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    columns = ["group", "n", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top"]
+    truth_table = pd.DataFrame(checks, columns=columns)
+    if truth is None:
+        log.info("no simulator truth table: precision at %d not computed", top_k)
+    else:
+        for _, c in truth_table.iterrows():
+            log.info("%s: precision@%d %.2f vs random %.2f +- %.2f (p=%.3g)", c["group"], top_k, c["precision"], c["random_mean"], c["random_sd"], c["p_value"])
+    write_tsv(out["matches"], matches_table)
+    write_tsv(out["aal116"], aal_table)
+    write_tsv(out["truth"], truth_table)
+    write_tsv(out["groups_tsv"], groups_table)
+    return groups_table

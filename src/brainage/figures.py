@@ -1,0 +1,386 @@
+"""The study's figures: age distribution (Fig. 1), batch-size sweep (Fig. 3), Grad-RAM group maps
+(Figs. 4, 5, 7), BAG violins (Fig. 6), predicted vs chronological age, training curves.
+
+Every figure is written as a PNG at print resolution (300 dpi) plus a vector copy (SVG or PDF,
+chosen by the output names) through :func:`brainage.io.save_figure` (atomic, no time stamps).
+Each model keeps one colour in every figure: :func:`model_colours` assigns colours in the order
+of the config's ``models:`` block, so adding a model never recolours the others.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from brainage import stats  # noqa: E402
+from brainage.io import save_figure  # noqa: E402
+
+DPI = 300
+COHORT_COLOURS = {"HC": "#4c72b0", "AD": "#c44e52", "PD": "#55a868"}
+COHORT_MARKERS = {"HC": "o", "AD": "^", "PD": "s"}
+#: MNI coordinates (mm) of the slices shown in saliency figures: through hippocampus and ventricles
+CUT_COORDS = (-26.0, -20.0, 6.0)
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "svg.hashsalt": "brainage"})
+
+
+def model_colours(models: Sequence[str]) -> dict[str, str]:
+    """One colour per model, in config order (tab10 up to 10 models, tab20 beyond)."""
+    cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    return {name: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, name in enumerate(models)}
+
+
+def save(fig: plt.Figure, paths: Sequence[str | Path]) -> None:
+    """Write ``fig`` to every path (PNG at 300 dpi, SVG/PDF vector) and close it."""
+    for path in paths:
+        save_figure(fig, path, dpi=DPI)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- Figure 1
+def fig1_age_distribution(participants: pd.DataFrame, paths: Sequence[str | Path], bin_years: float = 5.0) -> None:
+    """Relative age distribution (% of each group per age bin) per dataset and cohort."""
+    groups = list(participants.groupby(["dataset", "cohort"], sort=False))
+    order = {"HC": 0, "AD": 1, "PD": 2}
+    groups.sort(key=lambda g: (order.get(g[0][1], 9), str(g[0][0])))
+    lo = 5 * math.floor(participants["age"].min() / 5)
+    hi = 5 * math.ceil(participants["age"].max() / 5 + 1e-9)
+    bins = np.arange(lo, hi + bin_years, bin_years)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(4.5, 0.9 * len(groups) + 0.8), sharex=True, squeeze=False)
+    for ax, ((dataset, cohort), sub) in zip(axes[:, 0], groups):
+        weights = np.full(len(sub), 100.0 / len(sub))
+        ax.hist(sub["age"], bins=bins, weights=weights, color=COHORT_COLOURS.get(cohort, "grey"), edgecolor="white", linewidth=0.5)
+        ax.text(0.01, 0.9, f"{dataset} {cohort} (N = {len(sub)})", transform=ax.transAxes, va="top", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_ylabel("%")
+    axes[-1, 0].set_xlabel("Age (years)")
+    axes[0, 0].set_title("Age distribution per dataset (% of each group)")
+    fig.tight_layout(h_pad=0.3)
+    save(fig, paths)
+
+
+# --------------------------------------------------------------------------- Figure 3
+def fig3_batch_size(
+    predictions: Mapping[str, pd.DataFrame],
+    models: Mapping[str, Mapping],
+    paths: Sequence[str | Path],
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Test MAE (95 % bootstrap CI) of the RNC models against their batch size, one line per grid.
+
+    The sweep is every group of RNC models that differ only in batch size and grid
+    (:func:`brainage.stats.model_roles`). Returns the plotted numbers.
+    """
+    roles = stats.model_roles(models)
+    rows = []
+    for k, group in enumerate(roles.sweeps):
+        for name in group:
+            if name not in predictions:
+                continue
+            acc = stats.accuracy(stats.healthy_test(predictions[name]), n_resamples, seed)
+            spec = models[name]
+            rows.append({"sweep": k, "model": name, "backbone": spec.get("backbone", "?"), "grid": float(spec.get("grid", math.nan)),
+                         "batch_size": int(spec["batch_size"]), "mae": acc.mae, "ci_low": acc.mae_ci[0], "ci_high": acc.mae_ci[1]})
+    data = pd.DataFrame(rows, columns=["sweep", "model", "backbone", "grid", "batch_size", "mae", "ci_low", "ci_high"])
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    lines = list(data.groupby(["sweep", "grid"], sort=True))
+    cmap = plt.get_cmap("viridis")
+    for i, ((sweep, grid), sub) in enumerate(lines):
+        sub = sub.sort_values("batch_size")
+        colour = cmap(0.15 + 0.7 * i / max(1, len(lines) - 1))
+        err = np.vstack([sub["mae"] - sub["ci_low"], sub["ci_high"] - sub["mae"]])
+        err = np.where(np.isfinite(err), err, 0.0)
+        label = f"{sub['backbone'].iloc[0]}, {grid:g} mm grid"
+        ax.errorbar(sub["batch_size"], sub["mae"], yerr=err, marker="o", capsize=3, color=colour, label=label)
+    if data.empty:
+        ax.text(0.5, 0.5, "no batch-size sweep in config models", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.set_xticks(sorted(data["batch_size"].unique()))
+        ax.legend(frameon=False)
+    ax.set_xlabel("RNC batch size (subjects)")
+    ax.set_ylabel("Test MAE (years)")
+    ax.set_title("RNC: accuracy against batch size")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    save(fig, paths)
+    return data
+
+
+# --------------------------------------------------------------------------- Figures 4, 5, 7
+def _slices(volume: np.ndarray, affine: np.ndarray, cut_coords: Sequence[float]) -> list[np.ndarray]:
+    """Sagittal, coronal and axial slices through the MNI point ``cut_coords`` (x, y, z in mm).
+
+    Each slice is transposed for ``imshow(origin="lower")``: sagittal (y -> right = anterior,
+    z up), coronal (x -> right = the subject's right, neurological view), axial (x right, y up).
+    """
+    ijk = np.linalg.inv(affine) @ np.array([*cut_coords, 1.0])
+    i, j, k = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(ijk[:3], volume.shape))
+    return [volume[i, :, :].T, volume[:, j, :].T, volume[:, :, k].T]
+
+
+def fig_saliency(
+    maps: Sequence[tuple[str, str | Path | None]],
+    template: str | Path,
+    paths: Sequence[str | Path],
+    title: str,
+    cut_coords: Sequence[float] = CUT_COORDS,
+    threshold: float = 0.15,
+) -> None:
+    """Group-mean Grad-RAM maps on the template: one row per map, three orthogonal slices.
+
+    ``maps`` is a list of (row label, NIfTI path); a missing path or an empty/all-NaN map
+    (a group without subjects) gives a row saying so. All rows share one colour scale so that
+    the rows are comparable.
+    """
+    tpl_img = nib.load(str(template))
+    tpl = np.asarray(tpl_img.dataobj, dtype=np.float32)
+    loaded = []
+    for label, path in maps:
+        data = None
+        if path is not None and Path(path).exists():
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            if data.shape[:3] != tpl.shape:
+                raise ValueError(f"{path}: saliency grid {data.shape} differs from the template {tpl.shape}")
+            data = data.reshape(tpl.shape)
+            if not np.isfinite(data).any() or np.nanmax(data) <= 0:
+                data = None
+        loaded.append((label, data))
+    vmax = max([float(np.nanmax(d)) for _, d in loaded if d is not None] or [1.0])
+    tpl_slices = _slices(tpl, tpl_img.affine, cut_coords)
+    widths = [s.shape[1] for s in tpl_slices]
+    height = tpl_slices[0].shape[0]
+    fig, axes = plt.subplots(
+        len(loaded), 3, figsize=(6.6, 1.75 * len(loaded) + 0.5), squeeze=False, layout="constrained",
+        gridspec_kw={"width_ratios": widths, "wspace": 0.0, "hspace": 0.0},
+    )
+    image = None
+    view_names = (f"x = {cut_coords[0]:g} mm", f"y = {cut_coords[1]:g} mm", f"z = {cut_coords[2]:g} mm")
+    for r, (label, data) in enumerate(loaded):
+        sal_slices = _slices(data, tpl_img.affine, cut_coords) if data is not None else [None] * 3
+        for c, (ax, bg, sal) in enumerate(zip(axes[r], tpl_slices, sal_slices)):
+            ax.imshow(bg, cmap="gray", origin="lower", interpolation="nearest")
+            if sal is not None:
+                # values below 15 % of the scale stay transparent so the anatomy shows through
+                shown = np.ma.masked_where(~(bg > 0) | ~np.isfinite(sal) | (sal < threshold * vmax), sal)
+                image = ax.imshow(shown, cmap="hot", origin="lower", vmin=0.0, vmax=vmax, alpha=0.75, interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "no subjects", color="white", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_ylim(0, height - 1) if c == 0 else None
+            if r == 0:
+                ax.set_title(view_names[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+        axes[r, 1].text(0.02, 0.04, "L", color="white", fontsize=7, transform=axes[r, 1].transAxes)
+        axes[r, 1].text(0.94, 0.04, "R", color="white", fontsize=7, transform=axes[r, 1].transAxes)
+    if image is not None:
+        cbar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.01)
+        cbar.set_label("Grad-RAM, group mean (normalised)")
+    fig.suptitle(title, fontsize=10)
+    save(fig, paths)
+
+
+# --------------------------------------------------------------------------- Figure 6
+def fig6_bag_violin(
+    predictions: Mapping[str, pd.DataFrame],
+    chosen: Mapping[str, str],
+    colours: Mapping[str, str],
+    paths: Sequence[str | Path],
+) -> None:
+    """Brain-age gap by cohort (HC test, AD, PD) and model: violins, points, means, 0 line."""
+    names = list(dict.fromkeys(chosen.values()))
+    cohorts = ["HC", "AD", "PD"]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cohorts) * max(1, len(names)) / 2, 3.6))
+    rng = np.random.default_rng(0)  # jitter only; fixed so reruns are byte-identical
+    for m, name in enumerate(names):
+        pred = predictions[name]
+        for c, cohort in enumerate(cohorts):
+            sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
+            bag = sub["bag"].to_numpy(dtype=float)
+            if len(bag) == 0:
+                continue
+            x = c + (m - (len(names) - 1) / 2) * width
+            if len(bag) > 1 and np.ptp(bag) > 0:
+                parts = ax.violinplot(bag, positions=[x], widths=width * 0.9, showextrema=False)
+                for body in parts["bodies"]:
+                    body.set_facecolor(colours.get(name, "grey"))
+                    body.set_edgecolor("black")
+                    body.set_linewidth(0.5)
+                    body.set_alpha(0.55)
+            ax.scatter(x + rng.uniform(-width * 0.15, width * 0.15, len(bag)), bag, s=4, color="black", alpha=0.5, linewidths=0)
+            ax.plot([x - width * 0.3, x + width * 0.3], [bag.mean()] * 2, color="black", linewidth=1.5)
+    ax.axhline(0, color="grey", linestyle="--", linewidth=0.8)
+    ns = []
+    for cohort in cohorts:
+        first = predictions[names[0]] if names else pd.DataFrame(columns=["cohort", "split"])
+        sub = stats.healthy_test(first) if cohort == "HC" else stats.disease_group(first, cohort)
+        ns.append(f"{'HC (test)' if cohort == 'HC' else cohort}\nN = {len(sub)}")
+    ax.set_xticks(range(len(cohorts)), ns)
+    ax.set_ylabel("Brain-age gap (years)")
+    ax.set_title("Brain-age gap (predicted - chronological age)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours.get(n, "grey"), alpha=0.6) for n in names]
+    labels = [f"{n} ({role})" for role, n in chosen.items()]
+    ax.legend(handles, labels[: len(handles)], frameon=False, loc="upper left", fontsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    save(fig, paths)
+
+
+# --------------------------------------------------------------------------- predicted vs age
+def fig_pred_vs_age(
+    predictions: Mapping[str, pd.DataFrame],
+    colours: Mapping[str, str],
+    paths: Sequence[str | Path],
+) -> None:
+    """Predicted against chronological age per model: HC test, AD, PD; identity line; MAE, R2."""
+    names = list(predictions)
+    ncols = min(4, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows + 0.3), squeeze=False, sharex=True, sharey=True)
+    all_ages = pd.concat([p[["age", "predicted_age"]] for p in predictions.values()])
+    lo = 5 * math.floor(min(all_ages.min()) / 5)
+    hi = 5 * math.ceil(max(all_ages.max()) / 5)
+    for ax, name in zip(axes.flat, names):
+        pred = predictions[name]
+        for cohort in ("HC", "AD", "PD"):
+            sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
+            # HC filled in the model's colour; patients hollow in the cohort colour (never confused
+            # with a model colour of the same hue: the marker shape and fill differ)
+            style = (dict(color=colours.get(name, "grey"), linewidths=0) if cohort == "HC"
+                     else dict(facecolors="none", edgecolors=COHORT_COLOURS[cohort], linewidths=0.7))
+            ax.scatter(sub["age"], sub["predicted_age"], s=10, marker=COHORT_MARKERS[cohort], alpha=0.8,
+                       label="HC test" if cohort == "HC" else cohort, **style)
+        ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=0.8)
+        test = stats.healthy_test(pred)
+        if len(test):
+            mae, sd = stats.mean_absolute_error(test["age"], test["predicted_age"])
+            ax.text(0.03, 0.97, f"HC: MAE {mae:.2f} \u00b1 {sd:.2f} y\nR$^2$ {stats.r_squared(test['age'], test['predicted_age']):.2f}",
+                    transform=ax.transAxes, va="top", fontsize=7)
+        ax.set_title(name, color=colours.get(name, "black"))
+        ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("Chronological age (years)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Predicted brain age (years)")
+    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    save(fig, paths)
+
+
+# --------------------------------------------------------------------------- training curves
+def fig_training_curves(logs: Mapping[str, str | Path], colours: Mapping[str, str], paths: Sequence[str | Path]) -> None:
+    """Per model, from results/models/<name>/train_log.tsv (phase, epoch, train_loss, val_mae, ...):
+    the training loss of the first phase (end-to-end L1, or the RNC encoder; log scale, as the
+    two losses differ in units) and the validation MAE of the phase that predicts age
+    (end-to-end, or the RNC linear head)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name, path in logs.items():
+        log = pd.read_csv(path, sep="\t", na_values=["n/a", "NA", ""])
+        colour = colours.get(name, "grey")
+        if "epoch" not in log:
+            log["epoch"] = np.arange(1, len(log) + 1)
+        phases = list(dict.fromkeys(log["phase"])) if "phase" in log else [None]
+        first = log[log["phase"] == phases[0]] if phases[0] is not None else log
+        loss = pd.to_numeric(first.get("train_loss", pd.Series(dtype=float)), errors="coerce")
+        left.plot(first["epoch"], loss.where(loss > 0), color=colour, label=f"{name} ({phases[0] or 'train'})")
+        val = pd.to_numeric(log.get("val_mae", pd.Series(np.nan, index=log.index)), errors="coerce")
+        has_val = log[val.notna()]
+        if len(has_val):
+            phase = has_val["phase"].iloc[-1] if "phase" in log else None
+            rows = has_val[has_val["phase"] == phase] if phase is not None else has_val
+            right.plot(rows["epoch"], val[rows.index], color=colour, marker=".", markersize=3,
+                       label=f"{name} ({phase})" if phase is not None and phase != phases[0] else name)
+    left.set_yscale("log")
+    left.set_xlabel("Epoch")
+    left.set_ylabel("Training loss (L1: years; RNC: unitless)")
+    right.set_xlabel("Epoch (of the phase that predicts age)")
+    right.set_ylabel("Validation MAE (years)")
+    left.set_title("Training loss")
+    right.set_title("Validation MAE")
+    for ax in (left, right):
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    save(fig, paths)
+
+
+def copy_figure(source: str | Path, target: str | Path) -> None:
+    """Copy a figure made by another stage (e.g. the QC montage) into the report, atomically."""
+    from brainage.io import atomic_path
+
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(Path(source).read_bytes())
+
+
+# --------------------------------------------------------------------------- saliency figures
+#: rows of Figures 4 and 5 (group id of brainage.explain, row label)
+AGE_GROUP_ROWS = (("HC_20-40", "HC 20-40 y"), ("HC_40-60", "HC 40-60 y"), ("HC_60-80", "HC 60-80 y"), ("HC_80plus", "HC 80+ y"))
+DISEASE_ROWS = (("AD", "AD"), ("PD", "PD"))
+
+
+def group_map_path(groups_dir: str | Path, grid: float, group: str) -> Path:
+    """The group-mean Grad-RAM NIfTI that the explain stage writes for ``group``."""
+    from brainage.explain import saliency_file
+    from brainage.grids import res_label
+
+    return Path(groups_dir) / saliency_file(res_label(grid), group=group)
+
+
+def fig_gradram(
+    models: Mapping[str, Mapping],
+    val_mae: Mapping[str, float],
+    groups_dirs: Mapping[str, str | Path],
+    resources_root: str | Path,
+    paths: Sequence[str | Path],
+    roles: Sequence[str],
+    rows: Sequence[tuple[str, str]],
+    title: str,
+    cut_coords: Sequence[float] = CUT_COORDS,
+) -> dict[str, str]:
+    """Group-mean Grad-RAM of the best model of each of ``roles`` ("e2e", "rnc"), ``rows`` groups.
+
+    The best model of a role is the one with the lowest validation MAE
+    (:func:`brainage.stats.select_best`), as in Tables 3-4 and Figure 6. All models shown must
+    share one grid (the rows are drawn on one template). Returns {role: model}.
+    """
+    from brainage.atlases import resource_paths
+
+    role_sets = stats.model_roles(models)
+    chosen = {}
+    for role in roles:
+        name, _ = stats.select_best(getattr(role_sets, role), val_mae)
+        if name is not None:
+            chosen[role] = name
+    if not chosen:
+        raise ValueError(f"no {' or '.join(roles)} model configured")
+    grids = {float(models[n]["grid"]) for n in chosen.values()}
+    if len(grids) > 1:
+        # different grids cannot share the template rows: draw the finest model's grid only
+        keep = min(grids)
+        chosen = {r: n for r, n in chosen.items() if float(models[n]["grid"]) == keep}
+    grid = float(models[next(iter(chosen.values()))]["grid"])
+    label_of = {"e2e": "best end-to-end", "rnc": "RNC"}
+    maps = []
+    for role, name in chosen.items():
+        for group, label in rows:
+            row_label = f"{label}\n{name}" if len(chosen) > 1 or role != roles[0] else label
+            maps.append((row_label, group_map_path(groups_dirs[name], grid, group)))
+    who = ", ".join(f"{label_of.get(r, r)}: {n}" for r, n in chosen.items())
+    fig_saliency(maps, resource_paths(resources_root, grid)["template"], paths, f"{title} ({who}, {grid:g} mm)", cut_coords)
+    return chosen

@@ -1,0 +1,234 @@
+"""One simulated raw T1w scan: all deformations composed into one resampling of the head.
+
+For every raw voxel ``v`` (site grid, affine ``A`` to native mm) the template-space point it
+shows is ``z = y + u(y)`` with ``y = P A v`` (``P``: native-to-MNI affine, the inverse of the
+subject's pose and head size) and ``u`` the subject's displacement field on the 2 mm field
+grid: the ageing/disease effect bases weighted by :func:`effect_weights` plus an
+individual random smooth warp. The head image and the labels are sampled once at ``z``
+(linear / nearest); then the subject's tissue contrast, a smooth multiplicative bias field
+and Rician noise are applied, and the scan is stored as int16 NIfTI in the site's axis order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from brainage.simulate.anatomy import (
+    BRAIN_LABEL_MAX,
+    FIELD_AFFINE,
+    FIELD_SHAPE,
+    HEAD_AFFINE,
+    LABEL_EXTRA_CSF,
+    LABEL_MIDBRAIN,
+    LABEL_VENTRICLES,
+    MTL_LABELS,
+    NONBRAIN_INTENSITY,
+    LABEL_BONE,
+    LABEL_FAT,
+    PARAHIPPOCAMPAL_LABELS,
+    SUBCORTICAL_LABELS,
+    TEMPORAL_LABELS,
+    Anatomy,
+)
+from brainage.simulate.model import SITES, SimulationModel, ageing_load, subject_rng
+
+#: the largest weight of an expanding basis: beyond it the pulled-back map would fold
+MAX_EXPANSION_WEIGHT = 0.75
+#: native-space centre of every site's field of view (mm): the head including the neck
+FOV_CENTRE = np.array([0.0, -15.0, -12.0])
+_DIRECTIONS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
+
+#: native-space regional volumes reported per subject: name -> label values
+REGIONS: dict[str, tuple[int, ...]] = {
+    "ventricles": (LABEL_VENTRICLES,),
+    "hippocampus": (37, 38),
+    "amygdala": (41, 42),
+    "parahippocampal": PARAHIPPOCAMPAL_LABELS,
+    "temporal": TEMPORAL_LABELS,
+    "subcortical": SUBCORTICAL_LABELS + (LABEL_MIDBRAIN,),
+}
+
+
+@dataclass
+class SimulatedScan:
+    """``image``: raw T1w (int16, site grid); ``mask``: true brain mask on the same grid (uint8);
+    ``native_to_mni``: 4x4 affine mapping native (scanner) mm to MNI mm (before the nonlinear
+    part); ``weights``: effect weights used; ``volumes_ml``: true native-space volumes."""
+
+    image: nib.Nifti1Image
+    mask: nib.Nifti1Image
+    native_to_mni: np.ndarray
+    weights: dict[str, float]
+    volumes_ml: dict[str, float]
+
+
+def _saturate(w: float) -> float:
+    """Soft cap of an expansion weight below :data:`MAX_EXPANSION_WEIGHT` (identity when small)."""
+    return float(MAX_EXPANSION_WEIGHT * np.tanh(w / MAX_EXPANSION_WEIGHT))
+
+
+def effect_weights(row: Mapping, model: SimulationModel) -> dict[str, float]:
+    """Weights of the anatomy's effect bases for one subject (see :class:`SimulationModel`)."""
+    load = ageing_load(float(row["biological_age"]), model)
+    s = float(row["severity"])
+    ad = s if row["cohort"] == "AD" else 0.0
+    pd_ = s if row["cohort"] == "PD" else 0.0
+    vent = model.ventricle_growth_80 * load + float(row["ventricle_offset"]) + model.ad_ventricle_growth * ad
+    return {
+        "ventricles": _saturate(vent),
+        "sulcal_csf": _saturate(model.sulcal_widening_80 * load),
+        "brain_shrink": model.brain_shrink_80 * load,
+        "mtl": model.mtl_atrophy_80 * load + model.ad_mtl_atrophy * ad,
+        "parahippocampal": model.ad_parahippocampal_atrophy * ad,
+        "temporal": model.ad_temporal_atrophy * ad,
+        "subcortical": model.pd_subcortical_atrophy * pd_,
+    }
+
+
+def native_to_mni(row: Mapping) -> np.ndarray:
+    """4x4 affine native mm -> MNI mm: inverse of ``native = R S mni + t`` (pose of the row)."""
+    angles = np.deg2rad([float(row["rot_x_deg"]), float(row["rot_y_deg"]), float(row["rot_z_deg"])])
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    forward = np.eye(4)
+    forward[:3, :3] = rz @ ry @ rx @ np.diag([float(row[f"scale_{a}"]) for a in "xyz"])
+    forward[:3, 3] = [float(row[f"trans_{a}_mm"]) for a in "xyz"]
+    return np.linalg.inv(forward)
+
+
+def raw_grid(dataset: str, voxel_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and voxel-to-native affine of a site's raw scans (its axis order and voxel size)."""
+    site = SITES[dataset]
+    direction = np.array([_DIRECTIONS[c] for c in site.axcodes], dtype=float).T  # columns = axes
+    vox = np.array(site.voxel, dtype=float) * float(voxel_mm)
+    fov = np.abs(direction.T) @ np.array(site.fov_mm, dtype=float)  # extent along each stored axis
+    shape = tuple(int(np.ceil(f / v)) for f, v in zip(fov, vox))
+    affine = np.eye(4)
+    affine[:3, :3] = direction * vox
+    affine[:3, 3] = FOV_CENTRE - affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+    return shape, affine  # type: ignore[return-value]
+
+
+def _random_warp(rng: np.random.Generator, sd_mm: float, smooth_mm: float) -> np.ndarray:
+    """Individual smooth displacement (3, *FIELD_SHAPE), SD ``sd_mm`` per component."""
+    step = max(smooth_mm / 2.0, 2.0)
+    coarse_shape = tuple(int(np.ceil(n * 2 / step)) + 1 for n in FIELD_SHAPE)
+    noise = rng.standard_normal((3, *coarse_shape)).astype(np.float32)
+    out = np.empty((3, *FIELD_SHAPE), dtype=np.float32)
+    for d in range(3):
+        smooth = ndimage.gaussian_filter(noise[d], sigma=smooth_mm / step / 2.0, mode="wrap")
+        smooth *= sd_mm / max(float(smooth.std()), 1e-6)
+        zoom = [f / c for f, c in zip(FIELD_SHAPE, coarse_shape)]
+        out[d] = ndimage.zoom(smooth, zoom, order=1, grid_mode=True, mode="grid-constant")[
+            : FIELD_SHAPE[0], : FIELD_SHAPE[1], : FIELD_SHAPE[2]
+        ]
+    return out
+
+
+def _bias_field(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
+    """Smooth multiplicative field in [low', high'] within (low, high): a random quadratic."""
+    axes = [np.linspace(-1, 1, n, dtype=np.float32).reshape([-1 if i == d else 1 for i in range(3)]) for d, n in enumerate(shape)]
+    x, y, z = axes
+    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
+    c = rng.normal(0.0, 1.0, len(terms)).astype(np.float32)
+    field = sum(ci * t for ci, t in zip(c, terms))
+    field = np.broadcast_to(field, shape)
+    span = float(field.max() - field.min()) or 1.0
+    amplitude = rng.uniform(0.5, 1.0)  # share of the allowed range this subject uses
+    lo = 1.0 - (1.0 - low) * amplitude
+    hi = 1.0 + (high - 1.0) * amplitude
+    return (lo + (field - field.min()) * ((hi - lo) / span)).astype(np.float32)
+
+
+def intensity_knots(row: Mapping, anatomy: Anatomy, model: SimulationModel) -> tuple[np.ndarray, np.ndarray]:
+    """Monotone template-unit -> signal (relative to WM = 1) mapping of the subject's contrast."""
+    site = SITES[row["dataset"]]
+    csf, gm, wm, fat = site.contrast
+    load = max(ageing_load(float(row["biological_age"]), model), 0.0)
+    wm_s = wm * (1.0 - model.wm_darkening_80 * load)
+    gm_s = min(gm * (1.0 + model.gm_brightening_80 * load), 0.97 * wm_s)
+    t = anatomy.tissue_means
+    bone = NONBRAIN_INTENSITY[LABEL_BONE]
+    fat_t = NONBRAIN_INTENSITY[LABEL_FAT]
+    x = np.array([0.0, bone, t["csf"], t["gm"], t["wm"], fat_t, 2 * fat_t])
+    y = np.array([0.0, 0.04, csf, gm_s, wm_s, fat, 2 * fat])
+    return x, y
+
+
+def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationModel | None = None) -> SimulatedScan:
+    """Simulate the raw T1w scan of one planned subject (a row of :func:`plan_cohort`)."""
+    model = model or SimulationModel()
+    pid = str(row["participant_id"])
+    rng = subject_rng(seed, pid, "scan")
+    voxel_mm = float(row.get("voxel_mm", anatomy.voxel_mm))
+    shape, affine = raw_grid(str(row["dataset"]), voxel_mm)
+    to_mni = native_to_mni(row)
+
+    # the subject's displacement field on the 2 mm field grid
+    weights = effect_weights(row, model)
+    field = _random_warp(rng, model.warp_sd_mm, model.warp_smoothness_mm)
+    for name, w in weights.items():
+        if w:
+            field += np.float32(w) * anatomy.bases[name]
+
+    # MNI point of each raw voxel (raw voxel -> native -> MNI is one affine), then pulled back
+    vox_to_field = np.linalg.inv(FIELD_AFFINE) @ to_mni @ affine
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    pts = (vox_to_field[:3, :3].astype(np.float32) @ idx) + vox_to_field[:3, 3:4].astype(np.float32)
+    del idx
+    disp = np.stack([ndimage.map_coordinates(field[d], pts, order=1, mode="constant", cval=0.0) for d in range(3)])
+    # field-grid index -> head-grid index: both are axis-aligned on the same world frame
+    head_from_field = np.linalg.inv(HEAD_AFFINE) @ FIELD_AFFINE
+    scale = np.float32(head_from_field[0, 0])
+    pts *= scale
+    pts += head_from_field[:3, 3:4].astype(np.float32)
+    pts += disp / np.float32(HEAD_AFFINE[0, 0])
+    del disp
+    template_units = ndimage.map_coordinates(anatomy.head, pts, order=1, mode="constant", cval=0.0)
+    labels = ndimage.map_coordinates(anatomy.labels, pts, order=0, mode="constant", cval=0).reshape(shape)
+    del pts
+
+    # contrast, bias field, Rician noise
+    site = SITES[str(row["dataset"])]
+    knots_x, knots_y = intensity_knots(row, anatomy, model)
+    signal = np.interp(template_units, knots_x, knots_y).astype(np.float32).reshape(shape)
+    level = np.float32(site.scale * float(row["intensity_scale"]))
+    signal *= level * _bias_field(rng, shape, *model.bias_range)
+    sigma = np.float32(site.noise * level)
+    real = signal + sigma * rng.standard_normal(shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(shape, dtype=np.float32)
+    magnitude = np.sqrt(real * real + imag * imag)
+    data = np.clip(np.round(magnitude), 0, 32767).astype(np.int16)
+
+    brain = (labels >= 1) & (labels <= BRAIN_LABEL_MAX)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=256)
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    volumes = {name: float(counts[list(vals)].sum() * voxel_ml) for name, vals in REGIONS.items()}
+    volumes["brain"] = float(brain.sum() * voxel_ml)
+    volumes["intracranial"] = volumes["brain"] + float(counts[LABEL_EXTRA_CSF] * voxel_ml)
+    return SimulatedScan(
+        image=_nifti(data, affine, "brainage simulate: raw T1w"),
+        mask=_nifti(brain.astype(np.uint8), affine, "brainage simulate: true brain mask"),
+        native_to_mni=to_mni,
+        weights=weights,
+        volumes_ml=volumes,
+    )
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, description: str) -> nib.Nifti1Image:
+    """A NIfTI-1 image with every header field set from the arguments (byte-identical reruns)."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)  # 1 = scanner anatomical
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = description.encode()[:79]
+    img.header.set_slope_inter(1.0, 0.0)
+    return img

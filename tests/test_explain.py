@@ -1,0 +1,231 @@
+"""Grad-RAM against MONAI's GradCAM, group means and AAL116 tables against hand-computed values."""
+
+from __future__ import annotations
+
+import copy
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.networks.nets import resnet18
+from monai.visualize import GradCAM
+from torch import nn
+
+from brainage.atlases import aal_labels
+from brainage.explain import (
+    GroupMeans,
+    age_group,
+    grad_ram,
+    match_controls_by_age,
+    parcel_table,
+    precision_at_k,
+    random_precision_at_k,
+    saliency_groups,
+    truth_check,
+)
+
+SHAPE = (32, 40, 32)  # small input; layer4 of a ResNet is then 1 x 2 x 1 voxels
+
+
+class Regressor(nn.Module):
+    """An AgeModel look-alike: ``encoder`` (MONAI ResNet trunk, features) + linear ``head``."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder = resnet18(spatial_dims=3, n_input_channels=1, feed_forward=False)
+        self.head = nn.Linear(512, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, D, H, W) -> (B,)
+        return self.head(self.encoder(x))[:, 0]
+
+
+class AsLogits(nn.Module):
+    """MONAI's CAM classes index ``logits[:, class_idx]``: give them a (B, 1) output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[:, None]
+
+
+def monai_grad_ram(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """MONAI GradCAM on encoder.layer4 (its own hooks and full backward), min-max in numpy.
+
+    MONAI leaves its hooks on the module: it gets its own copy of the model.
+    """
+    cam = GradCAM(AsLogits(copy.deepcopy(model)), target_layers="model.encoder.layer4", postprocessing=lambda m: m)
+    maps = cam(x, class_idx=0)[:, 0].detach().double().numpy()
+    flat = maps.reshape(len(maps), -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    return ((flat - low) / (high - low)).reshape(maps.shape)
+
+
+@pytest.fixture(scope="module")
+def trained_like():
+    """A randomly initialised ResNet18 with non-trivial BatchNorm running statistics."""
+    model = Regressor(seed=0)
+    model.train()
+    with torch.no_grad():  # a few forward passes in train mode move the running mean/var
+        for k in range(3):
+            model(torch.randn(4, 1, *SHAPE, generator=torch.Generator().manual_seed(k)))
+    return model.eval()
+
+
+def _volumes(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 1, *SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_grad_ram_matches_monai_gradcam(trained_like):
+    x = _volumes(3)
+    ours = grad_ram(trained_like, x).double().numpy()
+    theirs = monai_grad_ram(trained_like, x)
+    assert ours.shape == (3, *SHAPE)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_grad_ram_shapes_and_range_per_subject(trained_like):
+    x = _volumes(4, seed=2)
+    maps = grad_ram(trained_like, x)
+    assert maps.shape == (4, *SHAPE) and maps.dtype == torch.float32
+    for m in maps:
+        assert float(m.min()) == pytest.approx(0.0, abs=1e-7)
+        assert float(m.max()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_grad_ram_of_a_subject_does_not_depend_on_its_batch(trained_like):
+    x = _volumes(3, seed=3)
+    together = grad_ram(trained_like, x)
+    alone = torch.cat([grad_ram(trained_like, x[k : k + 1]) for k in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_grad_ram_restores_training_mode_and_leaves_no_hooks(trained_like):
+    model = copy.deepcopy(trained_like).train()
+    grad_ram(model, _volumes(1))
+    assert model.training
+    assert not model.encoder.layer4._forward_hooks
+
+
+def test_grad_ram_for_frozen_rnc_encoder_and_linear_head(trained_like):
+    # RNC: the encoder is frozen (no parameter needs a gradient), only the head was trained.
+    frozen = copy.deepcopy(trained_like)
+    for p in frozen.encoder.parameters():
+        p.requires_grad_(False)
+    x = _volumes(2, seed=4)
+    maps = grad_ram(frozen, x)
+    # the map is a property of the function, not of which weights are trainable
+    np.testing.assert_allclose(maps.double().numpy(), monai_grad_ram(trained_like, x), atol=1e-5, rtol=0)
+
+
+def test_grad_ram_with_the_project_age_model():
+    networks = pytest.importorskip("brainage.networks")
+    build = getattr(networks, "build_model", None)
+    if build is None:
+        pytest.skip("brainage.networks.build_model not available")
+    try:
+        model = build("resnet18")
+    except TypeError:
+        pytest.skip("brainage.networks.build_model signature differs")
+    model.eval()
+    x = _volumes(2, seed=5)
+    np.testing.assert_allclose(grad_ram(model, x).double().numpy(), monai_grad_ram(model, x), atol=1e-5, rtol=0)
+
+
+def test_unknown_target_layer_is_one_clear_error(trained_like):
+    with pytest.raises(ValueError, match="no layer 'layer9'"):
+        grad_ram(trained_like, _volumes(1), target_layer="layer9")
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+def _subjects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "participant_id": ["sub-a", "sub-b", "sub-c", "sub-d", "sub-e", "sub-f", "sub-g"],
+            "cohort": ["HC", "HC", "HC", "HC", "HC", "AD", "PD"],
+            "age": [25.0, 39.9, 40.0, 85.0, 61.0, 70.0, 62.0],
+            "sex": ["F", "M", "F", "M", "F", "F", "M"],
+        }
+    )
+
+
+def test_age_groups_follow_the_study_bins():
+    assert [age_group(a) for a in (19.9, 20, 39.99, 40, 59.9, 60, 79.9, 80, 101)] == [
+        None, "20-40", "20-40", "40-60", "40-60", "60-80", "60-80", "80plus", "80plus",
+    ]
+
+
+def test_group_members_and_means_by_hand():
+    subjects = _subjects()
+    groups = {g.id: g for g in saliency_groups(subjects)}
+    assert groups["HC_20-40_F"].members == ["sub-a"]
+    assert groups["HC_20-40_M"].members == ["sub-b"]
+    assert groups["HC_20-40"].members == ["sub-a", "sub-b"]
+    assert groups["HC_40-60_F"].members == ["sub-c"]
+    assert groups["HC_80plus_M"].members == ["sub-d"]
+    assert groups["HC_60-80_M"].members == []
+    assert groups["AD"].members == ["sub-f"] and groups["PD"].members == ["sub-g"]
+    maps = {pid: np.full((2, 2, 2), k, dtype=np.float32) for k, pid in enumerate(subjects["participant_id"])}
+    maps["sub-b"][0, 0, 0] = 10.0
+    acc = GroupMeans(list(groups.values()), (2, 2, 2))
+    for pid, m in maps.items():
+        acc.add(pid, m)
+    means = acc.means()
+    expected = np.full((2, 2, 2), (0 + 1) / 2)
+    expected[0, 0, 0] = (0 + 10) / 2
+    np.testing.assert_allclose(means["HC_20-40"], expected)
+    np.testing.assert_allclose(means["HC"], np.mean([maps[p] for p in ["sub-a", "sub-b", "sub-c", "sub-d", "sub-e"]], axis=0))
+    assert means["HC_60-80_M"] is None and acc.counts()["HC_60-80_M"] == 0
+
+
+def test_age_matched_controls_nearest_without_replacement():
+    patients = pd.DataFrame({"participant_id": ["p1", "p2"], "age": [70.0, 69.0], "sex": ["F", "F"]})
+    controls = pd.DataFrame({"participant_id": ["c1", "c2", "c3"], "age": [69.5, 50.0, 75.0], "sex": ["M", "F", "F"]})
+    pairs = match_controls_by_age(patients, controls).set_index("participant_id")
+    # p1 (70, oldest first) takes c1 (gap 0.5); p2 (69) cannot reuse c1, takes c3 (gap 6) over c2 (gap 19)
+    assert pairs.at["p1", "control_id"] == "c1"
+    assert pairs.at["p2", "control_id"] == "c3"
+
+
+# ---------------------------------------------------------------------------- AAL116
+
+
+def test_aal116_table_by_hand():
+    labels = aal_labels()
+    atlas = np.zeros((4, 4, 4), dtype=np.int16)
+    saliency = np.zeros((4, 4, 4), dtype=np.float32)
+    # Hippocampus_L (37): voxels 0.8 and 1.0 -> mean 0.9; Hippocampus_R (38): 0.5 x 3 -> 0.5;
+    # Precentral_L (1): 0.2 and 0.4 -> 0.3; Vermis_10 (116): 0.95 alone
+    for idx, values in {37: [0.8, 1.0], 38: [0.5, 0.5, 0.5], 1: [0.2, 0.4], 116: [0.95]}.items():
+        for v in values:
+            free = np.argwhere(atlas == 0)[0]
+            atlas[tuple(free)] = idx
+            saliency[tuple(free)] = v
+    saliency[atlas == 0] = 0.7  # background must not leak into any region
+    table = parcel_table(saliency, atlas, labels, threshold=0.8).set_index("index")
+    assert len(table) == 116
+    assert table.at[37, "name"] == "Hippocampus_L" and table.at[37, "hemisphere"] == "L"
+    assert table.at[116, "hemisphere"] == "midline"
+    np.testing.assert_allclose(table.loc[[116, 37, 38, 1], "mean"], [0.95, 0.9, 0.5, 0.3], atol=1e-7)
+    assert list(table.loc[[116, 37, 38, 1], "rank"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(table.loc[[116, 37, 38, 1], "mean_scaled"], np.array([0.95, 0.9, 0.5, 0.3]) / 0.95, atol=1e-7)
+    assert set(table.index[table["above_threshold"]]) == {116, 37}  # 1.0 and 0.947 > 0.8; 0.526 is not
+    assert table.drop(index=[116, 37, 38, 1])["mean"].isna().all()
+
+
+def test_precision_at_k_and_random_baseline():
+    ranking = [f"r{k}" for k in range(20)]
+    assert precision_at_k(ranking, {"r0", "r3", "r15"}, k=10) == pytest.approx(0.2)
+    # random rankings: expected precision is n_relevant / n_regions (hypergeometric mean)
+    draws = random_precision_at_k(116, 20, 10, draws=4000, seed=0)
+    assert draws.mean() == pytest.approx(20 / 116, abs=0.01)
+    table = pd.DataFrame({"index": range(1, 21), "name": ranking, "mean": np.linspace(1, 0, 20)})
+    table["rank"] = np.arange(1, 21)
+    check = truth_check(table, ranking[:10], k=10, draws=2000, seed=0)
+    assert check["precision"] == 1.0 and check["p_value"] < 0.01

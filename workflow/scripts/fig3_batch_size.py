@@ -1,0 +1,14 @@
+"""Figure 3: test MAE of the RNC sweep models against batch size (brainage.figures)."""
+
+from brainage.figures import fig3_batch_size
+from brainage.io import write_tsv
+from brainage.logs import redirect_to_log
+from brainage.tables import load_predictions
+
+with redirect_to_log(snakemake.log[0]):
+    p = snakemake.params.stats
+    data = fig3_batch_size(
+        load_predictions(snakemake.input), snakemake.params.models, [snakemake.output.png, snakemake.output.svg],
+        n_resamples=p["n_resamples"], seed=p["seed"],
+    )
+    write_tsv(snakemake.output.tsv, data)

@@ -1,0 +1,17 @@
+"""Figures 4, 5 and 7: group-mean Grad-RAM of the best model of a role (brainage.figures)."""
+
+from pathlib import Path
+
+from brainage.figures import AGE_GROUP_ROWS, DISEASE_ROWS, fig_gradram
+from brainage.logs import redirect_to_log
+from brainage.stats import validation_maes
+
+ROWS = {"age": (AGE_GROUP_ROWS, "Grad-RAM by age group, healthy test subjects"), "disease": (DISEASE_ROWS, "Grad-RAM in AD and PD")}
+
+with redirect_to_log(snakemake.log[0]):
+    p = snakemake.params
+    rows, title = ROWS[p.rows]
+    groups = {Path(d).parent.name: d for d in snakemake.input.groups}
+    chosen = fig_gradram(p.models, validation_maes(snakemake.input.logs), groups, p.resources,
+                         [snakemake.output.png, snakemake.output.svg], p.roles, rows, title, p.cut_coords)
+    print(f"models shown: {chosen}")

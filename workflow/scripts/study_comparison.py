@@ -1,0 +1,13 @@
+"""Study comparison sheet: the study's published figures beside this run's (brainage.tables)."""
+
+from brainage.io import write_text
+from brainage.logs import redirect_to_log
+from brainage.stats import validation_maes
+from brainage.tables import load_predictions, markdown_to_html, study_comparison
+
+with redirect_to_log(snakemake.log[0]):
+    cohort = snakemake.params.cohort
+    label = "the embedded simulated cohort (brainage simulate)" if cohort["source"] == "simulate" else f"the manifest {cohort.get('manifest')}"
+    sheet = study_comparison(load_predictions(snakemake.input.predictions), snakemake.params.models, validation_maes(snakemake.input.logs), label)
+    write_text(snakemake.output.md, sheet)
+    write_text(snakemake.output.html, markdown_to_html(sheet, "Study comparison"))
