@@ -119,6 +119,8 @@ def fmt(run: DryRun) -> str:
 
 
 def verdict(n: int, run: DryRun) -> str:
+    if not run.ok:
+        return "dry-run FAILED (see below)"
     max_s, max_mb = TARGETS.get(n, (None, None))
     parts = []
     if max_s is not None:

@@ -22,3 +22,102 @@ def atlas_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("atlases")
     build_resources(root, [1, 2, 4])
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny pipeline, run once per session (tests/config/tiny.yaml), for tests that need a
+# completed run: rerun behaviour (tests/test_rerun.py) and anyone checking real outputs.
+
+TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
+#: what a working directory needs to run the pipeline from its own copy of the code
+WORKFLOW_FILES = ("Snakefile", "workflow", "src")
+
+
+def tiny_config() -> dict:
+    """config/config.yaml overlaid with tests/config/tiny.yaml; tiny's ``models`` replace all."""
+    import yaml
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    config = merge(base, {k: v for k, v in tiny.items() if k != "models"})
+    if "models" in tiny:
+        config["models"] = tiny["models"]
+    return config
+
+
+def make_workdir(work: Path, config: dict | None = None) -> Path:
+    """A working directory holding a copy of the workflow and library code and ``config``.
+
+    The copy lets a test edit code (a module, a figure script) without touching the
+    repository; ``common.smk`` puts the copy's ``src/`` first on ``sys.path``, so the code
+    hashes of the rules are those of the copy.
+    """
+    import shutil
+
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, work / name)
+    (work / "config").mkdir(exist_ok=True)
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config or tiny_config(), sort_keys=False))
+    return work
+
+
+def snakemake_cmd(work: Path, *args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "snakemake", "-s", str(work / "Snakefile"), "-d", str(work), *args]
+
+
+def planned_jobs(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
+    """The jobs a dry-run (`snakemake -n`) of ``work`` would run: (rule, wildcards) each."""
+    import re
+    import subprocess
+
+    out = subprocess.run(snakemake_cmd(work, "-n", "--cores", "1", *args), capture_output=True, text=True,
+                         timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in text.splitlines():
+        start = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if start:
+            jobs.append((start.group(1), {}))
+            continue
+        wildcards = re.match(r"^\s+wildcards: (.*)$", line)
+        if wildcards and jobs:
+            jobs[-1][1].update(dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")))
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Working directory of a completed run of the whole tiny pipeline (read-only: copy it)."""
+    import subprocess
+
+    work = make_workdir(tmp_path_factory.mktemp("tiny_run"))
+    out = subprocess.run(snakemake_cmd(work, "--cores", "2"), capture_output=True, text=True, timeout=1800)
+    (work / "snakemake.log").write_text(out.stdout + out.stderr)
+    assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
+    return work
+
+
+@pytest.fixture
+def tiny_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the completed tiny run (results and Snakemake's metadata included)."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work, symlinks=True)  # copy2 keeps mtimes: nothing looks newer
+    return work

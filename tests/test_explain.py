@@ -229,3 +229,98 @@ def test_precision_at_k_and_random_baseline():
     table["rank"] = np.arange(1, 21)
     check = truth_check(table, ranking[:10], k=10, draws=2000, seed=0)
     assert check["precision"] == 1.0 and check["p_value"] < 0.01
+
+
+# ---------------------------------------------------------------------------- the rule's library call
+
+
+@pytest.mark.slow
+def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_path):
+    """Per-subject maps, group means, difference map and AAL116 table re-derived from the files."""
+    from brainage.cache import build_cache
+    from brainage.explain import run_saliency, saliency_file
+    from brainage.grids import template_grid
+    from brainage.networks import build_age_model
+
+    grid = template_grid(4)
+    torch.manual_seed(0)
+    arch = {"backbone": "resnet18", "width": 0.25, "conv1_stride": 2, "norm": "batch"}
+    model = build_age_model(arch, 55.0, 15.0)
+    meta = {"name": "tiny", "kind": "e2e", "architecture": arch, "grid_res": 4.0, "grid_shape": list(grid.shape),
+            "age": {"train_mean": 55.0, "train_sd": 15.0}, "preprocess": {}}
+    model_path = tmp_path / "models" / "tiny" / "model.pt"
+    model_path.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, model_path)
+
+    people = pd.DataFrame({
+        "participant_id": ["sub-h2", "sub-h3", "sub-h4", "sub-a1", "sub-a2"],
+        "dataset": "sim", "cohort": ["HC", "HC", "HC", "AD", "AD"],
+        "age": [70.0, 74.0, 50.0, 73.0, 69.0], "sex": ["F", "M", "M", "F", "M"],
+    })  # no PD subject: the PD groups are empty and must be skipped cleanly
+    for col in ("adas_cog11", "updrs3", "hoehn_yahr"):
+        people[col] = np.nan
+    splits = people[["participant_id", "dataset", "cohort", "age", "sex"]].copy()
+    splits["split"] = ["test", "test", "train", "AD", "AD"]
+    people.to_csv(tmp_path / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    splits.to_csv(tmp_path / "splits.tsv", sep="\t", index=False)
+    rng = np.random.default_rng(0)
+    paths = {}
+    for pid in people["participant_id"]:
+        paths[pid] = tmp_path / f"{pid}.nii.gz"
+        nib.Nifti1Image(rng.uniform(0, 1, grid.shape).astype(np.float32), grid.affine).to_filename(str(paths[pid]))
+    build_cache(paths, splits, tmp_path / "volumes.npy", tmp_path / "index.tsv")
+    out = {k: tmp_path / "sal" / v for k, v in dict(
+        subjects="subjects", groups="groups", groups_tsv="groups.tsv", aal116="aal116.tsv",
+        matches="matched.tsv", truth="truth.tsv").items()}
+    truth = ["Hippocampus_L", "Hippocampus_R", "Amygdala_L", "Amygdala_R"]
+    run_saliency(model_path, tmp_path / "participants.tsv", tmp_path / "splits.tsv", tmp_path / "volumes.npy",
+                 tmp_path / "index.tsv", atlas_root, out, hc_splits=["test"], batch_size=3, random_draws=200,
+                 truth_regions=truth, device="cpu")
+
+    def load(path):
+        img = nib.load(str(path))
+        assert img.shape == grid.shape and np.allclose(img.affine, grid.affine) and int(img.header["sform_code"]) == 4
+        return img.get_fdata()
+
+    subj = {pid: load(out["subjects"] / saliency_file("4", participant_id=pid)) for pid in people["participant_id"] if pid != "sub-h4"}
+    assert not (out["subjects"] / saliency_file("4", participant_id="sub-h4")).exists()  # a training subject
+    for m in subj.values():
+        assert m.min() == pytest.approx(0, abs=1e-4) and m.max() == pytest.approx(1, abs=1e-4)
+    # each stored map is the Grad-RAM of the normalised cached volume
+    from brainage.cache import CachedVolumes
+
+    cache = CachedVolumes(tmp_path / "volumes.npy", tmp_path / "index.tsv")
+    ref = grad_ram(model.eval(), torch.from_numpy(cache.volume("sub-h2"))[None, None])[0].numpy()
+    np.testing.assert_allclose(subj["sub-h2"], ref, atol=1e-4)
+
+    group = lambda g: load(out["groups"] / saliency_file("4", group=g))  # noqa: E731
+    np.testing.assert_allclose(group("HC_60-80"), (subj["sub-h2"] + subj["sub-h3"]) / 2, atol=1e-5)
+    np.testing.assert_allclose(group("HC_60-80_F"), subj["sub-h2"], atol=1e-5)
+    assert not (out["groups"] / saliency_file("4", group="PD")).exists()
+    groups_table = pd.read_csv(out["groups_tsv"], sep="\t").set_index("group")
+    assert groups_table.at["PD", "n"] == 0 and groups_table.at["PD-minus-HC", "n"] == 0
+    np.testing.assert_allclose(group("AD"), (subj["sub-a1"] + subj["sub-a2"]) / 2, atol=1e-5)
+    # AD (73 F, 69 M) matched oldest first: sub-a1 -> sub-h3 (74), sub-a2 -> sub-h2 (70)
+    pairs = pd.read_csv(out["matches"], sep="\t").set_index("participant_id")
+    assert pairs.at["sub-a1", "control_id"] == "sub-h3" and pairs.at["sub-a2", "control_id"] == "sub-h2"
+    expected_diff = (subj["sub-a1"] + subj["sub-a2"]) / 2 - (subj["sub-h3"] + subj["sub-h2"]) / 2
+    np.testing.assert_allclose(group("AD-minus-HC"), expected_diff, atol=1e-5)
+    assert (out["groups"] / "group-AD-minus-HC_saliency.png").stat().st_size > 10_000
+
+    # AAL116 table of the HC group: region means by an explicit loop over the atlas labels
+    atlas = np.asanyarray(nib.load(str(atlas_root / "tpl-MNI152NLin2009cAsym_res-4_atlas-AAL116_dseg.nii.gz")).dataobj)
+    hc = group("HC")
+    table = pd.read_csv(out["aal116"], sep="\t")
+    hc_table = table[table["group"] == "HC"].set_index("index")
+    assert len(hc_table) == 116
+    for idx in (1, 37, 42, 71, 116):
+        voxels = hc[atlas == idx]
+        if voxels.size:
+            assert hc_table.at[idx, "mean"] == pytest.approx(voxels.mean(), abs=1e-5)
+    means = hc_table["mean"]
+    assert hc_table.at[means.idxmax(), "rank"] == 1
+    listed = set(groups_table.at["HC", "regions_above_threshold"].split(";"))
+    assert listed == set(hc_table.index[means / means.max() > 0.8].map(hc_table["name"]))
+    check = pd.read_csv(out["truth"], sep="\t").set_index("group")
+    top10 = means.sort_values(ascending=False).index[:10].map(hc_table["name"])
+    assert check.at["HC", "precision"] == pytest.approx(len(set(top10) & set(truth)) / 10)

@@ -29,6 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Imported at module load (not inside the functions): DataLoader workers forked from the training
+# process then inherit MONAI instead of paying its multi-second import on their first volume.
+from monai.transforms import Affine, Compose, Resize, Rotate, SpatialCrop
+
 __all__ = ["AugmentConfig", "AugmentParams", "sample_params", "spatial_transforms", "augment_volume", "augment_batch"]
 
 
@@ -79,8 +83,6 @@ def sample_params(cfg: AugmentConfig, shape: tuple[int, int, int], rng: np.rando
 
 def spatial_transforms(params: AugmentParams, shape: tuple[int, int, int]) -> list:
     """The study's spatial transforms for ``params``, in the study's order, as MONAI transforms."""
-    from monai.transforms import Affine, Resize, Rotate, SpatialCrop
-
     out: list = []
     if params.translate is not None:
         out.append(Affine(translate_params=params.translate, padding_mode="zeros", image_only=True))
@@ -100,8 +102,6 @@ def augment_volume(
     ``folded=True`` resamples once (MONAI lazy resampling of the composed affine);
     ``folded=False`` applies the transforms one after the other (the study's way, the baseline).
     """
-    from monai.transforms import Compose
-
     shape = tuple(volume.shape[1:])
     transforms = spatial_transforms(params, shape)  # type: ignore[arg-type]
     out = volume

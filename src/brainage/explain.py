@@ -166,8 +166,9 @@ def match_controls_by_age(patients: pd.DataFrame, controls: pd.DataFrame) -> pd.
     participant_id, age, control_id, control_age.
     """
     rows = []
-    if controls.empty:
-        return pd.DataFrame(columns=["participant_id", "age", "control_id", "control_age"])
+    columns = ["participant_id", "age", "control_id", "control_age"]
+    if controls.empty or patients.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if "age" in c else object) for c in columns})
     free = controls.sort_values("participant_id").copy()
     for _, p in patients.sort_values(["age", "participant_id"], ascending=[False, True]).iterrows():
         pool = free if not free.empty else controls
@@ -185,7 +186,7 @@ def match_controls_by_age(patients: pd.DataFrame, controls: pd.DataFrame) -> pd.
         )
         if not free.empty:
             free = free.drop(index=best)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 class GroupMeans:
@@ -298,38 +299,68 @@ def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws
 # --------------------------------------------------------------------------------------
 
 
-def template_image(data: np.ndarray, affine: np.ndarray, dtype=np.float16) -> nib.Nifti1Image:
-    """A template-space (MNI152, sform/qform code 4) NIfTI of ``data`` stored as ``dtype``."""
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+#: stored saliency maps are [0, 1] quantised to int16 with this slope (NIfTI-1 has no float16;
+#: 2 bytes per voxel like float16, with a finer step of 3e-5)
+SALIENCY_SLOPE = 1.0 / 32767.0
+
+
+def quantise_saliency(saliency: np.ndarray) -> np.ndarray:
+    """The [0, 1] map as stored on disk: rounded to multiples of :data:`SALIENCY_SLOPE` (float32)."""
+    q = np.round(np.clip(np.asarray(saliency, dtype=np.float64), 0.0, 1.0) / SALIENCY_SLOPE)
+    return (q * SALIENCY_SLOPE).astype(np.float32)
+
+
+def template_image(data: np.ndarray, affine: np.ndarray, quantised: bool = True) -> nib.Nifti1Image:
+    """A template-space (MNI152, sform/qform code 4) NIfTI of ``data``.
+
+    ``quantised``: a [0, 1] saliency map stored as int16 x :data:`SALIENCY_SLOPE` (half the
+    size of float32); otherwise float32 (group means and signed difference maps).
+    """
+    if quantised:
+        q = np.round(np.clip(np.asarray(data, dtype=np.float64), 0.0, 1.0) / SALIENCY_SLOPE).astype(np.int16)
+        img = nib.Nifti1Image(q, affine)
+        img.header.set_slope_inter(SALIENCY_SLOPE, 0.0)
+    else:
+        img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.set_qform(affine, code=4)
     img.set_sform(affine, code=4)
     img.header.set_xyzt_units("mm")
     return img
 
 
-def plot_group_map(img: nib.Nifti1Image, template: nib.Nifti1Image, title: str, path: str | Path, signed: bool = False) -> None:
-    """PNG of a saliency map on the template: orthogonal slices (top) and a glass brain (bottom)."""
+def plot_group_map(
+    img: nib.Nifti1Image, template: nib.Nifti1Image, brain_mask: np.ndarray, title: str, path: str | Path, signed: bool = False
+) -> None:
+    """PNG of a saliency map on the template: orthogonal slices through its most salient cluster and a glass brain.
+
+    The map is shown inside the template brain mask only (Grad-RAM upsampled from a coarse
+    block is non-zero in the background too, which would hide the anatomy), semi-transparent,
+    with values below 5 % of the maximum left out. ``signed``: a difference map (blue-red,
+    symmetric scale).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = np.where(brain_mask, np.asarray(img.dataobj, dtype=np.float32), 0.0).astype(np.float32)
     vmax = float(np.nanmax(np.abs(data))) or 1.0
-    img32 = nib.Nifti1Image(data, img.affine)
+    shown = nib.Nifti1Image(data, img.affine)
+    # centre of the largest high-saliency cluster: a peak on the brain's rim would give edge slices
+    cut = plotting.find_xyz_cut_coords(nib.Nifti1Image(np.abs(data), img.affine))
+    cmap = "RdBu_r" if signed else "hot"
     fig = plt.figure(figsize=(9, 6.4))
     top = fig.add_axes([0.0, 0.5, 1.0, 0.46])
     bottom = fig.add_axes([0.0, 0.02, 1.0, 0.46])
-    cmap = "RdBu_r" if signed else "hot"
     plotting.plot_stat_map(
-        img32, bg_img=template, display_mode="ortho", cut_coords=(0, -18, 10), axes=top, cmap=cmap,
-        vmax=vmax, symmetric_cbar=signed, threshold=None, title=title, colorbar=True, draw_cross=False,
-        black_bg=False, annotate=True,
+        shown, bg_img=template, display_mode="ortho", cut_coords=cut, axes=top, cmap=cmap, vmax=vmax,
+        symmetric_cbar=signed, threshold=0.05 * vmax, transparency=0.7, title=title, colorbar=True,
+        draw_cross=False, black_bg=False, annotate=True, dim=0,
     )
     plotting.plot_glass_brain(
-        img32, display_mode="lyrz", axes=bottom, cmap=cmap, vmax=vmax, vmin=-vmax if signed else 0.0,
-        plot_abs=False, colorbar=False, threshold=0.0 if not signed else vmax * 0.05, black_bg=False,
+        shown, display_mode="lyrz", axes=bottom, cmap=cmap, vmax=vmax, vmin=-vmax if signed else 0.0,
+        plot_abs=False, symmetric_cbar=signed, colorbar=False, threshold=0.05 * vmax, black_bg=False,
     )
     save_figure(fig, path)
     plt.close(fig)
@@ -346,22 +377,26 @@ def saliency_file(res_label: str, participant_id: str | None = None, group: str 
     return f"{entity}_space-MNI152NLin2009cAsym_res-{res_label}_desc-gradram_saliency.nii.gz"
 
 
-def read_truth_regions(path: str | Path | None) -> set[str] | None:
-    """AAL116 names the simulator made age-dependent, from its truth table (None: no truth).
+def simulated_age_regions(simulate_params: dict | None = None) -> pd.DataFrame:
+    """AAL116 regions that the simulator changes with age *region by region* (the truth).
 
-    Accepts a TSV with a ``name`` (or ``region``) column and, when present, a boolean-like
-    ``age_effect`` column selecting the rows (other rows are the unaffected regions).
+    In :class:`brainage.simulate.model.SimulationModel` healthy ageing acts on the ventricles,
+    the sulcal CSF, the whole brain's size and tissue contrast (global effects, not one
+    region's), and on the medial temporal lobe (hippocampus + amygdala, ``mtl_atrophy_80``):
+    the regional effect a saliency ranking can be checked against. ``simulate_params``: the
+    ``cohort.simulate`` config section (its model keys override the defaults).
     """
-    if path is None or not Path(path).is_file():
-        return None
-    table = pd.read_csv(path, sep="\t")
-    column = next((c for c in ("name", "region", "aal_name") if c in table), None)
-    if column is None:
-        raise ValueError(f"{path}: truth table has no name/region column")
-    if "age_effect" in table:
-        keep = table["age_effect"].astype(str).str.lower().isin(["true", "1", "yes"])
-        table = table[keep]
-    return set(table[column].astype(str))
+    from brainage.atlases import aal_labels
+    from brainage.simulate.anatomy import MTL_LABELS
+    from brainage.simulate.model import SimulationModel
+
+    params = {k: v for k, v in (simulate_params or {}).items() if k not in ("n_hc", "n_ad", "n_pd", "voxel_mm")}
+    model = SimulationModel.from_params(**params)
+    labels = aal_labels().set_index("index")
+    rows = []
+    if model.mtl_atrophy_80 > 0:
+        rows += [{"index": i, "name": labels.at[i, "name"], "effect": "mtl_atrophy_80", "value": model.mtl_atrophy_80} for i in MTL_LABELS]
+    return pd.DataFrame(rows, columns=["index", "name", "effect", "value"])
 
 
 def run_saliency(
@@ -379,7 +414,7 @@ def run_saliency(
     threshold: float = 0.8,
     top_k: int = 10,
     random_draws: int = 10000,
-    truth_tsv: str | Path | None = None,
+    truth_regions: Iterable[str] | None = None,
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
@@ -387,7 +422,9 @@ def run_saliency(
 
     ``out`` names the outputs: ``subjects`` and ``groups`` (folders), ``groups_tsv``,
     ``aal116`` (long table: one row per group and region), ``matches`` (age-matched
-    controls of AD and PD) and ``truth`` (precision at ``top_k`` against the simulator).
+    controls of AD and PD) and ``truth`` (precision at ``top_k`` of each HC, AD and PD group
+    ranking against ``truth_regions``, the AAL names the simulator made age-dependent; an
+    empty table when None, i.e. real data).
     """
     from tqdm import tqdm
 
@@ -420,7 +457,7 @@ def run_saliency(
     matches = []
     for cohort in ("AD", "PD"):
         pairs = match_controls_by_age(subjects[subjects["cohort"] == cohort], hc)
-        pairs.insert(1, "cohort", cohort)
+        pairs.insert(1, "cohort", pd.Series([cohort] * len(pairs), dtype=object))
         matches.append(pairs)
         groups.append(Group(f"{cohort}-matchedHC", f"HC age-matched to {cohort}", "HC", members=pairs["control_id"].tolist()))
     matches_table = pd.concat(matches, ignore_index=True)
@@ -437,12 +474,12 @@ def run_saliency(
     for chunk, volumes in tqdm(iter_batches(ids, cache.volume, batch_size), total=-(-len(ids) // batch_size), desc="grad-ram", mininterval=5):
         maps = grad_ram(model, volumes.to(dev), target_layer).cpu().numpy()
         for pid, sal in zip(chunk, maps):
-            sal16 = sal.astype(np.float16)  # what is stored is what is averaged
-            save_nifti(template_image(sal16, grid.affine), subjects_dir / saliency_file(label, participant_id=pid))
-            acc.add(pid, sal16.astype(np.float32))
+            stored = quantise_saliency(sal)  # what is stored is what is averaged
+            save_nifti(template_image(stored, grid.affine), subjects_dir / saliency_file(label, participant_id=pid))
+            acc.add(pid, stored)
             for c in ("AD", "PD"):
                 if pid in uses[c].index:
-                    matched_sum[c] += int(uses[c][pid]) * sal16.astype(np.float64)
+                    matched_sum[c] += int(uses[c][pid]) * stored.astype(np.float64)
 
     means = acc.means()
     counts = acc.counts()
@@ -458,8 +495,9 @@ def run_saliency(
     paths = resource_paths(resources_root, res)
     template = nib.load(str(paths["template"]))
     atlas = np.asanyarray(nib.load(str(paths["aal"])).dataobj).astype(np.int16)
+    brain_mask = np.asanyarray(nib.load(str(paths["mask"])).dataobj) > 0
     labels = aal_labels()
-    truth = read_truth_regions(truth_tsv)
+    truth = set(truth_regions) if truth_regions is not None else None
     groups_dir = Path(out["groups"])
     groups_dir.mkdir(parents=True, exist_ok=True)
     rows, tables, checks = [], [], []
@@ -468,22 +506,24 @@ def run_saliency(
         signed = g.id.endswith("minus-HC")
         row = {"group": g.id, "label": g.label, "cohort": g.cohort, "age_group": g.age_group, "sex": g.sex, "n": counts.get(g.id, 0)}
         if mean is not None:
-            img = template_image(mean, grid.affine, dtype=np.float32)
+            img = template_image(mean, grid.affine, quantised=False)
             save_nifti(img, groups_dir / saliency_file(label, group=g.id))
-            plot_group_map(img, template, f"{name}: {g.label} (n={row['n']})", groups_dir / f"group-{g.id}_saliency.png", signed=signed)
+            plot_group_map(img, template, brain_mask, f"{name}: {g.label} (n={row['n']})", groups_dir / f"group-{g.id}_saliency.png", signed=signed)
             table = parcel_table(mean, atlas, labels, threshold=threshold, signed=signed)
             above = table[table["above_threshold"]].sort_values("rank")
             row["regions_above_threshold"] = ";".join(above["name"])
             table.insert(0, "group", g.id)
             table.insert(1, "n", row["n"])
             tables.append(table)
-            if truth is not None and not signed:
+            if truth is not None and not signed and not g.id.endswith("matchedHC"):
                 checks.append({"group": g.id, "n": row["n"], **truth_check(table, truth, top_k, random_draws, seed)})
         rows.append(row)
     groups_table = pd.DataFrame(rows)
     groups_table["threshold"] = threshold
     aal_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    columns = ["group", "n", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top"]
+    columns = ["group", "n", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top", "relevant"]
+    for c in checks:
+        c["relevant"] = ";".join(sorted(truth or []))
     truth_table = pd.DataFrame(checks, columns=columns)
     if truth is None:
         log.info("no simulator truth table: precision at %d not computed", top_k)

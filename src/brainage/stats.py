@@ -275,8 +275,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 
 def healthy_test(frame: pd.DataFrame, older_than: float | None = None) -> pd.DataFrame:
-    """HC subjects of the test split; with ``older_than``, only those strictly older."""
-    sub = frame[(frame["cohort"] == "HC") & (frame["split"] == "test")]
+    """HC subjects of the test split; with ``older_than``, only those strictly older.
+
+    A table without a ``split`` column (an external model's) counts every HC row as test.
+    """
+    in_test = frame["split"] == "test" if "split" in frame else True
+    sub = frame[(frame["cohort"] == "HC") & in_test]
     if older_than is not None:
         sub = sub[sub["age"] > older_than]
     return sub

@@ -233,7 +233,8 @@ def table2_accuracy(
         )
     data = pd.DataFrame(rows)
     best = data.loc[data["mae"].idxmin(), "model"] if data["mae"].notna().any() else names[0]
-    tests = {n: stats.paired_error_test(predictions[n], predictions[best]) for n in names if n != best}
+    best_test = stats.healthy_test(predictions[best])
+    tests = {n: stats.paired_error_test(stats.healthy_test(predictions[n]), best_test) for n in names if n != best}
     data["compared_with"] = best
     data["t_vs_best"] = [tests[n].statistic if n in tests else math.nan for n in names]
     data["p_vs_best"] = [tests[n].pvalue if n in tests else math.nan for n in names]
@@ -329,11 +330,12 @@ def table3_baselines(
     else:
         notes.append("No external model supplied (config stats.external): row skipped.")
     reference = chosen.get("RNC")
-    ref_pred = predictions.get(reference) if reference else None
+    ref_test = stats.healthy_test(predictions[reference]) if reference in predictions else None
     rows = []
     for role, name, pred, n_tr in entries:
-        acc = stats.accuracy(stats.healthy_test(pred), n_resamples, seed)
-        test = stats.paired_error_test(pred, ref_pred) if ref_pred is not None and name != reference else None
+        hc_test = stats.healthy_test(pred)
+        acc = stats.accuracy(hc_test, n_resamples, seed)
+        test = stats.paired_error_test(hc_test, ref_test) if ref_test is not None and name != reference else None
         rows.append(
             {
                 "role": role,

@@ -63,7 +63,7 @@ from brainage.splits import split_hash
 
 log = logging.getLogger("brainage.train")
 
-__all__ = ["resolve_spec", "train_model", "load_model", "TrainingInterrupted"]
+__all__ = ["resolve_spec", "train_model", "load_model", "launch_torchrun", "TrainingInterrupted"]
 
 _DEFAULT_OPTIMISER = {
     "l1": {"name": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "milestones": [], "gamma": 0.1},
@@ -172,9 +172,11 @@ def _epoch_batches(n: int, batch_size: int, seed: int, phase: int, epoch: int, r
 
 
 def _loader(dataset, batches, workers: int, pin: bool):
+    # A private generator: creating the iterator must not draw from the global torch RNG, whose
+    # state is checkpointed (dropout), or a mid-epoch resume would shift it by one draw.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate, pin_memory=pin,
-        persistent_workers=False, prefetch_factor=2 if workers else None,
+        persistent_workers=False, prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -259,6 +261,39 @@ def _predict(model: nn.Module, cache: CachedVolumes, rows, device, batch_size: i
             out.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(model: nn.Module, cache: CachedVolumes, rows, device, batch_size: int, channels_last: bool, amp) -> None:
+    """Re-estimate BatchNorm running statistics on un-augmented training volumes ("precise BN").
+
+    With small 3D batches and few steps per epoch, the exponential running averages lag far
+    behind the weights, and eval-mode predictions can be off by decades of years while the
+    training loss is low. Before every evaluation the statistics are recomputed as exact
+    averages over (up to 512 of) the training volumes, with every other layer in eval mode (no
+    dropout draw, so the torch RNG stream and exact resume are unaffected). Wu & Johnson 2021,
+    "Rethinking 'Batch' in BatchNorm".
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    rows = rows[:512]
+    for start in range(0, len(rows), batch_size):
+        x = torch.stack([torch.from_numpy(cache.row(int(r)))[None] for r in rows[start : start + batch_size]])
+        if len(x) < 2:
+            break
+        with _autocast(device, amp):
+            model(_to_device(x, device, channels_last))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 @torch.no_grad()
@@ -438,6 +473,7 @@ def train_model(
                 sched.step()
                 val_mae = math.nan
                 if kind == "e2e":
+                    recompute_batchnorm_stats(_unwrap(model), cache, rows["train"], device, batch_size, channels_last, amp)
                     pred = _predict(model, cache, rows["val"], device, batch_size, channels_last, amp)
                     val_mae = float(np.abs(pred - ages["val"]).mean())
                     if val_mae < state["best_val"]:
@@ -473,6 +509,7 @@ def train_model(
             encoder = _unwrap(model).encoder
             for p in encoder.parameters():
                 p.requires_grad_(False)
+            recompute_batchnorm_stats(encoder, cache, rows["train"], device, batch_size, channels_last, amp)
             f_train = _features(encoder, cache, rows["train"], device, batch_size, channels_last, amp)
             f_val = _features(encoder, cache, rows["val"], device, batch_size, channels_last, amp)
             mu, sd = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
@@ -619,6 +656,27 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     model.load_state_dict(blob["state_dict"])
     model.to(map_location).eval()
     return model, meta
+
+
+def launch_torchrun(job: dict, splits_path: str, gpus: int) -> None:
+    """Run :func:`train_model` in ``gpus`` processes (one per GPU) under torchrun, on this node.
+
+    ``job``: the keyword arguments of train_model without ``splits``, which each process reads
+    from ``splits_path``. Raises CalledProcessError if training fails.
+    """
+    import subprocess
+
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job_file = out_dir / "torchrun_job.json"
+    with atomic_path(job_file) as tmp:
+        tmp.write_text(json.dumps({**job, "splits": str(splits_path)}, default=str))
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+         "-m", "brainage.train", str(job_file)],
+        check=True,
+    )
+    job_file.unlink(missing_ok=True)
 
 
 def _main(job_json: str) -> None:

@@ -4,8 +4,76 @@
 
 if config["cohort"]["source"] == "simulate":
 
-    # simulate_subject / simulate_cohort: see the simulation issue (owner: simulate helper)
-    pass
+    from brainage.simulate.model import plan_row
+
+    rule simulate_anatomy:
+        output:
+            "results/cohort/truth/anatomy.npz",
+        log:
+            "logs/simulate_anatomy/simulate_anatomy.log",
+        params:
+            voxel_mm=config["cohort"]["simulate"]["voxel_mm"],
+            code=code_hash("brainage.simulate", "brainage.atlases", "brainage.grids"),
+        threads: 1
+        resources:
+            mem_mb=4000,
+        script:
+            "../scripts/simulate_anatomy.py"
+
+    rule simulate_subject:
+        input:
+            anatomy="results/cohort/truth/anatomy.npz",
+        output:
+            t1w=f"{SIM_BIDS}/{{subject}}/anat/{{subject}}_T1w.nii.gz",
+            mask="results/cohort/truth/{subject}/{subject}_desc-brain_mask.nii.gz",
+            xfm_json="results/cohort/truth/{subject}/{subject}_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.json",
+            xfm_itk="results/cohort/truth/{subject}/{subject}_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt",
+            truth="results/cohort/truth/{subject}/{subject}_truth.json",
+        log:
+            "logs/simulate_subject/{subject}.log",
+        wildcard_constraints:
+            subject="sub-[A-Za-z0-9]+",
+        params:
+            row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
+            simulate=config["cohort"]["simulate"],
+            seed=SEED,
+            code=code_hash("brainage.simulate", "brainage.io"),
+        threads: 1
+        resources:
+            mem_mb=int(900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3),
+        script:
+            "../scripts/simulate_subject.py"
+
+    rule simulate_cohort:
+        input:
+            anatomy="results/cohort/truth/anatomy.npz",
+            t1w=expand(rules.simulate_subject.output.t1w, subject=SUBJECTS),
+            truth=expand(rules.simulate_subject.output.truth, subject=SUBJECTS),
+        output:
+            manifest="results/cohort/participants.tsv",
+            bids_participants=f"{SIM_BIDS}/participants.tsv",
+            dataset_description=f"{SIM_BIDS}/dataset_description.json",
+            subjects="results/cohort/truth/subjects.tsv",
+            effects="results/cohort/truth/effects_aal116.tsv",
+            sites="results/cohort/truth/sites.tsv",
+            model="results/cohort/truth/model.json",
+            figure=report(
+                "results/figures/simulated_raw_scans.png",
+                caption="../report/simulated_raw_scans.rst",
+                category="Cohort",
+            ),
+        log:
+            "logs/simulate_cohort/simulate_cohort.log",
+        params:
+            simulate=config["cohort"]["simulate"],
+            seed=SEED,
+            bids_root=SIM_BIDS,
+            code=code_hash("brainage.simulate", "brainage.manifest", "brainage.io"),
+        threads: 1
+        resources:
+            mem_mb=3000,
+        script:
+            "../scripts/simulate_cohort.py"
 
 else:
 
@@ -26,3 +94,4 @@ else:
 rule cohort_all:
     input:
         "results/cohort/participants.tsv",
+        rules.simulate_cohort.output if config["cohort"]["source"] == "simulate" else [],

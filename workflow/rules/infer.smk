@@ -4,50 +4,26 @@
 
 
 def infer_models():
-    """Models to run: ``infer.models`` if given, else every model the train stage defines."""
-    names = config["infer"].get("models")
-    if names:
-        return list(names)
-    models = config.get("train", {}).get("models", {})
-    if isinstance(models, dict):
-        return list(models)
-    return [m["name"] for m in models]
-
-
-def model_res(name):
-    """Grid (mm) of a model, from its entry in the train config (default: the finest grid)."""
-    models = config.get("train", {}).get("models", {})
-    spec = models.get(name, {}) if isinstance(models, dict) else next((m for m in models if m["name"] == name), {})
-    for key in ("grid", "grid_res", "res"):
-        if key in spec:
-            return float(spec[key])
-    return min(GRIDS)
+    """Models to run: ``infer.models`` if given, else every model of config ``models:``."""
+    return list(config["infer"].get("models") or MODELS)
 
 
 def model_cache(wildcards):
-    """Model, participants, splits and the cache of the model's grid."""
-    cache = f"results/cache/res-{res_label(model_res(wildcards.model))}"
+    """The model, manifest, splits and the cache of the model's grid (train.smk's model_grid)."""
     return {
         "model": f"results/models/{wildcards.model}/model.pt",
         "participants": "results/cohort/participants.tsv",
         "splits": "results/splits.tsv",
-        "volumes": f"{cache}/volumes.npy",
-        "index": f"{cache}/index.tsv",
+        **model_grid(wildcards),
     }
 
 
 def saliency_inputs(wildcards):
-    """As :func:`model_cache`, plus the grid's atlas and the simulator's truth when simulated."""
+    """As :func:`model_cache`, plus the template, brain mask and AAL116 of the model's grid."""
     inputs = model_cache(wildcards)
-    res = model_res(wildcards.model)
+    res = float(config["models"][wildcards.model]["grid"])
     inputs.update({k: str(v) for k, v in resource_paths(RESOURCES, res).items()})
-    if config["cohort"]["source"] == "simulate":
-        inputs["truth"] = SIM_TRUTH_REGIONS
     return inputs
-
-
-#: the simulator's table of AAL116 regions with an age effect (see brainage.simulate)
-SIM_TRUTH_REGIONS = "results/cohort/truth/regions.tsv"
 
 
 rule predict_cohort:
@@ -87,7 +63,9 @@ rule saliency:
         explain=config["explain"],
         seed=SEED,
         device=config["infer"]["device"],
-        code=code_hash("brainage.explain", "brainage.infer", "brainage.cache", "brainage.train", "brainage.networks", "brainage.atlases"),
+        # simulated cohort: the truth (regions aged by the simulator) comes from its model
+        simulate=config["cohort"].get("simulate") if config["cohort"]["source"] == "simulate" else None,
+        code=code_hash("brainage.explain", "brainage.simulate", "brainage.infer", "brainage.cache", "brainage.train", "brainage.networks", "brainage.atlases"),
     threads: 2
     resources:
         mem_mb=6000,

@@ -6,7 +6,9 @@
 from brainage.stats import model_roles, normalise_models
 
 STATS = config["stats"]
-STATS_MODELS = normalise_models(config.get("models") or config.get("train", {}).get("models"))
+STATS_MODELS = normalise_models(
+    config.get("models") or config.get("train", {}).get("models")
+)
 ROLES = model_roles(STATS_MODELS)
 HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn))
 EXTERNAL = STATS.get("external") or None
@@ -43,7 +45,11 @@ def figure(name, category, subcategory=None):
 
 def table(name, category):
     """The HTML rendering (in the report) of table ``name``."""
-    return report(f"results/tables/{name}.html", caption=f"../report/{name}.rst", category=category)
+    return report(
+        f"results/tables/{name}.html",
+        caption=f"../report/{name}.rst",
+        category=category,
+    )
 
 
 STATS_PARAMS = dict(
@@ -307,10 +313,18 @@ rule fig7_gradram_disease:
 def stats_targets():
     """The stage's final files; those needing a model role are left out when no model has it."""
     targets = [rules.fig1_age_distribution.output, rules.table1.output]
-    if STATS.get("qc_montage", True):
+    # the montage only when a preprocessing rule (included before this file) writes it
+    if STATS.get("qc_montage", True) and any(
+        QC_MONTAGE in map(str, r.output) for r in workflow.rules
+    ):
         targets.append(rules.fig_qc_montage.output)
     if STATS_MODELS:
-        targets += [rules.fig_training_curves.output, rules.table2.output, rules.fig_pred_vs_age.output, rules.table4.output]
+        targets += [
+            rules.fig_training_curves.output,
+            rules.table2.output,
+            rules.fig_pred_vs_age.output,
+            rules.table4.output,
+        ]
     if HEADLINE:
         targets += [rules.table3.output, rules.fig6_bag_violin.output]
     if ROLES.e2e or ROLES.rnc:

@@ -1,6 +1,121 @@
-# Stage 'train': see README.md. Rules are added by the issue that builds this stage.
+# Stage 'train': splits, the float16 cache of every grid, and one training job per model of
+# config `models:` (results/models/<name>/). All logic is in brainage.{splits,cache,train}.
+
+
+def preprocessed_t1w(subject, res):
+    """The preprocessed T1w of ``subject`` on the template grid of ``res`` mm."""
+    return (
+        f"results/preprocess/{subject}/anat/{subject}_space-MNI152NLin2009cAsym"
+        f"_res-{res}_desc-preproc_T1w.nii.gz"
+    )
+
+
+def qc_excluded(wildcards):
+    """The QC exclusion table, when the preprocess stage makes one (it does in the full pipeline)."""
+    path = "results/qc/excluded.tsv"
+    made = any(path in [str(f) for f in r.output] for r in workflow.rules)
+    return [path] if made or Path(path).exists() else []
+
+
+MODELS = list(config.get("models") or {})
+GRID_LABELS = {res_label(g): g for g in GRIDS}
+
+
+def model_grid(wildcards):
+    """Cache files of the grid a model trains on."""
+    label = res_label(config["models"][wildcards.model]["grid"])
+    return {
+        "volumes": f"results/cache/res-{label}/volumes.npy",
+        "index": f"results/cache/res-{label}/index.tsv",
+    }
+
+
+wildcard_constraints:
+    model="|".join(MODELS) if MODELS else "NO_MODEL",
+    res="|".join(GRID_LABELS),
+
+
+rule splits:
+    input:
+        participants="results/cohort/participants.tsv",
+        excluded=qc_excluded,
+    output:
+        "results/splits.tsv",
+    log:
+        "logs/splits/splits.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        seed=SEED,
+        splits=config["training"]["splits"],
+        code=code_hash("brainage.splits"),
+    script:
+        "../scripts/train_splits.py"
+
+
+rule cache:
+    input:
+        splits="results/splits.tsv",
+        volumes=lambda w: [preprocessed_t1w(s, w.res) for s in SUBJECTS],
+    output:
+        volumes="results/cache/res-{res}/volumes.npy",
+        index="results/cache/res-{res}/index.tsv",
+    log:
+        "logs/cache/res-{res}.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        subjects=SUBJECTS,
+        code=code_hash("brainage.cache"),
+    script:
+        "../scripts/train_cache.py"
+
+
+rule train:
+    input:
+        unpack(model_grid),
+        splits="results/splits.tsv",
+    output:
+        model="results/models/{model}/model.pt",
+        log_tsv="results/models/{model}/train_log.tsv",
+        curve=report(
+            "results/models/{model}/learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
+        card="results/models/{model}/model_card.json",
+    log:
+        "logs/train/{model}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=lambda w: int(config["models"][w.model].get("gpus", 0)),
+        mem_mb=8000,
+        runtime=24 * 60,
+    params:
+        # the model's own entry: editing it reruns this model (and its downstream) only
+        model=lambda w: config["models"][w.model],
+        training=config["training"],
+        preprocess=config["preprocess"],
+        seed=SEED,
+        code=code_hash(
+            "brainage.train",
+            "brainage.networks",
+            "brainage.augment",
+            "brainage.cache",
+            "brainage.splits",
+            "brainage.losses",
+            "brainage.gradcache",
+            "brainage.distributed",
+        ),
+    script:
+        "../scripts/train_model.py"
 
 
 rule train_all:
     input:
-        [],
+        expand("results/models/{model}/model.pt", model=MODELS),
+        expand("results/models/{model}/model_card.json", model=MODELS),
+        expand("results/models/{model}/learning_curve.png", model=MODELS),

@@ -64,15 +64,16 @@ class RegistrationSettings:
     """
 
     metric: str = "GC"
-    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)
-    smoothing_mm: tuple[float, ...] = (4.0, 2.0, 1.0, 0.0)
-    iterations: tuple[int, ...] = (200, 100, 50, 20)
+    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
+    smoothing_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
+    iterations: tuple[int, ...] = (200, 100, 50)
     init_levels: int = 2
     sampling: float = 0.25
-    init: str = "search"
+    init: str = "moments"
     search_step_deg: float = 15.0
     search_arc_deg: float = 45.0
     convergence_tol: float = 1e-6
+    stop_at_voxel: bool = True
     seed: int = 42
 
 
@@ -223,7 +224,8 @@ def write_ants_affine(template_to_native: np.ndarray, path: str | Path) -> None:
 
 def _levels_for(settings: RegistrationSettings, voxel_mm: float) -> list[int]:
     """Indices of the pyramid levels used for a scan of ``voxel_mm`` (none finer than the scan)."""
-    keep = [i for i, lv in enumerate(settings.levels_mm) if lv >= voxel_mm - 1e-3]
+    floor = voxel_mm if settings.stop_at_voxel else 0.0
+    keep = [i for i, lv in enumerate(settings.levels_mm) if lv >= floor - 1e-3]
     if not keep:  # a scan coarser than every level: use the coarsest level alone
         keep = [0]
     return keep
@@ -281,13 +283,15 @@ def register_affine_to_template(
     else:
         raise ValueError(f"unknown registration init {settings.init!r} (search | moments)")
 
+    fixed_mask = fixed_mask != 0  # antsRegistration reads masks as unsigned char images
     f, m = get_pointer_string(fixed), get_pointer_string(moving)
     fm = get_pointer_string(fixed_mask)
     metric = settings.metric.upper()
+    sampling = "None,1" if settings.sampling >= 1 else f"Regular,{settings.sampling}"
     if metric == "GC":
-        metric_arg = f"GC[{f},{m},1,1,Regular,{settings.sampling}]"
+        metric_arg = f"GC[{f},{m},1,1,{sampling}]"
     elif metric == "CC":
-        metric_arg = f"CC[{f},{m},1,2,Regular,{settings.sampling}]"
+        metric_arg = f"CC[{f},{m},1,2,{sampling}]"
     else:
         raise ValueError(f"unknown registration metric {settings.metric!r} (GC | CC)")
 
@@ -298,7 +302,7 @@ def register_affine_to_template(
             "--convergence", f"[{its},{settings.convergence_tol},10]",
             "--shrink-factors", "x".join(str(s) for s in shrink[:n]),
             "--smoothing-sigmas", "x".join(f"{s:g}" for s in sigmas[:n]) + "mm",
-            "--masks", f"[{fm},NULL]",
+            "--masks", f"[{fm},NA]",
         ]
 
     prefix = workdir / "reg_"

@@ -98,6 +98,9 @@ SHELLS: tuple[tuple[int, float], ...] = (
     (LABEL_SKIN, 15.5),
 )
 BASIS_NAMES = ("ventricles", "sulcal_csf", "brain_shrink", "mtl", "parahippocampal", "temporal", "subcortical")
+#: bases of large local effects, exponentiated together (scaling and squaring) so that
+#: doubling a ventricle does not fold the map; the others are small and simply added
+REGIONAL_BASES = ("ventricles", "mtl", "parahippocampal", "temporal", "subcortical")
 
 
 @dataclass
@@ -116,6 +119,17 @@ class Anatomy:
     tissue_means: dict[str, float]
     voxel_mm: float
     region_volumes_ml: dict[str, float] = field(default_factory=dict)
+
+    @functools.cached_property
+    def regional_box(self) -> tuple[slice, slice, slice]:
+        """Field-grid box holding the support of the :data:`REGIONAL_BASES` (plus a margin)."""
+        support = np.zeros(FIELD_SHAPE, dtype=bool)
+        for name in REGIONAL_BASES:
+            support |= np.abs(self.bases[name]).max(axis=0) > 1e-3
+        return tuple(
+            slice(max(int(ix.min()) - 2, 0), min(int(ix.max()) + 3, n))
+            for ix, n in zip(np.nonzero(support), FIELD_SHAPE)
+        )  # type: ignore[return-value]
 
     def save(self, path: str | Path) -> None:
         arrays = {"head": self.head.astype(np.float32), "labels": self.labels}
@@ -259,7 +273,7 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
     pad = _pad_to_head
     sulcal_h = pad(sulcal) | (labels == LABEL_EXTRA_CSF)
     bases: dict[str, np.ndarray] = {}
-    bases["ventricles"], _ = _gradient_basis(labels == LABEL_VENTRICLES, 3.0, +1.0)
+    bases["ventricles"], _ = _gradient_basis(labels == LABEL_VENTRICLES, 5.0, +1.0)
     bases["sulcal_csf"], _ = _gradient_basis(sulcal_h, 2.0, +1.0)
     bases["mtl"], _ = _gradient_basis(np.isin(labels, MTL_LABELS), 3.0, -1.0)
     bases["parahippocampal"], _ = _gradient_basis(np.isin(labels, PARAHIPPOCAMPAL_LABELS), 3.0, -1.0)

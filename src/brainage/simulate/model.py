@@ -27,35 +27,38 @@ class SimulationModel:
     0 at 20 years, 1 at 80, steeper after ``ageing_onset``. Each ``*_80`` parameter is the
     effect at ``L = 1`` (80 years); the effect at age ``b`` is the parameter times ``L(b)``.
     Disease parameters are effects at latent severity 1 (severity ~ Beta(2, 2) in [0, 1]).
-    Volume effects are first-order relative volume changes of the region (see
-    :mod:`brainage.simulate.anatomy`); the realised volumes are in the truth tables.
+    Regional effects (ventricles, MTL, parahippocampal, temporal, subcortical) are weights of
+    stationary velocity fields whose flow changes the region's volume by about ``exp(w)``
+    (growth) or ``exp(-w)`` (atrophy), i.e. ``w`` is a log-volume ratio, about the relative
+    change when small; ``sulcal_widening`` and ``brain_shrink`` are additive displacement
+    weights (see :mod:`brainage.simulate.anatomy`). Realised volumes are in the truth tables.
     """
 
     # --- healthy ageing
     bio_age_sd: float = 3.0  #: SD (years) of biological minus chronological age (all cohorts)
     ageing_onset: float = 60.0  #: age (years) after which ageing accelerates
-    ventricle_growth_80: float = 0.5  #: ventricle weight at 80: volume about doubles (x 1/(1-w))
-    sulcal_widening_80: float = 0.25  #: sulcal CSF widening weight at 80
-    brain_shrink_80: float = 0.035  #: radial shrinkage of the brain in the skull at 80 (fraction)
-    mtl_atrophy_80: float = 0.12  #: hippocampus + amygdala volume loss at 80 (fraction)
+    ventricle_growth_80: float = 1.2  #: ventricle log-volume growth at 80 (1.2: about x 2 net of the brain shrinkage)
+    sulcal_widening_80: float = 0.3  #: sulcal CSF widening weight at 80 (additive, capped at 0.75)
+    brain_shrink_80: float = 0.06  #: radial shrinkage of the brain in the skull at 80 (~7 % brain volume)
+    mtl_atrophy_80: float = 0.15  #: hippocampus + amygdala log-volume loss at 80 (~12-15 %)
     wm_darkening_80: float = 0.08  #: WM signal drop at 80 (fraction): lower GM/WM contrast
     gm_brightening_80: float = 0.03  #: GM signal rise at 80 (fraction)
     # --- individual variation independent of age
-    ventricle_sd: float = 0.12  #: SD of an individual's ventricle weight (offset, in weight units)
-    warp_sd_mm: float = 1.5  #: SD (mm) of the individual random smooth displacement field
-    warp_smoothness_mm: float = 16.0  #: Gaussian width (mm) of that field
+    ventricle_sd: float = 0.12  #: SD of an individual's ventricle log-volume (age-independent)
+    warp_sd_mm: float = 1.0  #: SD (mm) of the individual random smooth displacement field
+    warp_smoothness_mm: float = 30.0  #: Gaussian width (mm) of that field
     head_scale_sd: float = 0.035  #: SD of the individual linear head size (fraction)
     head_scale_male: float = 0.035  #: males' mean linear head size above females' (fraction)
     intensity_scale_sd: float = 0.1  #: SD of the individual global intensity scale (fraction)
     # --- Alzheimer's disease (at severity 1)
-    ad_mtl_atrophy: float = 0.30  #: hippocampus + amygdala volume loss
-    ad_parahippocampal_atrophy: float = 0.20  #: parahippocampal gyrus volume loss
-    ad_temporal_atrophy: float = 0.08  #: temporal lobe volume loss
-    ad_ventricle_growth: float = 0.25  #: extra ventricle weight
+    ad_mtl_atrophy: float = 0.35  #: hippocampus + amygdala log-volume loss (~30 %)
+    ad_parahippocampal_atrophy: float = 0.25  #: parahippocampal gyrus log-volume loss
+    ad_temporal_atrophy: float = 0.10  #: temporal lobe log-volume loss
+    ad_ventricle_growth: float = 0.3  #: extra ventricle log-volume growth
     ad_age_increment: tuple[float, float] = (2.0, 8.0)  #: biological-age increment (years) at severity 0 and 1
     adas_cog11: tuple[float, float, float] = (8.0, 35.0, 5.0)  #: ADAS-Cog-11 = a + b severity + N(0, c), clipped 0-70
     # --- Parkinson's disease (at severity 1)
-    pd_subcortical_atrophy: float = 0.08  #: basal ganglia, thalamus, midbrain volume loss
+    pd_subcortical_atrophy: float = 0.10  #: basal ganglia, thalamus, midbrain log-volume loss (~10 %)
     pd_age_increment: tuple[float, float] = (1.0, 3.0)  #: biological-age increment (years) at severity 0 and 1
     updrs3: tuple[float, float, float] = (3.0, 50.0, 8.0)  #: MDS-UPDRS-III = a + b severity + N(0, c), clipped 0-132
     hoehn_yahr: tuple[float, float, float] = (1.0, 3.2, 0.4)  #: H&Y = round(a + b severity + N(0, c)), clipped 1-5
@@ -253,3 +256,18 @@ def t1w_path(bids_root: str | Path, participant_id: str) -> str:
 
 
 MANIFEST_COLUMNS = ("participant_id", "dataset", "cohort", "age", "sex", "t1w", "adas_cog11", "updrs3", "hoehn_yahr", "session")
+
+#: keys of ``config.cohort.simulate`` that size the cohort; every other key is a model parameter
+COHORT_KEYS = ("n_hc", "n_ad", "n_pd", "voxel_mm")
+
+
+def model_from_config(section: dict) -> SimulationModel:
+    """The :class:`SimulationModel` of a ``cohort.simulate`` config section."""
+    return SimulationModel.from_params(**{k: v for k, v in section.items() if k not in COHORT_KEYS})
+
+
+def plan_row(frame: pd.DataFrame, participant_id: str) -> dict:
+    """One planned subject as plain JSON-safe values (``None`` for n/a), e.g. a rule's param."""
+    row = frame.set_index("participant_id", drop=False).loc[participant_id].to_dict()
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
+            for k, v in row.items()}

@@ -33,6 +33,7 @@ from brainage.simulate.anatomy import (
     PARAHIPPOCAMPAL_LABELS,
     SUBCORTICAL_LABELS,
     TEMPORAL_LABELS,
+    REGIONAL_BASES,
     Anatomy,
 )
 from brainage.simulate.model import SITES, SimulationModel, ageing_load, subject_rng
@@ -68,8 +69,22 @@ class SimulatedScan:
 
 
 def _saturate(w: float) -> float:
-    """Soft cap of an expansion weight below :data:`MAX_EXPANSION_WEIGHT` (identity when small)."""
+    """Soft cap of an additive expansion weight below :data:`MAX_EXPANSION_WEIGHT`."""
     return float(MAX_EXPANSION_WEIGHT * np.tanh(w / MAX_EXPANSION_WEIGHT))
+
+
+def exponentiate(velocity: np.ndarray, steps: int = 4) -> np.ndarray:
+    """Displacement of the flow of a stationary velocity field (scaling and squaring).
+
+    ``velocity``: (3, X, Y, Z) in voxels; returns the displacement (3, X, Y, Z) in voxels of
+    its time-1 flow, a diffeomorphism however large the velocity (Arsigny et al. 2006).
+    """
+    u = velocity / np.float32(2**steps)
+    grid = np.indices(velocity.shape[1:], dtype=np.float32)
+    for _ in range(steps):
+        coords = grid + u
+        u = u + np.stack([ndimage.map_coordinates(u[d], coords, order=1, mode="nearest") for d in range(3)])
+    return u
 
 
 def effect_weights(row: Mapping, model: SimulationModel) -> dict[str, float]:
@@ -80,7 +95,7 @@ def effect_weights(row: Mapping, model: SimulationModel) -> dict[str, float]:
     pd_ = s if row["cohort"] == "PD" else 0.0
     vent = model.ventricle_growth_80 * load + float(row["ventricle_offset"]) + model.ad_ventricle_growth * ad
     return {
-        "ventricles": _saturate(vent),
+        "ventricles": vent,
         "sulcal_csf": _saturate(model.sulcal_widening_80 * load),
         "brain_shrink": model.brain_shrink_80 * load,
         "mtl": model.mtl_atrophy_80 * load + model.ad_mtl_atrophy * ad,
@@ -175,9 +190,16 @@ def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationMo
     # the subject's displacement field on the 2 mm field grid
     weights = effect_weights(row, model)
     field = _random_warp(rng, model.warp_sd_mm, model.warp_smoothness_mm)
+    box = anatomy.regional_box
+    velocity = np.zeros((3, *[b.stop - b.start for b in box]), dtype=np.float32)
     for name, w in weights.items():
-        if w:
+        if not w:
+            continue
+        if name in REGIONAL_BASES:
+            velocity += np.float32(w) * anatomy.bases[name][(slice(None), *box)]
+        else:
             field += np.float32(w) * anatomy.bases[name]
+    field[(slice(None), *box)] += exponentiate(velocity / np.float32(FIELD_AFFINE[0, 0])) * np.float32(FIELD_AFFINE[0, 0])
 
     # MNI point of each raw voxel (raw voxel -> native -> MNI is one affine), then pulled back
     vox_to_field = np.linalg.inv(FIELD_AFFINE) @ to_mni @ affine

@@ -1,0 +1,134 @@
+"""Figures written at print resolution from fixture data, and the stats rules run by Snakemake
+(named targets without wildcards, only their own inputs, and the HTML report)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from brainage import figures, stats, tables
+from brainage.atlases import build_resources, resource_paths
+from brainage.explain import saliency_file
+
+import _stats_fixtures as fx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figdata")
+    paths = fx.write_all(root / "results")
+    res = root / "resources" / "atlases"
+    build_resources(res, [4])
+    groups = {}
+    for model in fx.MODELS:
+        d = root / "results" / "saliency" / model / "groups"
+        d.mkdir(parents=True)
+        for group, path in fx.write_saliency(root / "maps", resource_paths(res, 4)["template"]).items():
+            shutil.copy(path, d / saliency_file("4", group=group))
+        groups[model] = d
+    return {"root": root, "paths": paths, "resources": res, "groups": groups,
+            "predictions": tables.load_predictions(paths["predictions"].values())}
+
+
+def check_png(path: Path, min_px: tuple[int, int]) -> None:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size[0] >= min_px[0] and img.size[1] >= min_px[1], img.size
+        assert round(img.info["dpi"][0]) == figures.DPI
+
+
+def check_vector(path: Path) -> None:
+    head = path.read_bytes()[:200]
+    assert (b"<svg" in head or b"<?xml" in head) if path.suffix == ".svg" else head.startswith(b"%PDF")
+
+
+def test_model_colours_are_stable_when_models_are_added():
+    few = figures.model_colours(["a", "b", "c"])
+    more = figures.model_colours(["a", "b", "c", "d"])
+    assert all(few[k] == more[k] for k in few) and len(set(more.values())) == 4
+
+
+def test_fig1_fig3_fig6_pred_curves(data, tmp_path):
+    parts = tables.read_participants(data["paths"]["participants"])
+    colours = figures.model_colours(list(fx.MODELS))
+    figures.fig1_age_distribution(parts, [tmp_path / "f1.png", tmp_path / "f1.svg"])
+    sweep = figures.fig3_batch_size(data["predictions"], fx.MODELS, [tmp_path / "f3.png", tmp_path / "f3.pdf"], n_resamples=100)
+    assert set(sweep["model"]) == set(stats.model_roles(fx.MODELS).sweep_models)
+    chosen, _ = tables.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
+    figures.fig6_bag_violin(data["predictions"], chosen, colours, [tmp_path / "f6.png", tmp_path / "f6.svg"])
+    figures.fig_pred_vs_age(data["predictions"], colours, [tmp_path / "pa.png"])
+    figures.fig_training_curves(data["paths"]["train_logs"], colours, [tmp_path / "tc.png"])
+    for name, size in (("f1", (900, 1200)), ("f3", (1000, 700)), ("f6", (1500, 700)), ("pa", (2000, 1000)), ("tc", (2000, 700))):
+        check_png(tmp_path / f"{name}.png", size)
+    for name in ("f1.svg", "f3.pdf", "f6.svg"):
+        check_vector(tmp_path / name)
+
+
+def test_saliency_figures_and_missing_groups(data, tmp_path):
+    val = stats.validation_maes(data["paths"]["train_logs"].values())
+    models4 = {k: v for k, v in fx.MODELS.items() if v["grid"] == 4}
+    chosen = figures.fig_gradram(models4, val, data["groups"], data["resources"], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+                                 ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD")
+    assert set(chosen) == {"rnc", "e2e"}
+    check_png(tmp_path / "f7.png", (1500, 1800))
+    check_vector(tmp_path / "f7.svg")
+    template = resource_paths(data["resources"], 4)["template"]
+    maps = [("HC 20-40 y", data["groups"]["sfcn"] / saliency_file("4", group="HC_20-40")), ("empty", tmp_path / "absent.nii.gz")]
+    figures.fig_saliency(maps, template, [tmp_path / "f4.png"], "two rows, one without subjects")
+    check_png(tmp_path / "f4.png", (1500, 800))
+    with pytest.raises(ValueError, match="differs from the template"):
+        figures.fig_saliency(maps[:1], _other_grid_template(tmp_path), [tmp_path / "x.png"], "x")
+
+
+def _other_grid_template(tmp_path: Path) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)), str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_stats_rules_named_targets_and_report(data, tmp_path):
+    """The stats rules through Snakemake on fixture inputs: fig6 asks for nothing else, and the
+    report holds the figures and tables under their categories."""
+    wf = tmp_path / "wf"
+    shutil.copytree(data["root"] / "results", wf / "results")
+    shutil.copytree(data["resources"], wf / "resources" / "atlases")
+    (wf / "results" / "qc").mkdir()
+    shutil.copy(wf / "results" / "models" / "sfcn" / "train_log.tsv", wf / "results" / "qc" / "qc.tsv")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    stats_cfg = dict(config["stats"], bootstrap=100)
+    models = {k: dict(v, grid=4) for k, v in fx.MODELS.items()}
+    (wf / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "cohort": {"source": "simulate"}, "models": models, "stats": stats_cfg}))
+    (wf / "Snakefile").write_text(
+        f'import sys\nsys.path.insert(0, "{REPO / "src"}")\n'
+        "from brainage.atlases import resource_paths\nfrom brainage.provenance import code_hash\n"
+        'configfile: "config.yaml"\nRESOURCES = "resources/atlases"\nSEED = config["seed"]\n'
+        f'include: "{REPO / "workflow" / "rules" / "stats.smk"}"\n'
+    )
+
+    def smk(*args):
+        out = subprocess.run(["snakemake", "--cores", "2", *args], cwd=wf, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    dry = smk("-n", "fig6_bag_violin")
+    stats_block = dry.split("Job stats:")[1].split("total")[0].splitlines()[3:]
+    jobs = {line.split()[0]: int(line.split()[1]) for line in stats_block if line.strip()}
+    assert jobs == {"fig6_bag_violin": 1}
+    smk("fig6_bag_violin", "table1", "fig4_gradram_e2e")
+    for name in ("figures/fig6_bag_violin.png", "figures/fig4_gradram_e2e.png", "tables/table1.tsv", "tables/table1.html"):
+        assert (wf / "results" / name).stat().st_size > 0
+    smk("--report", "results/report.html", "fig6_bag_violin", "table1", "fig4_gradram_e2e")
+    report = (wf / "results" / "report.html").read_text()
+    for needle in ("1. Cohort and QC", "4. Saliency", "5. Disease", "Figure 6.", "Table 1."):
+        assert needle in report

@@ -1,0 +1,137 @@
+"""``brainage predict``: one new scan, a trained model; clean failures on bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from brainage.cache import normalise_intensity
+from brainage.grids import template_grid
+from brainage.networks import build_age_model
+
+IXI = Path(__file__).parent / "data" / "ixi"
+ARCH = {"backbone": "resnet18", "width": 0.25, "conv1_stride": 1, "norm": "batch"}
+
+
+def _save_model(path: Path, res: float) -> torch.nn.Module:
+    """A model.pt as the train stage writes it (random weights: predictions are arbitrary)."""
+    torch.manual_seed(0)
+    model = build_age_model(ARCH, age_mean=55.0, age_sd=15.0)
+    grid = template_grid(res)
+    meta = {
+        "name": f"demo-res{res:g}", "kind": "e2e", "architecture": ARCH, "grid_res": float(res),
+        "grid_shape": list(grid.shape), "age": {"train_mean": 55.0, "train_sd": 15.0},
+        "preprocess": {"engine": "native"},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_4mm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "demo4" / "model.pt"
+    return path, _save_model(path, 4)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """The real command line in a child process (exit status, stdout, stderr as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "brainage.cli", "predict", *args], capture_output=True, text=True, timeout=600)
+
+
+def _run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same command in this process (no second torch import: seconds instead of ~10 s)."""
+    from brainage.cli import main
+
+    code = main(["predict", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def _one_clear_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def _template_volume(res: float, seed: int = 0) -> np.ndarray:
+    grid = template_grid(res)
+    rng = np.random.default_rng(seed)
+    vol = np.zeros(grid.shape, dtype=np.float32)
+    c = [n // 2 for n in grid.shape]
+    r = [n // 3 for n in grid.shape]
+    vol[c[0] - r[0] : c[0] + r[0], c[1] - r[1] : c[1] + r[1], c[2] - r[2] : c[2] + r[2]] = 1.0
+    return vol * rng.uniform(0.3, 1.0, grid.shape).astype(np.float32)
+
+
+def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    nib.Nifti1Image(data, affine).to_filename(str(path))
+    return path
+
+
+def test_4d_file_fails_cleanly(model_4mm, tmp_path):
+    scan = _save(np.ones((20, 20, 20, 3), np.float32), np.eye(4), tmp_path / "bold.nii.gz")
+    line = _one_clear_line(_run("--model", str(model_4mm[0]), "--t1w", str(scan)))
+    assert "bold.nii.gz" in line and "3D" in line and "4D" in line
+
+
+def test_non_image_file_fails_cleanly(model_4mm, tmp_path, capsys):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_text("participant_id\tage\nsub-01\t63\n")
+    line = _one_clear_line(_run_here(capsys, "--model", str(model_4mm[0]), "--t1w", str(scan)))
+    assert "scan.nii.gz" in line and "not a readable image" in line
+
+
+def test_missing_model_fails_cleanly(tmp_path, capsys):
+    scan = _save(_template_volume(4), template_grid(4).affine, tmp_path / "t1.nii.gz")
+    line = _one_clear_line(_run_here(capsys, "--model", str(tmp_path / "nope" / "model.pt"), "--t1w", str(scan)))
+    assert "no such model file" in line
+
+
+def test_grid_mismatch_is_refused(model_4mm, tmp_path, capsys):
+    # a volume already on the 2 mm template grid given to a model trained at 4 mm
+    scan = _save(_template_volume(2), template_grid(2).affine, tmp_path / "sub-x_res-2_T1w.nii.gz")
+    line = _one_clear_line(_run_here(capsys, "--model", str(model_4mm[0]), "--t1w", str(scan), "--age", "63"))
+    assert "2 mm template grid (96x114x96)" in line and "4 mm template grid (48x57x48)" in line
+
+
+def test_preprocessed_input_on_the_model_grid(model_4mm, tmp_path, capsys):
+    path, model = model_4mm
+    volume = _template_volume(4, seed=3)
+    scan = _save(volume, template_grid(4).affine, tmp_path / "sub-y_res-4_T1w.nii.gz")
+    out = tmp_path / "sal.nii.gz"
+    proc = _run_here(capsys, "--model", str(path), "--t1w", str(scan), "--age", "63", "--saliency", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():  # independent reference: the model on the normalised volume
+        expected = float(model(torch.from_numpy(normalise_intensity(volume))[None, None]))
+    predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", proc.stdout).group(1))
+    bag = float(re.search(r"brain-age gap \(BAG\): ([-+\d.]+) years", proc.stdout).group(1))
+    assert predicted == pytest.approx(expected, abs=0.051)
+    assert bag == pytest.approx(expected - 63, abs=0.051)
+    img = nib.load(str(out))
+    assert img.shape == template_grid(4).shape and np.allclose(img.affine, template_grid(4).affine)
+    sal = img.get_fdata()
+    assert sal.min() == pytest.approx(0, abs=1e-4) and sal.max() == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_real_ixi_scan(model_4mm, tmp_path):
+    """A real whole-head IXI scan through the full preprocessing (deepbet, N4, affine): ~1 min."""
+    scan = IXI / "IXI014-HH-1236-T1_ds.nii.gz"
+    out = tmp_path / "sal.nii.gz"
+    proc = _run("--model", str(model_4mm[0]), "--t1w", str(scan), "--age", "34.24", "--saliency", str(out), "--threads", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", proc.stdout).group(1))
+    bag = float(re.search(r"brain-age gap \(BAG\): ([-+\d.]+) years", proc.stdout).group(1))
+    assert bag == pytest.approx(predicted - 34.24, abs=0.11)
+    assert "preprocessing QC: NCC" in proc.stdout
+    assert nib.load(str(out)).shape == template_grid(4).shape

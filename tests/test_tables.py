@@ -1,0 +1,118 @@
+"""Tables 1-4 and the comparison sheet from fixture predictions that resemble the pipeline's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from brainage import stats, tables
+
+import _stats_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    paths = fx.write_all(root)
+    return {
+        "paths": paths,
+        "participants": tables.read_participants(paths["participants"]),
+        "predictions": tables.load_predictions(paths["predictions"].values()),
+        "val": stats.validation_maes(paths["train_logs"].values()),
+    }
+
+
+def test_table1_counts_and_ages(data, tmp_path):
+    parts = data["participants"]
+    t = tables.table1_cohort(parts)
+    rows = t.data.set_index(["dataset", "cohort"])
+    for (dataset, cohort), sub in parts.groupby(["dataset", "cohort"]):
+        row = rows.loc[(dataset, cohort)]
+        assert row["n"] == len(sub)
+        assert row["age_mean"] == pytest.approx(np.mean(sub["age"]))
+        assert row["n_female"] + row["n_male"] == len(sub)
+    assert rows.loc[("Total", "all"), "n"] == len(parts)
+    assert rows.loc[("Total AD", "AD"), "n"] == (parts["cohort"] == "AD").sum()
+    t.write(tmp_path / "t1.tsv", tmp_path / "t1.md", tmp_path / "t1.html")
+    back = pd.read_csv(tmp_path / "t1.tsv", sep="\t")
+    assert list(back["n"]) == list(t.data["n"])
+    md = (tmp_path / "t1.md").read_text().splitlines()
+    table_lines = [line for line in md if line.startswith("|")]
+    assert len({line.count("|") for line in table_lines}) == 1 and len(table_lines) == len(t.data) + 2
+    assert "<table" in (tmp_path / "t1.html").read_text()
+
+
+def test_table2_numbers_and_paired_marks(data):
+    preds = data["predictions"]
+    t = tables.table2_accuracy(preds, fx.MODELS, n_resamples=200, seed=0)
+    by_model = t.data.set_index("model")
+    maes = {}
+    for name, pred in preds.items():
+        test = pred[(pred["cohort"] == "HC") & (pred["split"] == "test")]
+        err = np.abs(test["predicted_age"] - test["age"])
+        maes[name] = err.mean()
+        assert by_model.loc[name, "mae"] == pytest.approx(err.mean())
+        assert by_model.loc[name, "mae_sd"] == pytest.approx(err.std(ddof=1))
+        old = test[test["age"] > 60]
+        assert by_model.loc[name, "n_over60"] == len(old)
+        assert by_model.loc[name, "mae_over60"] == pytest.approx(np.abs(old["predicted_age"] - old["age"]).mean())
+    best = min(maes, key=maes.get)
+    assert (t.data["compared_with"] == best).all() and math.isnan(by_model.loc[best, "p_vs_best"])
+    worst = max(maes, key=maes.get)
+    a, b = preds[worst].set_index("participant_id"), preds[best].set_index("participant_id")
+    ids = a.index[(a["split"] == "test")]
+    ref = sps.ttest_rel(np.abs(a.loc[ids, "bag"]), np.abs(b.loc[ids, "bag"]))
+    assert by_model.loc[worst, "p_vs_best"] == pytest.approx(ref.pvalue)
+    assert (t.data["p_holm"].dropna() >= t.data["p_vs_best"].dropna() - 1e-12).all()
+    marked = t.display.set_index("Model")["MAE (years)"]
+    assert marked[worst].endswith("*") == (ref.pvalue < 0.05)
+
+
+def test_table3_roles_external_and_train_size(data):
+    preds, val = data["predictions"], data["val"]
+    n_train = tables.train_size(data["paths"]["splits"])
+    assert n_train == (pd.read_csv(data["paths"]["splits"], sep="\t")["split"] == "train").sum()
+    t = tables.table3_baselines(preds, fx.MODELS, val, n_train, n_resamples=0)
+    roles = dict(zip(t.data["role"], t.data["model"]))
+    assert roles["best end-to-end"] == min(("resnet18_e2e", "resnet50_e2e"), key=val.get)
+    assert roles["RNC"] == min(("rnc_b16", "rnc_b32", "rnc_g2_b8", "rnc_g2_b24"), key=val.get)
+    assert roles["SFCN baseline"] == "sfcn"
+    assert any("No external model" in n for n in t.notes)
+    assert (t.data["n_train"] == n_train).all()
+    ext = tables.External("published-model", preds["resnet50_e2e"].drop(columns=["split", "bag"]), 2001)
+    t = tables.table3_baselines(preds, fx.MODELS, val, n_train, external=ext, n_resamples=0)
+    row = t.data.set_index("role").loc["external"]
+    assert row["model"] == "published-model" and row["n_train"] == 2001
+    assert row["n_test"] == (preds["resnet50_e2e"]["split"] == "test").sum()  # HC rows taken as test
+    assert not any("No external model" in n for n in t.notes)
+
+
+def test_table4_disease_gap_and_correlation(data):
+    preds = data["predictions"]
+    t = tables.table4_disease(preds, fx.MODELS, n_resamples=200, seed=0)
+    rows = t.data.set_index(["model", "cohort"])
+    for name, pred in preds.items():
+        ad = pred[pred["cohort"] == "AD"]
+        hc = pred[(pred["cohort"] == "HC") & (pred["split"] == "test")]
+        row = rows.loc[(name, "AD")]
+        assert row["bag_mean"] == pytest.approx(ad["bag"].mean())
+        assert row["p_bag_vs_0"] == pytest.approx(sps.ttest_1samp(ad["bag"], 0).pvalue)
+        r = sps.pearsonr(ad["bag"], ad["adas_cog11"])
+        assert row["r"] == pytest.approx(r.statistic) and row["p_r"] == pytest.approx(r.pvalue)
+        s = math.sqrt(((len(ad) - 1) * ad["bag"].var() + (len(hc) - 1) * hc["bag"].var()) / (len(ad) + len(hc) - 2))
+        assert row["d_vs_hc"] == pytest.approx((ad["bag"].mean() - hc["bag"].mean()) / s)
+        assert rows.loc[(name, "PD"), "severity"] == "updrs3"
+    # the fixture is built like the simulation: AD looks older than HC
+    assert (t.data[t.data["cohort"] == "AD"]["bag_mean"] > 0).all()
+
+
+def test_study_comparison_is_labelled_as_different_data(data):
+    sheet = tables.study_comparison(data["predictions"], fx.MODELS, data["val"], "the simulated cohort")
+    assert "**Different data.**" in sheet and "not a replication" in sheet
+    assert "4.27 \u00b1 3.32" in sheet and "4.92 \u00b1 3.96" in sheet and "+2.12" in sheet and "0.37" in sheet
+    page = tables.markdown_to_html(sheet, "Study comparison")
+    assert page.count("<tr>") == 5 and "Different data." in page

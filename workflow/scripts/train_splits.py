@@ -1,0 +1,15 @@
+"""rule splits: participant-level train/val/test of the healthy controls (brainage.splits)."""
+
+import pandas as pd
+
+from brainage.io import write_tsv
+from brainage.logs import redirect_to_log
+from brainage.splits import make_splits, read_excluded
+
+with redirect_to_log(snakemake.log[0]) as log:
+    participants = pd.read_csv(snakemake.input.participants, sep="\t", dtype={"participant_id": str})
+    excluded = read_excluded(snakemake.input.excluded) if snakemake.input.excluded else set()
+    cfg = snakemake.params.splits
+    splits = make_splits(participants, snakemake.params.seed, excluded, tuple(cfg["fractions"]), cfg["age_bin_years"])
+    write_tsv(snakemake.output[0], splits)
+    log.info("splits: %s (%d excluded by QC)", splits["split"].value_counts().to_dict(), len(excluded))
