@@ -99,7 +99,7 @@ def write_test_profile(work: Path, cpus: int, mem_mb: int) -> dict:
         if "runtime" in res:
             res["runtime"] = _fit(res["runtime"], 30)
     profile["set-threads"] = {rule: min(int(n), cpus) for rule, n in profile.get("set-threads", {}).items()}
-    profile["resources"] = {"mem_mb": min(int(profile["resources"]["mem_mb"]), 2 * job_mem)}
+    profile["resources"] = {**profile["resources"], "mem_mb": min(int(profile["resources"]["mem_mb"]), 2 * job_mem)}
     profile["group-components"] = {
         group: (SUBJECTS_PER_JOB if group == "subject" else n) for group, n in profile["group-components"].items()
     }

@@ -11,12 +11,12 @@ if config["cohort"]["source"] == "simulate":
             "results/cohort/truth/anatomy.npz",
         log:
             "logs/simulate_anatomy/simulate_anatomy.log",
-        params:
-            voxel_mm=config["cohort"]["simulate"]["voxel_mm"],
-            code=code_hash("brainage.simulate", "brainage.atlases", "brainage.grids"),
         threads: 1
         resources:
             mem_mb=4000,
+        params:
+            voxel_mm=config["cohort"]["simulate"]["voxel_mm"],
+            code=code_hash("brainage.simulate", "brainage.atlases", "brainage.grids"),
         script:
             "../scripts/simulate_anatomy.py"
 
@@ -33,14 +33,16 @@ if config["cohort"]["source"] == "simulate":
             "logs/simulate_subject/{subject}.log",
         wildcard_constraints:
             subject="sub-[A-Za-z0-9]+",
+        threads: 1
+        resources:
+            mem_mb=int(
+                900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
+            ),
         params:
             row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
             simulate=config["cohort"]["simulate"],
             seed=SEED,
             code=code_hash("brainage.simulate", "brainage.io"),
-        threads: 1
-        resources:
-            mem_mb=int(900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3),
         script:
             "../scripts/simulate_subject.py"
 
@@ -64,14 +66,14 @@ if config["cohort"]["source"] == "simulate":
             ),
         log:
             "logs/simulate_cohort/simulate_cohort.log",
+        threads: 1
+        resources:
+            mem_mb=3000,
         params:
             simulate=config["cohort"]["simulate"],
             seed=SEED,
             bids_root=SIM_BIDS,
             code=code_hash("brainage.simulate", "brainage.manifest", "brainage.io"),
-        threads: 1
-        resources:
-            mem_mb=3000,
         script:
             "../scripts/simulate_cohort.py"
 

@@ -34,14 +34,16 @@ rule predict_cohort:
         json="results/predictions/{model}.json",
     log:
         "logs/predict_cohort/{model}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
     params:
         batch_size=config["infer"]["batch_size"],
         device=config["infer"]["device"],
         bias_correction=config["infer"]["bias_correction"],
-        code=code_hash("brainage.infer", "brainage.cache", "brainage.train", "brainage.networks"),
-    threads: 2
-    resources:
-        mem_mb=4000,
+        code=code_hash(
+            "brainage.infer", "brainage.cache", "brainage.train", "brainage.networks"
+        ),
     script:
         "../scripts/predict_cohort.py"
 
@@ -58,17 +60,29 @@ rule saliency:
         truth="results/saliency/{model}/truth_check.tsv",
     log:
         "logs/saliency/{model}.log",
+    threads: 2
+    resources:
+        mem_mb=6000,
     params:
         resources=RESOURCES,
         explain=config["explain"],
         seed=SEED,
         device=config["infer"]["device"],
         # simulated cohort: the truth (regions aged by the simulator) comes from its model
-        simulate=config["cohort"].get("simulate") if config["cohort"]["source"] == "simulate" else None,
-        code=code_hash("brainage.explain", "brainage.simulate", "brainage.infer", "brainage.cache", "brainage.train", "brainage.networks", "brainage.atlases"),
-    threads: 2
-    resources:
-        mem_mb=6000,
+        simulate=(
+            config["cohort"].get("simulate")
+            if config["cohort"]["source"] == "simulate"
+            else None
+        ),
+        code=code_hash(
+            "brainage.explain",
+            "brainage.simulate",
+            "brainage.infer",
+            "brainage.cache",
+            "brainage.train",
+            "brainage.networks",
+            "brainage.atlases",
+        ),
     script:
         "../scripts/saliency.py"
 

@@ -1,6 +1,163 @@
-# Stage 'preprocess': see README.md. Rules are added by the issue that builds this stage.
+# Stage 'preprocess': raw T1w -> brain mask -> N4 -> 12-dof affine to MNI152NLin2009cAsym ->
+# configured template grids, per subject, plus the cohort QC table. Engine from config:
+# native (deepbet + ANTsPy, in-process) or minc (the study's MINC Toolkit chain in a container).
+# All logic is in brainage.preprocess; `snakemake preprocess_all` runs this stage alone.
+import shutil
+
+from brainage import TEMPLATE_SPACE
+from brainage.preprocess.minc import DEFAULT_CONTAINER, MincSettings, minc_script
+
+PREPROCESS = config["preprocess"]
+PP_ENGINE = PREPROCESS["engine"]
+PP_QC = PREPROCESS.get("qc") or {}
+PP_ANAT = "results/preprocess/{subject}/anat/{subject}"
+PP_XFM = f"{PP_ANAT}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
+# what a subject's outputs depend on (on_fail only acts on the cohort table)
+PP_SETTINGS = {k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")}
+PP_SETTINGS["qc"] = {k: v for k, v in PP_QC.items() if k != "on_fail"}
+
+
+def preprocessed(res):
+    """The preprocessed T1w on the ``res`` mm template grid (wildcard {subject})."""
+    return f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-{res_label(res)}_desc-preproc_T1w.nii.gz"
+
+
+PP_OUTPUTS = {
+    **{f"res{res_label(r)}": preprocessed(r) for r in GRIDS},
+    "mask": f"{PP_ANAT}_desc-brain_mask.nii.gz",
+    "xfm": f"{PP_XFM}.mat",
+    "xfm_json": f"{PP_XFM}.json",
+    "qc_json": f"{PP_ANAT}_desc-qc.json",
+    "qc_png": f"{PP_ANAT}_desc-qc.png",
+}
+
+
+if PP_ENGINE == "minc":
+    # Fail before any job starts: the MINC rules only run inside the container.
+    from snakemake.settings.types import DeploymentMethod
+
+    if DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
+        raise WorkflowError(
+            "config preprocess.engine is 'minc': run with --software-deployment-method apptainer "
+            "(--sdm apptainer), or set preprocess.engine: native"
+        )
+    if shutil.which("apptainer") is None and shutil.which("singularity") is None:
+        raise WorkflowError(
+            "config preprocess.engine is 'minc' but apptainer is not on PATH: install apptainer "
+            "(https://apptainer.org) or set preprocess.engine: native"
+        )
+    PP_MINC = MincSettings.from_config(PREPROCESS.get("minc"))
+    PP_MINC_DIR = "results/preprocess/{subject}/minc/{subject}"
+
+    rule preprocess_minc_input:
+        input:
+            t1w=raw_t1w,
+        output:
+            temp(f"{PP_MINC_DIR}_desc-ras_T1w.nii.gz"),
+        log:
+            "logs/preprocess_minc_input/{subject}.log",
+        params:
+            code=code_hash("brainage.preprocess", "brainage.io"),
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        group:
+            "preprocess"
+        script:
+            "../scripts/preprocess_minc_input.py"
+
+    rule preprocess_minc:
+        input:
+            t1w=rules.preprocess_minc_input.output[0],
+        output:
+            brain=temp(f"{PP_MINC_DIR}_res-1_desc-brain_T1w.nii.gz"),
+            mask=temp(f"{PP_MINC_DIR}_desc-brain_mask.nii.gz"),
+            xfm=f"{PP_MINC_DIR}_from-T1w_to-MNI152NLin2009cSym.xfm",
+        log:
+            "logs/preprocess_minc/{subject}.log",
+        params:
+            script=lambda wildcards, input, output: minc_script(
+                input.t1w, output.brain, output.mask, output.xfm, PP_MINC
+            ),
+            code=code_hash("brainage.preprocess.minc"),
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        group:
+            "preprocess"
+        container:
+            PP_MINC.container
+        shell:
+            "(export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads}\n{params.script}\n) > {log} 2>&1"
+
+    rule preprocess:
+        input:
+            t1w=raw_t1w,
+            brain=rules.preprocess_minc.output.brain,
+            mask=rules.preprocess_minc.output.mask,
+            xfm=rules.preprocess_minc.output.xfm,
+        output:
+            **PP_OUTPUTS,
+        log:
+            "logs/preprocess/{subject}.log",
+        params:
+            grids=GRIDS,
+            settings=PP_SETTINGS,
+            code=code_hash("brainage.preprocess", "brainage.grids", "brainage.atlases", "brainage.io"),
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=10,
+        group:
+            "preprocess"
+        script:
+            "../scripts/preprocess_minc_finish.py"
+
+else:
+
+    rule preprocess:
+        input:
+            t1w=raw_t1w,
+        output:
+            **PP_OUTPUTS,
+        log:
+            "logs/preprocess/{subject}.log",
+        params:
+            grids=GRIDS,
+            settings=PP_SETTINGS,
+            code=code_hash("brainage.preprocess", "brainage.grids", "brainage.atlases", "brainage.io"),
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        group:
+            "preprocess"
+        script:
+            "../scripts/preprocess_native.py"
+
+
+rule qc_table:
+    input:
+        qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
+        volumes=expand(preprocessed(max(GRIDS)), subject=SUBJECTS),
+    output:
+        table="results/qc/qc.tsv",
+        excluded="results/qc/excluded.tsv",
+        montage="results/qc/qc_montage.png",
+    log:
+        "logs/qc_table/qc_table.log",
+    params:
+        on_fail=PP_QC.get("on_fail", "exclude"),
+        code=code_hash("brainage.preprocess.qc", "brainage.io"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/preprocess_qc_table.py"
 
 
 rule preprocess_all:
     input:
-        [],
+        rules.qc_table.output,

@@ -44,7 +44,7 @@ rule splits:
     log:
         "logs/splits/splits.log",
     conda:
-        "../envs/torch.yaml"
+        "../../envs/torch.yaml"
     params:
         seed=SEED,
         splits=config["training"]["splits"],
@@ -63,7 +63,7 @@ rule cache:
     log:
         "logs/cache/res-{res}.log",
     conda:
-        "../envs/torch.yaml"
+        "../../envs/torch.yaml"
     params:
         subjects=SUBJECTS,
         code=code_hash("brainage.cache"),
@@ -88,7 +88,7 @@ rule train:
     log:
         "logs/train/{model}.log",
     conda:
-        "../envs/torch.yaml"
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=lambda w: int(config["models"][w.model].get("gpus", 0)),

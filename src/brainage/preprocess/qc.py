@@ -28,7 +28,7 @@ class QCThresholds:
     size per principal axis): adult heads lie within about 0.8-1.25 of the template.
     """
 
-    min_ncc: float = 0.85
+    min_ncc: float = 0.5
     min_brain_volume_ml: float = 800.0
     max_brain_volume_ml: float = 2200.0
     min_scale: float = 0.7
@@ -74,19 +74,23 @@ def _planes(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray
     return [np.rot90(volume[x, :, :]), np.rot90(volume[:, y, :]), np.rot90(volume[:, :, z])]
 
 
-def qc_figure(registered: np.ndarray, template_mask: np.ndarray, title: str, path: str | Path) -> None:
-    """Three planes of the registered brain (1 mm grid) with the template brain outline in red."""
+#: MNI point the QC planes pass through: the midline, the ventricles and the basal ganglia
+QC_CENTRE_MM = (0.0, -18.0, 18.0)
+
+
+def qc_figure(registered: np.ndarray, template_mask: np.ndarray, affine: np.ndarray, title: str, path: str | Path) -> None:
+    """Three planes of the registered brain (template grid ``affine``) with the template brain outline in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # MNI (0, -18, 18) on the 1 mm grid (origin -96, -132, -78): through the ventricles and basal ganglia
-    centre = (96, 114, 96)
+    ijk = np.linalg.inv(affine) @ np.array([*QC_CENTRE_MM, 1.0])
+    centre = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(ijk[:3], registered.shape))
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
     vmax = float(np.percentile(registered[template_mask], 99.5)) if template_mask.any() else 1.0
-    for ax, img, msk, name in zip(axes, _planes(registered, centre), _planes(template_mask.astype(float), centre),
-                                  ("sagittal x=0", "coronal y=-18", "axial z=18")):
+    names = [f"sagittal x={QC_CENTRE_MM[0]:g}", f"coronal y={QC_CENTRE_MM[1]:g}", f"axial z={QC_CENTRE_MM[2]:g}"]
+    for ax, img, msk, name in zip(axes, _planes(registered, centre), _planes(template_mask.astype(float), centre), names):
         ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
         ax.contour(msk, levels=[0.5], colors="red", linewidths=0.7)
         ax.set_title(name, fontsize=8)

@@ -18,12 +18,12 @@ brain mask is a strict subset of the head.
 Healthy ageing. Biological age ``b`` = age + N(0, ``bio_age_sd`` [3 y]) (+ the disease
 increment below). Ageing load ``L(b) = 0.5 (b-20)/60 + 0.5 (max(b-ageing_onset, 0)/(80-ageing_onset))^1.5``
 (``ageing_onset`` [60]): 0 at 20 y, 1 at 80 y, accelerating after the onset. At load ``L``:
-ventricles grow by log-volume ``ventricle_growth_80 * L`` [1.2, about x2 at 80 net of the
+ventricles grow by log-volume ``ventricle_growth_80`` x L [1.2, about x2 at 80 net of the
 brain's own shrinkage]; sulcal CSF widens (``sulcal_widening_80`` [0.3]); the brain shrinks
-radially inside a fixed skull by ``brain_shrink_80 * L`` [0.06, ~7 % of brain volume at
-80], widening the extra-cerebral CSF; hippocampus and amygdala lose log-volume
-``mtl_atrophy_80 * L`` [0.15]; WM signal drops by ``wm_darkening_80 * L`` [0.08] and GM
-signal rises by ``gm_brightening_80 * L`` [0.03] (lower GM/WM contrast).
+radially inside a fixed skull by ``brain_shrink_80`` x L [0.04, ~11 % of brain volume at
+80; capped at 0.08], widening the extra-cerebral CSF; hippocampus and amygdala lose log-volume
+``mtl_atrophy_80`` x L [0.15]; WM signal drops by ``wm_darkening_80`` x L [0.08] and GM
+signal rises by ``gm_brightening_80`` x L [0.03] (lower GM/WM contrast).
 
 Individual variation independent of age. Ventricle log-volume offset N(0, ``ventricle_sd``
 [0.12]); a random smooth displacement field (SD ``warp_sd_mm`` [1 mm] per component,

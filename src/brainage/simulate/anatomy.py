@@ -32,9 +32,9 @@ of its region by about ``w`` to first order (``-mean(div u) = w`` over the regio
 ``parahippocampal``, ``temporal`` (superior/middle/inferior temporal gyri and poles),
 ``subcortical`` (caudate, putamen, pallidum, thalamus, midbrain) shrink their grey
 matter; ``brain_shrink`` is a radial contraction of the brain inside a fixed skull
-(displacement ``w (x - c) s(x)`` with ``s`` = 1 deeper than 10 mm inside the brain and 0
-from 4 mm outside it), so that ``w`` = 0.05 shrinks the brain's linear size by about 5 %
-and widens the extra-cerebral CSF.
+(displacement ``w (x - c) s(x)`` with ``s`` = 1 inside the brain, falling smoothly to 0 at
+8 mm outside it, i.e. across the extra-cerebral CSF and the skull), so that ``w`` = 0.04
+shrinks the brain's linear size by about 4 % (volume ~11 %) and widens the extra-cerebral CSF.
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
     bases["subcortical"], _ = _gradient_basis(sub, 3.0, -1.0)
     # radial contraction of the brain inside a fixed skull
     signed = _block_mean((outside_dist - inside_dist).astype(np.float32))
-    s = np.clip((4.0 - signed) / 14.0, 0.0, 1.0)
+    s = np.clip((8.0 - signed) / 8.0, 0.0, 1.0)
     s = s * s * (3 - 2 * s)  # smoothstep: no kink in the displacement
     Xf, Yf, Zf = _world_coords(FIELD_SHAPE, FIELD_AFFINE)
     centre = (0.0, -18.0, 10.0)

@@ -39,7 +39,7 @@ class SimulationModel:
     ageing_onset: float = 60.0  #: age (years) after which ageing accelerates
     ventricle_growth_80: float = 1.2  #: ventricle log-volume growth at 80 (1.2: about x 2 net of the brain shrinkage)
     sulcal_widening_80: float = 0.3  #: sulcal CSF widening weight at 80 (additive, capped at 0.75)
-    brain_shrink_80: float = 0.06  #: radial shrinkage of the brain in the skull at 80 (~7 % brain volume)
+    brain_shrink_80: float = 0.04  #: radial shrinkage of the brain in the skull at 80 (~11 % brain volume; capped at 0.08)
     mtl_atrophy_80: float = 0.15  #: hippocampus + amygdala log-volume loss at 80 (~12-15 %)
     wm_darkening_80: float = 0.08  #: WM signal drop at 80 (fraction): lower GM/WM contrast
     gm_brightening_80: float = 0.03  #: GM signal rise at 80 (fraction)

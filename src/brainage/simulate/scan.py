@@ -26,7 +26,6 @@ from brainage.simulate.anatomy import (
     LABEL_EXTRA_CSF,
     LABEL_MIDBRAIN,
     LABEL_VENTRICLES,
-    MTL_LABELS,
     NONBRAIN_INTENSITY,
     LABEL_BONE,
     LABEL_FAT,
@@ -40,6 +39,8 @@ from brainage.simulate.model import SITES, SimulationModel, ageing_load, subject
 
 #: the largest weight of an expanding basis: beyond it the pulled-back map would fold
 MAX_EXPANSION_WEIGHT = 0.75
+#: the largest radial brain shrinkage: the 8 mm ramp to the fixed skull must not fold
+MAX_SHRINK_WEIGHT = 0.08
 #: native-space centre of every site's field of view (mm): the head including the neck
 FOV_CENTRE = np.array([0.0, -15.0, -12.0])
 _DIRECTIONS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
@@ -97,7 +98,7 @@ def effect_weights(row: Mapping, model: SimulationModel) -> dict[str, float]:
     return {
         "ventricles": vent,
         "sulcal_csf": _saturate(model.sulcal_widening_80 * load),
-        "brain_shrink": model.brain_shrink_80 * load,
+        "brain_shrink": float(MAX_SHRINK_WEIGHT * np.tanh(model.brain_shrink_80 * load / MAX_SHRINK_WEIGHT)),
         "mtl": model.mtl_atrophy_80 * load + model.ad_mtl_atrophy * ad,
         "parahippocampal": model.ad_parahippocampal_atrophy * ad,
         "temporal": model.ad_temporal_atrophy * ad,
@@ -132,20 +133,18 @@ def raw_grid(dataset: str, voxel_mm: float) -> tuple[tuple[int, int, int], np.nd
     return shape, affine  # type: ignore[return-value]
 
 
-def _random_warp(rng: np.random.Generator, sd_mm: float, smooth_mm: float) -> np.ndarray:
-    """Individual smooth displacement (3, *FIELD_SHAPE), SD ``sd_mm`` per component."""
+def _random_warp(rng: np.random.Generator, sd_mm: float, smooth_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Individual smooth displacement on a coarse grid: (3, *coarse) in mm, and the per-axis
+    factor mapping field-grid indices to coarse indices (corners aligned). SD ``sd_mm``."""
     step = max(smooth_mm / 2.0, 2.0)
-    coarse_shape = tuple(int(np.ceil(n * 2 / step)) + 1 for n in FIELD_SHAPE)
+    coarse_shape = tuple(int(np.ceil(n * FIELD_AFFINE[0, 0] / step)) + 1 for n in FIELD_SHAPE)
     noise = rng.standard_normal((3, *coarse_shape)).astype(np.float32)
-    out = np.empty((3, *FIELD_SHAPE), dtype=np.float32)
+    out = np.empty_like(noise)
     for d in range(3):
         smooth = ndimage.gaussian_filter(noise[d], sigma=smooth_mm / step / 2.0, mode="wrap")
-        smooth *= sd_mm / max(float(smooth.std()), 1e-6)
-        zoom = [f / c for f, c in zip(FIELD_SHAPE, coarse_shape)]
-        out[d] = ndimage.zoom(smooth, zoom, order=1, grid_mode=True, mode="grid-constant")[
-            : FIELD_SHAPE[0], : FIELD_SHAPE[1], : FIELD_SHAPE[2]
-        ]
-    return out
+        out[d] = smooth * (sd_mm / max(float(smooth.std()), 1e-6))
+    factor = np.array([(c - 1) / (f - 1) for c, f in zip(coarse_shape, FIELD_SHAPE)], dtype=np.float32)
+    return out, factor
 
 
 def _bias_field(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
@@ -189,7 +188,8 @@ def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationMo
 
     # the subject's displacement field on the 2 mm field grid
     weights = effect_weights(row, model)
-    field = _random_warp(rng, model.warp_sd_mm, model.warp_smoothness_mm)
+    warp, warp_factor = _random_warp(rng, model.warp_sd_mm, model.warp_smoothness_mm)
+    field = np.zeros_like(anatomy.bases["ventricles"])
     box = anatomy.regional_box
     velocity = np.zeros((3, *[b.stop - b.start for b in box]), dtype=np.float32)
     for name, w in weights.items():
@@ -207,6 +207,11 @@ def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationMo
     pts = (vox_to_field[:3, :3].astype(np.float32) @ idx) + vox_to_field[:3, 3:4].astype(np.float32)
     del idx
     disp = np.stack([ndimage.map_coordinates(field[d], pts, order=1, mode="constant", cval=0.0) for d in range(3)])
+    # the individual warp is sampled straight from its coarse grid (cheaper than upsampling it)
+    coarse_pts = pts * warp_factor[:, None]
+    for d in range(3):
+        disp[d] += ndimage.map_coordinates(warp[d], coarse_pts, order=1, mode="nearest")
+    del coarse_pts
     # field-grid index -> head-grid index: both are axis-aligned on the same world frame
     head_from_field = np.linalg.inv(HEAD_AFFINE) @ FIELD_AFFINE
     scale = np.float32(head_from_field[0, 0])
