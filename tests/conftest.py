@@ -103,9 +103,17 @@ def planned_jobs(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """Working directory of a completed run of the whole tiny pipeline (read-only: copy it)."""
+    """Working directory of a completed run of the whole tiny pipeline (read-only: copy it).
+
+    ``BRAINAGE_TINY_RUN=<dir>`` reuses a run made earlier by this fixture (or by
+    ``make_workdir`` + ``snakemake --cores 2``), to iterate on tests without paying for the run.
+    """
+    import os
     import subprocess
 
+    reuse = os.environ.get("BRAINAGE_TINY_RUN")
+    if reuse:
+        return Path(reuse)
     work = make_workdir(tmp_path_factory.mktemp("tiny_run"))
     out = subprocess.run(snakemake_cmd(work, "--cores", "2"), capture_output=True, text=True, timeout=1800)
     (work / "snakemake.log").write_text(out.stdout + out.stderr)

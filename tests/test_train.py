@@ -37,7 +37,7 @@ def _equal_state(a: dict, b: dict) -> bool:
 @pytest.mark.slow
 def test_tiny_end_to_end_training_reduces_loss(data, tmp_path):
     splits, vols, index = data
-    metrics = train_model("e2e", _entry(epochs=8, augment=False), TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
+    metrics = train_model("e2e", _entry(epochs=6, augment=False), TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
     import pandas as pd
 
     log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import planned_jobs, snakemake_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SLURMCTLD_LOG = Path("/var/log/slurm/slurmctld.log")
 #: subjects bundled per SLURM job in the test (the real profile bundles 100)
-SUBJECTS_PER_JOB = 4
+SUBJECTS_PER_JOB = 2
+#: subjects whose per-subject jobs rerun through SLURM
+FORCED_SUBJECTS = 3
 #: the whole tiny pipeline must finish within this (CI budget for this test: 5 min)
 TIMEOUT_S = 600
 
@@ -121,31 +123,47 @@ def _slurm_record(jobid: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_slurm_run(slurm_cluster, tmp_path_factory):
-    """The tiny pipeline, run once through `snakemake --profile slurm` in a fresh working dir."""
-    work = tmp_path_factory.mktemp("slurm_run")
-    (work / "config").mkdir()
-    tiny = tiny_config()
+def tiny_slurm_run(slurm_cluster, tiny_run, tmp_path_factory):
+    """The tiny pipeline through `snakemake --profile slurm`, every stage of it.
+
+    Starting from scratch would spend the CI budget on preprocessing, so the run starts from
+    a copy of the completed local tiny run (tests/conftest.py `tiny_run`) and makes every
+    stage run again through SLURM, as a user resuming on a cluster would: the raw scans of
+    three subjects are re-simulated (--forcerun), which reruns their simulation and
+    preprocessing (bundled group jobs), the cohort table and QC, splits, cache, every model,
+    predictions, saliency and the statistics; and one model now asks for a GPU.
+    """
+    work = tmp_path_factory.mktemp("slurm_run") / "work"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    config_path = work / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
     # One model asks SLURM for a GPU (the node has one stand-in GPU; the job finds no CUDA and
     # trains on CPU), so that a rule's GPU request reaches sbatch as on a GPU cluster.
-    gpu_model = next(iter(tiny.get("models") or {}), None)
+    gpu_model = next(iter(config.get("models") or {}), None)
     if gpu_model:
-        tiny["models"][gpu_model]["gpus"] = 1
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+        config["models"][gpu_model]["gpus"] = 1
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     cpus, mem_mb = _node_size()
     profile = write_test_profile(work, cpus, mem_mb)
+    subjects = sorted(p.name for p in (work / "results" / "preprocess").glob("sub-*"))[:FORCED_SUBJECTS]
+    raw = [f"results/cohort/bids/{s}/anat/{s}_T1w.nii.gz" for s in subjects]
+    forced = ["--forcerun", *raw] if config["cohort"]["source"] == "simulate" else ["--forcerun", "preprocess"]
 
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "-s", str(REPO / "Snakefile"),
-           "--cores", str(cpus)]
+    planned = planned_jobs(work, *forced)
+    cmd = snakemake_cmd(work, "--profile", "slurm", "--cores", str(cpus), *forced)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     seconds = time.monotonic() - start
     log = proc.stdout + proc.stderr
-    (work / "snakemake.log").write_text(log)
+    (work / "snakemake-slurm.log").write_text(log)
     assert proc.returncode == 0, f"snakemake --profile slurm failed ({work}):\n{log[-6000:]}"
-    return {"work": work, "log": log, "profile": profile, "tiny": tiny, "seconds": seconds,
-            "gpu_model": gpu_model}
+    return {"work": work, "log": log, "profile": profile, "seconds": seconds, "gpu_model": gpu_model,
+            "planned": planned, "subjects": subjects}
+
+
+def _is_aggregate(rule: str) -> bool:
+    return rule == "all" or rule.endswith("_all")
 
 
 def test_every_job_ran_through_sbatch(tiny_slurm_run, capsys):
@@ -157,40 +175,39 @@ def test_every_job_ran_through_sbatch(tiny_slurm_run, capsys):
         print(f"\nSLURM job ids submitted by `snakemake --profile slurm` "
               f"({tiny_slurm_run['seconds']:.0f} s): {' '.join(jobids)}")
 
-    # Each job is known to SLURM, completed, and named by the plugin's run id.
+    # Snakemake ran exactly the jobs its dry-run planned, in every stage
+    planned = sorted(r for r, _ in tiny_slurm_run["planned"] if not _is_aggregate(r))
+    ran = sorted(r for r in re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log) if not _is_aggregate(r))
+    assert ran == planned
+    for rule in ("simulate_subject", "preprocess", "qc_table", "splits", "cache", "train", "predict_cohort",
+                 "saliency"):
+        assert rule in ran, f"{rule} did not run through SLURM"
+
+    # SLURM knows each job and completed it
     records = {j: _slurm_record(j) for j in jobids}
     unknown = [j for j, r in records.items() if not r]
     assert not unknown, f"SLURM has no record of jobs {unknown}"
     assert all(r["JobState"] == "COMPLETED" for r in records.values()), records
 
-    # Every rule that Snakemake ran was submitted (as itself or inside a group job): the
-    # plugin names the rule or group in the job's comment.
-    comments = [r.get("Comment", "") for r in records.values() if "Comment" in r]
-    ran = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log))
-    assert ran, "Snakemake reported no finished job"
-    groups = tiny_slurm_run["profile"].get("groups", {})
-    submitted_rules = {m.group(1) for c in comments for m in [re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", c)] if m}
-    not_submitted = {r for r in ran if r not in submitted_rules and r not in groups}
-    if comments:  # scontrol still holds the jobs (MinJobAge): check every rule by name
-        assert not not_submitted, f"rules run outside SLURM: {sorted(not_submitted)}"
-    # Runs on the login node would print "Execute N jobs" from the local executor instead.
-    assert "localrule" not in log or all(r.endswith("_all") or r == "all" for r in
-                                         re.findall(r"localrule (\w+):", log))
+    # and each job that ran was one of them: the plugin logs each submission under the rule
+    # or group name (logs/slurm/rule_<rule>/... or logs/slurm/group_<group>_<rules>/...)
+    submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/logs/slurm/(rule|group)_(\w+)/", log)
+    singles = {name for kind, name in submitted if kind == "rule"}
+    grouped = " ".join(name for kind, name in submitted if kind == "group")
+    outside = {r for r in ran if r not in singles and r not in grouped}
+    assert not outside, f"rules run outside SLURM: {sorted(outside)}"
+    assert "localrule" not in log or all(_is_aggregate(r) for r in re.findall(r"^localrule (\w+):", log, re.M))
 
 
 def test_subject_jobs_are_bundled(tiny_slurm_run):
     log = tiny_slurm_run["log"]
-    group_jobs = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/group_subject\S*", log)
-    grouped_rules = [r for r, g in tiny_slurm_run["profile"]["groups"].items() if g == "subject"]
-    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log)
-    per_subject_jobs = sum(finished.count(r) for r in grouped_rules)
-    if per_subject_jobs == 0:
-        pytest.skip("the tiny pipeline has no per-subject rule in the 'subject' group yet")
-    n_subjects = len(list((tiny_slurm_run["work"] / "results" / "preprocess").glob("sub-*")))
-    assert n_subjects > SUBJECTS_PER_JOB, "the tiny cohort should span several group jobs"
+    group_jobs = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/logs/slurm/group_subject_", log)
+    n = len(tiny_slurm_run["subjects"])
     # one SLURM job per SUBJECTS_PER_JOB subjects, each running all their per-subject jobs
-    assert len(group_jobs) == math.ceil(n_subjects / SUBJECTS_PER_JOB), group_jobs
-    assert per_subject_jobs >= n_subjects
+    assert len(group_jobs) == math.ceil(n / SUBJECTS_PER_JOB), group_jobs
+    grouped_rules = {r for r, g in tiny_slurm_run["profile"]["groups"].items() if g == "subject"}
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log)
+    assert sum(finished.count(r) for r in grouped_rules) >= n
 
 
 def test_gpu_request_reaches_slurm(tiny_slurm_run):
@@ -199,26 +216,28 @@ def test_gpu_request_reaches_slurm(tiny_slurm_run):
     if tiny_slurm_run["gpu_model"]:
         gpu_rules.add("train")
     # the plugin's log path names the rule: logs/slurm/rule_<rule>/<wildcards>/<jobid>.log
-    pairs = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", log)
+    pairs = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/", log)
     gpu_jobs = [j for j, rule in pairs if rule in gpu_rules]
-    if not gpu_jobs:
-        pytest.skip("no GPU-requesting rule ran in the tiny pipeline")
+    assert gpu_jobs, "no GPU-requesting job was submitted"
+    checked = 0
     for jobid in gpu_jobs:
         record = _slurm_record(jobid)
-        if "TRES" in record:  # scontrol still holds the job
+        if "TRES" in record:  # scontrol still holds the job (MinJobAge)
             assert "gres/gpu=1" in record["TRES"], (jobid, record.get("TRES"))
+            checked += 1
+    assert checked, "SLURM no longer holds the GPU jobs' records"
 
 
 def test_outputs(tiny_slurm_run):
     work = tiny_slurm_run["work"]
+    for subject in tiny_slurm_run["subjects"]:
+        assert list((work / "results" / "preprocess" / subject / "anat").glob("*desc-preproc_T1w.nii.gz"))
     assert (work / "results" / "cohort" / "participants.tsv").is_file()
-    assert list((work / "resources" / "atlases").glob("*_T1w.nii.gz"))
-    # the logs of the rules and SLURM's own logs are where the README says
-    assert list((work / "logs").glob("*/*.log"))
+    assert list((work / "results" / "predictions").glob("*.tsv"))
+    # SLURM's own logs are where the README says
     assert list((work / "logs" / "slurm").rglob("*.log"))
     # and a second invocation finds nothing to do
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-s", str(REPO / "Snakefile"),
-                          "--cores", "2", "-n"],
+    out = subprocess.run(snakemake_cmd(work, "--profile", "slurm", "--cores", "2", "-n"),
                          cwd=work, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]

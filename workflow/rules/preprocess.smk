@@ -5,7 +5,7 @@
 import shutil
 
 from brainage import TEMPLATE_SPACE
-from brainage.preprocess.minc import DEFAULT_CONTAINER, MincSettings, minc_script
+from brainage.preprocess.minc import MincSettings, minc_script
 
 PREPROCESS = config["preprocess"]
 PP_ENGINE = PREPROCESS["engine"]
@@ -13,13 +13,17 @@ PP_QC = PREPROCESS.get("qc") or {}
 PP_ANAT = "results/preprocess/{subject}/anat/{subject}"
 PP_XFM = f"{PP_ANAT}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
 # what a subject's outputs depend on (on_fail only acts on the cohort table)
-PP_SETTINGS = {k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")}
+PP_SETTINGS = {
+    k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")
+}
 PP_SETTINGS["qc"] = {k: v for k, v in PP_QC.items() if k != "on_fail"}
 
 
 def preprocessed(res):
     """The preprocessed T1w on the ``res`` mm template grid (wildcard {subject})."""
-    return f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-{res_label(res)}_desc-preproc_T1w.nii.gz"
+    return (
+        f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-{res_label(res)}_desc-preproc_T1w.nii.gz"
+    )
 
 
 PP_OUTPUTS = {
@@ -56,14 +60,14 @@ if PP_ENGINE == "minc":
             temp(f"{PP_MINC_DIR}_desc-ras_T1w.nii.gz"),
         log:
             "logs/preprocess_minc_input/{subject}.log",
-        params:
-            code=code_hash("brainage.preprocess", "brainage.io"),
+        group:
+            "preprocess"
         threads: 1
         resources:
             mem_mb=1000,
             runtime=5,
-        group:
-            "preprocess"
+        params:
+            code=code_hash("brainage.preprocess", "brainage.io"),
         script:
             "../scripts/preprocess_minc_input.py"
 
@@ -76,19 +80,19 @@ if PP_ENGINE == "minc":
             xfm=f"{PP_MINC_DIR}_from-T1w_to-MNI152NLin2009cSym.xfm",
         log:
             "logs/preprocess_minc/{subject}.log",
+        group:
+            "preprocess"
+        container:
+            PP_MINC.container
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=60,
         params:
             script=lambda wildcards, input, output: minc_script(
                 input.t1w, output.brain, output.mask, output.xfm, PP_MINC
             ),
             code=code_hash("brainage.preprocess.minc"),
-        threads: 2
-        resources:
-            mem_mb=4000,
-            runtime=60,
-        group:
-            "preprocess"
-        container:
-            PP_MINC.container
         shell:
             "(export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads}\n{params.script}\n) > {log} 2>&1"
 
@@ -102,16 +106,21 @@ if PP_ENGINE == "minc":
             **PP_OUTPUTS,
         log:
             "logs/preprocess/{subject}.log",
-        params:
-            grids=GRIDS,
-            settings=PP_SETTINGS,
-            code=code_hash("brainage.preprocess", "brainage.grids", "brainage.atlases", "brainage.io"),
+        group:
+            "preprocess"
         threads: 1
         resources:
             mem_mb=3000,
             runtime=10,
-        group:
-            "preprocess"
+        params:
+            grids=GRIDS,
+            settings=PP_SETTINGS,
+            code=code_hash(
+                "brainage.preprocess",
+                "brainage.grids",
+                "brainage.atlases",
+                "brainage.io",
+            ),
         script:
             "../scripts/preprocess_minc_finish.py"
 
@@ -124,16 +133,21 @@ else:
             **PP_OUTPUTS,
         log:
             "logs/preprocess/{subject}.log",
-        params:
-            grids=GRIDS,
-            settings=PP_SETTINGS,
-            code=code_hash("brainage.preprocess", "brainage.grids", "brainage.atlases", "brainage.io"),
+        group:
+            "preprocess"
         threads: 2
         resources:
             mem_mb=4000,
             runtime=20,
-        group:
-            "preprocess"
+        params:
+            grids=GRIDS,
+            settings=PP_SETTINGS,
+            code=code_hash(
+                "brainage.preprocess",
+                "brainage.grids",
+                "brainage.atlases",
+                "brainage.io",
+            ),
         script:
             "../scripts/preprocess_native.py"
 
@@ -148,12 +162,12 @@ rule qc_table:
         montage="results/qc/qc_montage.png",
     log:
         "logs/qc_table/qc_table.log",
-    params:
-        on_fail=PP_QC.get("on_fail", "exclude"),
-        code=code_hash("brainage.preprocess.qc", "brainage.io"),
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        on_fail=PP_QC.get("on_fail", "exclude"),
+        code=code_hash("brainage.preprocess.qc", "brainage.io"),
     script:
         "../scripts/preprocess_qc_table.py"
 

@@ -279,7 +279,6 @@ def load_template(resources_root: str | Path | None = None, template: str | Path
 
 
 def _preprocess_native(t1w_path, out_dir, participant_id, grids, resources_root, settings, threads, template) -> dict:
-    import ants
     from scipy import ndimage
 
     from brainage.preprocess import native

@@ -242,9 +242,10 @@ def register_affine_to_template(
     multi-resolution (``settings.levels_mm``): initialisation (rotation search or centres of
     mass), rigid, similarity (the coarse levels), then affine on every level -- the
     antsRegistrationSyN 'a' recipe with a correlation metric and an extra similarity stage so
-    the 12-dof stage starts close. The finest level is the coarser of 1 mm and the scan's voxel
-    size, and the template is resampled (anti-aliased) to it once, so that shrink factors are
-    integers on both images.
+    the 12-dof stage starts close. The finest level is the finest configured level no finer
+    than the scan (default 2 mm: a 12-parameter fit over ~10^5 brain samples is already
+    sub-millimetre); template and scan are smoothed and resampled to it once, so that shrink
+    factors are integers and ANTs never smooths a 1 mm image per level.
     """
     import ants
     from ants.internal import get_lib_fn, get_pointer_string
@@ -262,6 +263,12 @@ def register_affine_to_template(
         fixed = ants.resample_image(ants.smooth_image(template, (finest - 1.0) / 2.0, sigma_in_physical_coordinates=True),
                                     (finest,) * 3, use_voxels=False, interp_type=0)
         fixed_mask = ants.resample_image(template_mask, (finest,) * 3, use_voxels=False, interp_type=1)
+    if voxel_mm < finest - 1e-3:
+        # ANTs smooths the full moving image at every level of every stage; a scan finer than
+        # the finest level is only ever sampled at that level, so smooth and shrink it once
+        sigma = 0.5 * float(np.sqrt(finest**2 - voxel_mm**2))
+        moving = ants.resample_image(ants.smooth_image(moving, sigma, sigma_in_physical_coordinates=True),
+                                     (finest,) * 3, use_voxels=False, interp_type=0)
     shrink = [max(1, int(round(lv / finest))) for lv in levels]
     n_init = max(1, min(settings.init_levels, len(levels)))
 

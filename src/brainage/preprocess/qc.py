@@ -179,6 +179,6 @@ def qc_montage(table: pd.DataFrame, qc_jsons: list, volumes: list, path: str | P
         ax.imshow(np.rot90(data[:, :, z]), cmap="gray", interpolation="nearest")
         ax.contour(np.rot90(outlines[data.shape][:, :, z].astype(float)), levels=[0.5], colors="red", linewidths=0.4)
         ax.set_title(sid, fontsize=5, color="black" if passed.get(sid, True) else "red")
-    fig.suptitle("preprocessing QC: axial z=18 with template brain outline (red titles: excluded)", fontsize=7)
+    fig.suptitle("preprocessing QC: axial z=18 with template brain outline (red titles: excluded)", fontsize=7, y=1.0 + 0.12 / rows)
     save_figure(fig, path)
     plt.close(fig)

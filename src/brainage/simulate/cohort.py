@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from brainage import TEMPLATE_SPACE, __version__
 from brainage.atlases import aal_labels
@@ -124,7 +125,9 @@ def plot_raw_scans(frame: pd.DataFrame, out_png: str | Path) -> None:
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = img.header.get_zooms()[:3]
         vmax = float(np.percentile(data, 99.7))
-        c = [n // 2 for n in data.shape]
+        # slices through the centre of the bright tissue (white matter, marrow, scalp fat):
+        # the brain's centre rather than the field of view's, which includes the neck
+        c = [int(round(v)) for v in ndimage.center_of_mass(data > 0.6 * vmax)]
         views = [
             (data[c[0], :, :].T, zooms[2] / zooms[1], "sagittal"),
             (data[:, c[1], :].T, zooms[2] / zooms[0], "coronal"),
@@ -140,7 +143,8 @@ def plot_raw_scans(frame: pd.DataFrame, out_png: str | Path) -> None:
                 ax.set_title(name, color="white", fontsize=10)
         axes[i, 0].text(0.02, 0.98, f"{row['cohort']} {row['age']:.0f} y {row['sex']}\n{pid} ({row['dataset']})",
                         transform=axes[i, 0].transAxes, color="yellow", fontsize=8, va="top")
-    fig.suptitle("Simulated raw T1w scans before preprocessing (mid-slices, native grid, RAS-reoriented)",
+    fig.suptitle("Simulated raw T1w scans before preprocessing (slices through the head centre, native grid,"
+                 " RAS-reoriented)",
                  color="white", fontsize=10)
     fig.tight_layout()
     save_figure(fig, out_png, facecolor="black")
