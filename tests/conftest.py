@@ -30,7 +30,7 @@ def atlas_root(tmp_path_factory) -> Path:
 
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
 #: what a working directory needs to run the pipeline from its own copy of the code
-WORKFLOW_FILES = ("Snakefile", "workflow", "src")
+WORKFLOW_FILES = ("Snakefile", "workflow", "src", "envs")
 
 
 def tiny_config() -> dict:
@@ -91,7 +91,7 @@ def planned_jobs(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
     assert out.returncode == 0, text[-4000:]
     jobs: list[tuple[str, dict[str, str]]] = []
     for line in text.splitlines():
-        start = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        start = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):$", line)  # group members are indented
         if start:
             jobs.append((start.group(1), {}))
             continue

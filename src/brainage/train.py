@@ -14,8 +14,13 @@ their defaults). Two kinds:
   encoder frozen (eval mode), one linear layer on its features, L1, SGD lr 0.05 momentum 0.9,
   decay 0.2 at 0.6/0.75/0.9 of ``head.epochs``, best-validation head kept. Features of the
   frozen encoder are computed once, without augmentation; they are standardised with the
-  training-set statistics (and scaled by 1/sqrt(F)) while the head trains (conditioning), and that affine map is folded
-  into the head's weights at the end, so the head stays one linear layer on raw features.
+  training-set statistics and scaled by 1/sqrt(F) while the head trains (conditioning), and
+  that affine map is folded into the head's weights at the end, so the head stays one linear
+  layer on raw features.
+
+BatchNorm: before every evaluation (and before the head's features) the running statistics are
+re-estimated on the un-augmented training volumes (:func:`recompute_batchnorm_stats`); with
+small 3D batches the exponential averages otherwise lag the weights badly.
 
 Exact resume: a checkpoint (atomic write) after every epoch (and every
 ``training.checkpoint_every_steps`` steps, and on SIGTERM, e.g. SLURM preemption) holds the
@@ -23,7 +28,9 @@ model, optimiser, scheduler, RNG states, the phase/epoch/step position in the lo
 early-stopping state. The epoch's sample order and every augmentation draw are derived from
 (seed, phase, epoch, subject, view) rather than from a stateful stream, so a resumed run reads
 the same batches with the same augmentations as an uninterrupted one and ends with identical
-weights (tested on CPU). A checkpoint whose config fingerprint differs is ignored.
+weights (tested on CPU). A checkpoint whose config fingerprint (model entry, training section,
+seed, split membership, grid, process count) differs is ignored; an edit of the code alone
+resumes the checkpoint (Snakemake reruns the job, which continues where it stopped).
 
 GPU: bf16 autocast, channels-last 3D tensors, pinned memory and non-blocking copies,
 augmentation on the device, optional ``torch.compile``; losses are accumulated on the device
@@ -244,7 +251,9 @@ def _optimiser(params, cfg: dict) -> torch.optim.Optimizer:
 
 
 def _scheduler(opt, cfg: dict, epochs: int):
-    milestones = sorted({max(1, int(round(f * epochs))) for f in cfg.get("milestones") or []})
+    # a list, not a set: with few epochs two fractions can round to the same epoch, and
+    # MultiStepLR then applies gamma twice there (the total decay stays gamma ** len(milestones))
+    milestones = sorted(max(1, int(round(f * epochs))) for f in cfg.get("milestones") or [])
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.get("gamma", 0.1))
 
 

@@ -19,15 +19,11 @@ PP_SETTINGS = {
 PP_SETTINGS["qc"] = {k: v for k, v in PP_QC.items() if k != "on_fail"}
 
 
-def preprocessed(res):
-    """The preprocessed T1w on the ``res`` mm template grid (wildcard {subject})."""
-    return (
-        f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-{res_label(res)}_desc-preproc_T1w.nii.gz"
-    )
-
+# the preprocessed T1w on a template grid: "<res>" is the grid's BIDS res- label
+PP_VOLUME = f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-<res>_desc-preproc_T1w.nii.gz"
 
 PP_OUTPUTS = {
-    **{f"res{res_label(r)}": preprocessed(r) for r in GRIDS},
+    **{f"res{res_label(r)}": PP_VOLUME.replace("<res>", res_label(r)) for r in GRIDS},
     "mask": f"{PP_ANAT}_desc-brain_mask.nii.gz",
     "xfm": f"{PP_XFM}.mat",
     "xfm_json": f"{PP_XFM}.json",
@@ -155,7 +151,9 @@ else:
 rule qc_table:
     input:
         qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
-        volumes=expand(preprocessed(max(GRIDS)), subject=SUBJECTS),
+        volumes=expand(
+            PP_VOLUME.replace("<res>", res_label(max(GRIDS))), subject=SUBJECTS
+        ),
     output:
         table="results/qc/qc.tsv",
         excluded="results/qc/excluded.tsv",

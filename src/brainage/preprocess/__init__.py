@@ -6,8 +6,9 @@ by ``brainage preprocess`` and by the tests. The native engine (:mod:`.native`) 
 1. input checks (unreadable, 4D, NaN/Inf, all-zero, absurd voxel sizes -> :class:`InputError`);
 2. deepbet brain mask in native space;
 3. N4 bias-field correction fitted inside the mask (on the brain's bounding box);
-4. affine registration of the N4-corrected brain to the ICBM 2009c brain template: rotation
-   search, rigid, similarity, 12-dof affine; global correlation (NCC) metric, multi-resolution;
+4. affine registration of the N4-corrected brain to the ICBM 2009c brain template: centres of
+   mass, rigid, similarity, 12-dof affine; global correlation (NCC) metric, 8/4/2 mm pyramid
+   (:func:`.native.register_affine_to_template`);
 5. B-spline (order 3) resampling onto the 1 mm template grid (193 x 229 x 193) as the study's
    chain -- or straight onto the finest configured grid when the scan is no finer than it
    (:func:`base_resolution`); intensities normalised inside the brain
