@@ -107,7 +107,7 @@ def test_resume_mid_epoch_from_step_checkpoint(data, tmp_path):
 @pytest.mark.slow
 def test_rnc_then_linear_head_produces_ages(data, tmp_path):
     splits, vols, index = data
-    entry = _entry(loss="rnc", epochs=2, rnc={"chunk_size": 6}, head={"epochs": 10})
+    entry = _entry(loss="rnc", epochs=1, rnc={"chunk_size": 6}, head={"epochs": 5})
     metrics = train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["kind"] == "rnc"
