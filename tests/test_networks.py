@@ -36,3 +36,43 @@ def test_age_scale_buffers_shift_output():
         model.age_mean.fill_(60.0)
         model.age_sd.fill_(15.0)
         assert torch.allclose(model(x), z * 15.0 + 60.0, atol=1e-5)
+
+
+# norm layers of a MedicalNet ResNet: conv1's, two (basic) or three (bottleneck) per block, and one
+# per downsample shortcut (shortcut B: the first block of stages 2-4, and of stage 1 for bottlenecks)
+@pytest.mark.parametrize("backbone,n_norms", [("resnet18", 1 + 2 * 8 + 3), ("resnet50", 1 + 3 * 16 + 4)])
+@pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm3d)])
+def test_per_sample_norm_replaces_every_batchnorm(backbone, n_norms, norm, layer):
+    from brainage.networks import build_encoder, group_count
+
+    reference = build_encoder(backbone, width=0.25, norm="batch")
+    bn_channels = [m.num_features for m in reference.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert len(bn_channels) == n_norms
+    encoder = build_encoder(backbone, width=0.25, norm=norm)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+    new = [m for m in encoder.modules() if isinstance(m, layer)]
+    # same layers, same places, same channel counts as the BatchNorm network
+    assert [m.num_channels if norm == "group" else m.num_features for m in new] == bn_channels
+    if norm == "group":
+        assert all(m.num_channels % m.num_groups == 0 for m in new)
+        assert {m.num_groups for m in new} == {8}  # 16..512 channels at width 0.25
+    # no parameter lost or added apart from BatchNorm's running-stat buffers
+    assert sum(p.numel() for p in encoder.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert not any("running" in k for k in encoder.state_dict())
+
+
+def test_group_count_divides():
+    from brainage.networks import group_count
+
+    assert [group_count(c) for c in (4, 8, 12, 16, 19, 20, 64, 6)] == [4, 8, 6, 8, 1, 5, 8, 6]
+
+
+def test_group_norm_network_is_per_sample():
+    """In training mode the output of one volume does not depend on the rest of the batch."""
+    torch.manual_seed(0)
+    model = build_age_model({"backbone": "resnet18", "width": 0.125, "conv1_stride": 2, "norm": "group"}).train()
+    x = torch.randn(3, 1, 20, 24, 20)
+    with torch.no_grad():
+        whole = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(whole, alone, rtol=1e-5, atol=1e-5)

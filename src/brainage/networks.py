@@ -12,12 +12,11 @@ encoder with the contrastive loss first and then the head with the encoder froze
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "build_encoder", "SFCNEncoder", "AgeModel", "build_age_model", "architecture_of"]
+__all__ = ["BACKBONES", "build_encoder", "replace_batchnorm", "group_count", "SFCNEncoder", "AgeModel", "build_age_model", "architecture_of"]
 
 #: backbone name -> (MONAI block type, layers); SFCN is separate
 _RESNETS = {
@@ -64,6 +63,42 @@ class SFCNEncoder(nn.Module):
         return self.dropout(self.pool(x).flatten(1))
 
 
+#: at most this many GroupNorm groups (Wu & He 2018 use 32 at 64+ channels; the demo networks
+#: have 8-16 channels in their first stage, so 8 keeps >= 1-2 channels per group everywhere)
+MAX_GROUPS = 8
+
+
+def group_count(channels: int, max_groups: int = MAX_GROUPS) -> int:
+    """GroupNorm groups for ``channels``: the largest divisor of ``channels`` <= ``max_groups``.
+
+    8 for the power-of-two widths of the ResNets at any ``width`` in {1, 0.5, 0.25, 0.125};
+    1 (LayerNorm over channels and space) for a prime channel count above 8.
+    """
+    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+
+
+def replace_batchnorm(module: nn.Module, norm: str) -> nn.Module:
+    """Replace, in place, every ``BatchNorm3d(C)`` in ``module`` by a per-sample norm with C channels.
+
+    ``norm="group"``: ``GroupNorm(group_count(C), C)``; ``norm="instance"``:
+    ``InstanceNorm3d(C, affine=True)``. New layers start as weight 1, bias 0 (MONAI's init of
+    norm layers). Returns ``module``.
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm3d):
+            c = child.num_features
+            if norm == "group":
+                new: nn.Module = nn.GroupNorm(group_count(c), c, eps=child.eps)
+            elif norm == "instance":
+                new = nn.InstanceNorm3d(c, eps=child.eps, affine=True)
+            else:
+                raise ValueError(f"replace_batchnorm: norm must be group or instance, got {norm!r}")
+            setattr(module, name, new.to(child.weight.device, child.weight.dtype))
+        else:
+            replace_batchnorm(child, norm)
+    return module
+
+
 def build_encoder(
     backbone: str, width: float = 1.0, conv1_stride: int = 1, norm: str = "batch"
 ) -> nn.Module:
@@ -74,7 +109,8 @@ def build_encoder(
     classifier. ``width`` is MONAI's ``widen_factor`` (1.0 = the study's networks; the CPU demo
     uses 0.25); ``conv1_stride`` is the stride of conv1 (MONAI's default 1 = the study's);
     ``norm`` is ``batch`` (the study) or ``group``/``instance`` (norm layers that do not mix
-    samples, so gradient-cached RNC steps equal full-batch steps exactly).
+    samples, so gradient-cached RNC steps equal full-batch steps exactly and DDP steps equal
+    single-process steps; every BatchNorm3d is replaced, see :func:`replace_batchnorm`).
     """
     if backbone == "sfcn":
         if norm != "batch":
@@ -85,9 +121,12 @@ def build_encoder(
     from monai.networks.nets.resnet import ResNet, get_inplanes
 
     block, layers, expansion = _RESNETS[backbone]
-    norm_arg: Any = {"batch": "batch", "instance": ("instance", {"affine": True}), "group": ("group", {"num_groups": 8})}
-    if norm not in norm_arg:
+    if norm not in ("batch", "group", "instance"):
         raise ValueError(f"unknown norm {norm!r}; choose batch, group or instance")
+    # Always built with BatchNorm, then every BatchNorm3d swapped: MONAI 1.6.1's ResNet passes
+    # its ``norm`` argument to the first norm layer only (the residual blocks and downsample
+    # shortcuts stay BatchNorm3d, Project-MONAI/MONAI PR #9028), so ``norm="group"`` alone
+    # would leave 19 of ResNet18's 20 norm layers mixing samples.
     encoder = ResNet(
         block=block,
         layers=layers,
@@ -97,8 +136,10 @@ def build_encoder(
         conv1_t_stride=conv1_stride,
         widen_factor=width,
         feed_forward=False,
-        norm=norm_arg[norm],
+        norm="batch",
     )
+    if norm != "batch":
+        replace_batchnorm(encoder, norm)
     encoder.out_features = int(get_inplanes()[-1] * width) * expansion
     return encoder
 

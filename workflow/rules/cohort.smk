@@ -62,7 +62,7 @@ if config["cohort"]["source"] == "simulate":
             figure=report(
                 "results/figures/simulated_raw_scans.png",
                 caption="../report/simulated_raw_scans.rst",
-                category="Cohort",
+                category=CAT_QC,
             ),
         log:
             "logs/simulate_cohort/simulate_cohort.log",

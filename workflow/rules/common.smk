@@ -14,8 +14,18 @@ from brainage.provenance import code_hash
 validate(config, "../schemas/config.schema.yaml")
 
 RESOURCES = "resources/atlases"
-PARTICIPANTS_SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "participants.schema.yaml")
+PARTICIPANTS_SCHEMA = str(
+    Path(workflow.basedir) / "workflow" / "schemas" / "participants.schema.yaml"
+)
 SEED = config["seed"]
+# Report categories, in the order a reader goes through the study.
+CAT_QC, CAT_TRAIN, CAT_ACC, CAT_SAL, CAT_DIS = (
+    "1. Cohort and QC",
+    "2. Training curves",
+    "3. Accuracy",
+    "4. Saliency",
+    "5. Disease",
+)
 GRIDS = [float(g) for g in config["preprocess"]["grids"]]
 
 
@@ -35,11 +45,15 @@ def load_participants():
     if config["cohort"]["source"] == "simulate":
         from brainage.simulate import plan_cohort
 
-        return plan_cohort(**config["cohort"]["simulate"], seed=SEED, bids_root=SIM_BIDS)
+        return plan_cohort(
+            **config["cohort"]["simulate"], seed=SEED, bids_root=SIM_BIDS
+        )
     from brainage.manifest import read_manifest
 
     if not config["cohort"].get("manifest"):
-        raise ValueError("config: cohort.manifest must name a participants TSV when cohort.source is 'manifest'")
+        raise ValueError(
+            "config: cohort.manifest must name a participants TSV when cohort.source is 'manifest'"
+        )
     return read_manifest(config["cohort"]["manifest"])
 
 

@@ -58,13 +58,6 @@ STATS_PARAMS = dict(
     seed=SEED,
     older_than=STATS["older_than"],
 )
-CAT_QC, CAT_TRAIN, CAT_ACC, CAT_SAL, CAT_DIS = (
-    "1. Cohort and QC",
-    "2. Training curves",
-    "3. Accuracy",
-    "4. Saliency",
-    "5. Disease",
-)
 
 
 rule fig1_age_distribution:

@@ -81,7 +81,7 @@ rule train:
         curve=report(
             "results/models/{model}/learning_curve.png",
             caption="../report/learning_curve.rst",
-            category="Training",
+            category=CAT_TRAIN,
             subcategory="{model}",
         ),
         card="results/models/{model}/model_card.json",
