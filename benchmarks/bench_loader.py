@@ -78,11 +78,14 @@ def main() -> None:
                   f"{t_seq*1e3:.0f} ms/vol, folded single resample {t_fold*1e3:.0f} ms/vol -> {t_seq/t_fold:.1f}x "
                   f"(target >= 1.5x)")
 
-        # (c) whole loader at 2 mm, the study's p = 0.5 augmentation
+        # (c) whole loader at 2 mm, the study's p = 0.5 augmentation. Batches of 2 (several per
+        # epoch, as in training): with one batch per epoch, 2 workers would get 2 and 1 of 3
+        # batches and the slower worker would set the pace.
         cache, paths = caches[2]
         cfg = AugmentConfig()
         ids = list(paths)
-        n_epoch = 3 * len(ids)
+        epochs = 4
+        n_epoch = epochs * len(ids)
 
         def naive(i):
             x = torch.from_numpy(normalise_intensity(nib.load(str(paths[ids[i % len(ids)]])).get_fdata(dtype=np.float32)))[None]
@@ -95,14 +98,17 @@ def main() -> None:
         from brainage.train import _Volumes, _collate
 
         ds = _Volumes(cache, np.arange(len(ids)), np.full(len(ids), 50.0), cfg, 1, 0, 1, augment_here=True)
-        batches = [[(e, i) for i in range(len(ids))] for e in range(3)]
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=args.workers, collate_fn=_collate)
-        t = time.perf_counter()
-        for _ in loader:
-            pass
-        rate = n_epoch / (time.perf_counter() - t)
+        batches = [[(e, i), (e, i + 1)] for e in range(epochs) for i in range(0, len(ids) - 1, 2)]
+        rates = {}
+        for workers in (0, args.workers):
+            loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_collate)
+            t = time.perf_counter()
+            n = sum(len(x) for x, _, _ in loader)
+            rates[workers] = n / (time.perf_counter() - t)
         print(f"(c) loader 2 mm with augmentation: naive (nibabel + sequential, main process) {naive_rate:.1f} vol/s, "
-              f"cache + folded + {args.workers} workers {rate:.1f} vol/s -> {rate/naive_rate:.1f}x")
+              f"cache + folded in the main process {rates[0]:.1f} vol/s -> {rates[0]/naive_rate:.1f}x, "
+              f"cache + folded + {args.workers} workers {rates[args.workers]:.1f} vol/s -> {rates[args.workers]/naive_rate:.1f}x "
+              f"({torch.get_num_threads()} torch thread per process; workers share the machine's cores)")
 
 
 if __name__ == "__main__":

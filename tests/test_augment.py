@@ -1,5 +1,6 @@
 """Augmentation: the folded single resampling equals the study's transforms applied one by one,
-translation matches an exact voxel shift, and each transform's probability and range hold."""
+the composed matrix reproduces MONAI's transforms and its lazy composition, translation matches an
+exact voxel shift, and each transform's probability and range hold."""
 
 import math
 
@@ -39,6 +40,29 @@ def test_folded_equals_sequential(seed):
     assert float((folded - vol).abs().mean()) > 0.01 * peak
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_folded_matrix_matches_monai(seed):
+    """The composed map reproduces MONAI's conventions: each transform alone equals MONAI's
+    transform, and the composition equals MONAI's own lazy (single-resample) composition except
+    in the outermost slice of each axis, where the lazy mode reads zeros beyond the crop while
+    Resize (the study's sequential path, and ours) clamps to the crop's edge."""
+    from monai.transforms import Compose
+
+    from brainage.augment import spatial_transforms
+
+    vol = _smooth_volume()
+    cfg = AugmentConfig(p=1.0)
+    p = sample_params(cfg, SHAPE, np.random.default_rng(100 + seed))
+    p = AugmentParams(p.translate, p.rotate, p.crop, None)
+    lazy = Compose(spatial_transforms(p, SHAPE), lazy=True)(vol).as_tensor()
+    inner = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(augment_volume(vol, p, cfg, folded=True)[inner], lazy[inner], rtol=0, atol=1e-5)
+    for only in ("translate", "rotate", "crop"):
+        q = AugmentParams(*(getattr(p, k) if k == only else None for k in ("translate", "rotate", "crop")), None)
+        torch.testing.assert_close(augment_volume(vol, q, cfg, folded=True), augment_volume(vol, q, cfg, folded=False),
+                                   rtol=0, atol=1e-5)
+
+
 def test_integer_translation_is_an_exact_shift():
     vol = _smooth_volume()
     p = AugmentParams((3.0, -2.0, 4.0), None, None, None)
@@ -72,3 +96,16 @@ def test_p_zero_is_identity():
     vol = _smooth_volume()
     p = sample_params(AugmentConfig(p=0.0), SHAPE, np.random.default_rng(0))
     assert torch.equal(augment_volume(vol, p, AugmentConfig()), vol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_axis_aligned_path_equals_grid_sample(seed):
+    """Without rotation the folded path interpolates axis by axis; it equals trilinear grid_sample
+    of the same map (zero outside), including translations that move content out of the grid."""
+    from brainage.augment import resample_affine, voxel_matrix
+
+    vol = torch.rand(1, *SHAPE)  # non-zero up to the borders: padding is exercised
+    p = sample_params(AugmentConfig(p=1.0), SHAPE, np.random.default_rng(200 + seed))
+    p = AugmentParams(p.translate, None, p.crop if seed % 2 else None, None)
+    expected = resample_affine(vol, *voxel_matrix(p, SHAPE))
+    torch.testing.assert_close(augment_volume(vol, p, AugmentConfig()), expected, rtol=0, atol=1e-5)

@@ -99,9 +99,9 @@ SwitchType=switch/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# Finished jobs stay visible to squeue for 5 min: the plugin's status polling needs that
+# Finished jobs stay visible to squeue (and scontrol) for an hour: the plugin's status polling needs that
 # without accounting (it requires MinJobAge >= 3 x its first status-check delay).
-MinJobAge=300
+MinJobAge=3600
 ReturnToService=2
 SlurmdTimeout=300
 InactiveLimit=0

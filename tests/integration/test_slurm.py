@@ -191,10 +191,11 @@ def test_every_job_ran_through_sbatch(tiny_slurm_run, capsys):
 
     # and each job that ran was one of them: the plugin logs each submission under the rule
     # or group name (logs/slurm/rule_<rule>/... or logs/slurm/group_<group>_<rules>/...)
-    submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/logs/slurm/(rule|group)_(\w+)/", log)
+    submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/logs/slurm/(rule|group)_(\w+)", log)
     singles = {name for kind, name in submitted if kind == "rule"}
-    grouped = " ".join(name for kind, name in submitted if kind == "group")
-    outside = {r for r in ran if r not in singles and r not in grouped}
+    groups = tiny_slurm_run["profile"]["groups"]
+    group_jobs = {name.split("_", 1)[0] for kind, name in submitted if kind == "group"}  # group_<id>_<rules...>
+    outside = {r for r in ran if r not in singles and groups.get(r) not in group_jobs}
     assert not outside, f"rules run outside SLURM: {sorted(outside)}"
     assert "localrule" not in log or all(_is_aggregate(r) for r in re.findall(r"^localrule (\w+):", log, re.M))
 
@@ -213,19 +214,21 @@ def test_subject_jobs_are_bundled(tiny_slurm_run):
 def test_gpu_request_reaches_slurm(tiny_slurm_run):
     log = tiny_slurm_run["log"]
     gpu_rules = {r for r, res in tiny_slurm_run["profile"]["set-resources"].items() if res.get("gpu")}
-    if tiny_slurm_run["gpu_model"]:
-        gpu_rules.add("train")
-    # the plugin's log path names the rule: logs/slurm/rule_<rule>/<wildcards>/<jobid>.log
-    pairs = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/", log)
-    gpu_jobs = [j for j, rule in pairs if rule in gpu_rules]
+    # the plugin's log path names rule and wildcards: logs/slurm/rule_<rule>/<wildcards>/<jobid>.log
+    jobs = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/(?:([^/\s]+)/)?\d+\.log", log)
+    gpu_jobs = [j for j, rule, wc in jobs
+                if rule in gpu_rules or (rule == "train" and wc.endswith(str(tiny_slurm_run["gpu_model"])))]
     assert gpu_jobs, "no GPU-requesting job was submitted"
+    cpu_jobs = [j for j, rule, wc in jobs if j not in gpu_jobs]
     checked = 0
     for jobid in gpu_jobs:
         record = _slurm_record(jobid)
-        if "TRES" in record:  # scontrol still holds the job (MinJobAge)
-            assert "gres/gpu=1" in record["TRES"], (jobid, record.get("TRES"))
+        if "TresPerJob" in record:  # scontrol still holds the job (MinJobAge)
+            assert "gpu:1" in record["TresPerJob"], (jobid, record)
             checked += 1
     assert checked, "SLURM no longer holds the GPU jobs' records"
+    for jobid in cpu_jobs:  # and only those asked for one
+        assert "gpu" not in _slurm_record(jobid).get("TresPerJob", ""), jobid
 
 
 def test_outputs(tiny_slurm_run):

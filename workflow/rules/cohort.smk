@@ -40,7 +40,7 @@ if config["cohort"]["source"] == "simulate":
             ),
         params:
             row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
-            simulate=config["cohort"]["simulate"],
+            simulate=SIM_MODEL,
             seed=SEED,
             code=code_hash("brainage.simulate", "brainage.io"),
         script:

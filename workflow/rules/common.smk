@@ -58,10 +58,18 @@ def load_participants():
 
 
 SIM_BIDS = "results/cohort/bids"
+# The simulation model without the cohort sizes: adding a subject must not re-simulate the others.
+SIM_MODEL = {
+    key: value
+    for key, value in (config["cohort"].get("simulate") or {}).items()
+    if key not in ("n_hc", "n_ad", "n_pd")
+}
 PARTICIPANTS = load_participants().set_index("participant_id", drop=False)
 SUBJECTS = list(PARTICIPANTS.index)
+# A plain dict: raw_t1w runs once per subject job, 40,000 times on a large cohort.
+RAW_T1W = dict(zip(SUBJECTS, PARTICIPANTS["t1w"]))
 
 
 def raw_t1w(wildcards):
     """The raw T1w scan of ``wildcards.subject``."""
-    return PARTICIPANTS.at[wildcards.subject, "t1w"]
+    return RAW_T1W[wildcards.subject]

@@ -268,6 +268,8 @@ def model_from_config(section: dict) -> SimulationModel:
 
 def plan_row(frame: pd.DataFrame, participant_id: str) -> dict:
     """One planned subject as plain JSON-safe values (``None`` for n/a), e.g. a rule's param."""
-    row = frame.set_index("participant_id", drop=False).loc[participant_id].to_dict()
+    # The workflow passes a frame already indexed by participant_id: no re-indexing per subject.
+    indexed = frame if frame.index.name == "participant_id" else frame.set_index("participant_id", drop=False)
+    row = indexed.loc[participant_id].to_dict()
     return {k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
             for k, v in row.items()}
