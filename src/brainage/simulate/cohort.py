@@ -30,9 +30,9 @@ from scipy import ndimage
 from brainage import TEMPLATE_SPACE, __version__
 from brainage.atlases import aal_labels
 from brainage.io import save_figure, save_nifti, write_json, write_text, write_tsv
-from brainage.simulate.anatomy import FIELD_STEP, REGIONAL_BASES, Anatomy
+from brainage.simulate.anatomy import FIELD_STEP, Anatomy
 from brainage.simulate.model import MANIFEST_COLUMNS, SITES, SimulationModel
-from brainage.simulate.scan import effect_weights, exponentiate, simulate_scan
+from brainage.simulate.scan import effect_fields, effect_weights, simulate_scan
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +151,6 @@ def plot_raw_scans(frame: pd.DataFrame, out_png: str | Path) -> None:
     plt.close(fig)
 
 
-def effect_fields(anatomy: Anatomy, weights: Mapping[str, float]) -> np.ndarray:
-    """Displacement (3, *field grid) in mm of ``weights`` (no individual warp), as in a scan."""
-    field = np.zeros_like(anatomy.bases["ventricles"])
-    box = anatomy.regional_box
-    velocity = np.zeros((3, *[b.stop - b.start for b in box]), dtype=np.float32)
-    for name, w in weights.items():
-        if not w:
-            continue
-        if name in REGIONAL_BASES:
-            velocity += np.float32(w) * anatomy.bases[name][(slice(None), *box)]
-        else:
-            field += np.float32(w) * anatomy.bases[name]
-    field[(slice(None), *box)] += exponentiate(velocity / FIELD_STEP) * FIELD_STEP
-    return field
 
 
 def log_volume_change(field: np.ndarray) -> np.ndarray:

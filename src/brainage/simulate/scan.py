@@ -21,6 +21,7 @@ from scipy import ndimage
 from brainage.simulate.anatomy import (
     BRAIN_LABEL_MAX,
     FIELD_AFFINE,
+    FIELD_STEP,
     FIELD_SHAPE,
     HEAD_AFFINE,
     LABEL_EXTRA_CSF,
@@ -177,6 +178,22 @@ def intensity_knots(row: Mapping, anatomy: Anatomy, model: SimulationModel) -> t
     return x, y
 
 
+def effect_fields(anatomy: Anatomy, weights: Mapping[str, float]) -> np.ndarray:
+    """Displacement (3, *field grid) in mm of ``weights`` (no individual warp), as in a scan."""
+    field = np.zeros_like(anatomy.bases["ventricles"])
+    box = anatomy.regional_box
+    velocity = np.zeros((3, *[b.stop - b.start for b in box]), dtype=np.float32)
+    for name, w in weights.items():
+        if not w:
+            continue
+        if name in REGIONAL_BASES:
+            velocity += np.float32(w) * anatomy.bases[name][(slice(None), *box)]
+        else:
+            field += np.float32(w) * anatomy.bases[name]
+    field[(slice(None), *box)] += exponentiate(velocity / np.float32(FIELD_STEP)) * np.float32(FIELD_STEP)
+    return field
+
+
 def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationModel | None = None) -> SimulatedScan:
     """Simulate the raw T1w scan of one planned subject (a row of :func:`plan_cohort`)."""
     model = model or SimulationModel()
@@ -189,17 +206,7 @@ def simulate_scan(row: Mapping, anatomy: Anatomy, seed: int, model: SimulationMo
     # the subject's displacement field on the 2 mm field grid
     weights = effect_weights(row, model)
     warp, warp_factor = _random_warp(rng, model.warp_sd_mm, model.warp_smoothness_mm)
-    field = np.zeros_like(anatomy.bases["ventricles"])
-    box = anatomy.regional_box
-    velocity = np.zeros((3, *[b.stop - b.start for b in box]), dtype=np.float32)
-    for name, w in weights.items():
-        if not w:
-            continue
-        if name in REGIONAL_BASES:
-            velocity += np.float32(w) * anatomy.bases[name][(slice(None), *box)]
-        else:
-            field += np.float32(w) * anatomy.bases[name]
-    field[(slice(None), *box)] += exponentiate(velocity / np.float32(FIELD_AFFINE[0, 0])) * np.float32(FIELD_AFFINE[0, 0])
+    field = effect_fields(anatomy, weights)
 
     # MNI point of each raw voxel (raw voxel -> native -> MNI is one affine), then pulled back
     vox_to_field = np.linalg.inv(FIELD_AFFINE) @ to_mni @ affine
