@@ -11,6 +11,8 @@ if config["cohort"]["source"] == "simulate":
             "results/cohort/truth/anatomy.npz",
         log:
             "logs/simulate_anatomy/simulate_anatomy.log",
+        conda:
+            "../../envs/imaging.yaml"
         threads: 1
         resources:
             mem_mb=4000,
@@ -33,6 +35,8 @@ if config["cohort"]["source"] == "simulate":
             "logs/simulate_subject/{subject}.log",
         wildcard_constraints:
             subject="sub-[A-Za-z0-9]+",
+        conda:
+            "../../envs/imaging.yaml"
         threads: 1
         resources:
             mem_mb=int(
@@ -66,6 +70,8 @@ if config["cohort"]["source"] == "simulate":
             ),
         log:
             "logs/simulate_cohort/simulate_cohort.log",
+        conda:
+            "../../envs/imaging.yaml"
         threads: 1
         resources:
             mem_mb=3000,
@@ -86,6 +92,8 @@ else:
             "results/cohort/participants.tsv",
         log:
             "logs/participants/participants.log",
+        conda:
+            "../../envs/imaging.yaml"
         params:
             schema=PARTICIPANTS_SCHEMA,
             code=code_hash("brainage.manifest", "brainage.io", "brainage.logs"),

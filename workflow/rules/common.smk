@@ -1,11 +1,17 @@
 # Helpers shared by the rules: config validation, the participants table, file names.
 # No rules here (STYLE.md); every function is a thin call into the brainage library.
+import os
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+# Jobs import the library too, also inside --sdm conda environments that do not install it.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [SRC, os.environ.get("PYTHONPATH")])
+)
 
 from brainage.atlases import resource_paths
 from brainage.grids import res_label

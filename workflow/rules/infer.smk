@@ -34,6 +34,8 @@ rule predict_cohort:
         json="results/predictions/{model}.json",
     log:
         "logs/predict_cohort/{model}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
@@ -60,6 +62,8 @@ rule saliency:
         truth="results/saliency/{model}/truth_check.tsv",
     log:
         "logs/saliency/{model}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=6000,

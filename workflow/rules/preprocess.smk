@@ -58,6 +58,8 @@ if PP_ENGINE == "minc":
             "logs/preprocess_minc_input/{subject}.log",
         group:
             "preprocess"
+        conda:
+            "../../envs/imaging.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -104,6 +106,8 @@ if PP_ENGINE == "minc":
             "logs/preprocess/{subject}.log",
         group:
             "preprocess"
+        conda:
+            "../../envs/imaging.yaml"
         threads: 1
         resources:
             mem_mb=3000,
@@ -131,6 +135,8 @@ else:
             "logs/preprocess/{subject}.log",
         group:
             "preprocess"
+        conda:
+            "../../envs/imaging.yaml"
         threads: 2
         resources:
             mem_mb=4000,
@@ -160,6 +166,8 @@ rule qc_table:
         montage="results/qc/qc_montage.png",
     log:
         "logs/qc_table/qc_table.log",
+    conda:
+        "../../envs/imaging.yaml"
     threads: 1
     resources:
         mem_mb=2000,

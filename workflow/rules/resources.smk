@@ -3,6 +3,8 @@ rule resources:
         resource_files(),
     log:
         "logs/resources/resources.log",
+    conda:
+        "../../envs/imaging.yaml"
     params:
         grids=GRIDS,
         code=code_hash("brainage.atlases", "brainage.grids"),

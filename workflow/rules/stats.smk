@@ -68,6 +68,8 @@ rule fig1_age_distribution:
         svg="results/figures/fig1_age_distribution.svg",
     log:
         "logs/fig1_age_distribution/fig1_age_distribution.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         code=code_hash("brainage.figures", "brainage.tables"),
     script:
@@ -83,6 +85,8 @@ rule table1:
         html=table("table1", CAT_QC),
     log:
         "logs/table1/table1.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         code=code_hash("brainage.tables"),
     script:
@@ -96,6 +100,8 @@ rule fig_qc_montage:
         figure("fig_qc_montage", CAT_QC),
     log:
         "logs/fig_qc_montage/fig_qc_montage.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         code=code_hash("brainage.figures"),
     script:
@@ -110,6 +116,8 @@ rule fig_training_curves:
         svg="results/figures/fig_training_curves.svg",
     log:
         "logs/fig_training_curves/fig_training_curves.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=list(STATS_MODELS),
         code=code_hash("brainage.figures"),
@@ -126,6 +134,8 @@ rule table2:
         html=table("table2", CAT_ACC),
     log:
         "logs/table2/table2.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
@@ -146,6 +156,8 @@ rule table3:
         html=table("table3", CAT_ACC),
     log:
         "logs/table3/table3.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         external=EXTERNAL,
@@ -164,6 +176,8 @@ rule fig3_batch_size:
         tsv="results/figures/fig3_batch_size.tsv",
     log:
         "logs/fig3_batch_size/fig3_batch_size.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
@@ -180,6 +194,8 @@ rule fig_pred_vs_age:
         svg="results/figures/fig_pred_vs_age.svg",
     log:
         "logs/fig_pred_vs_age/fig_pred_vs_age.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=list(STATS_MODELS),
         code=code_hash("brainage.figures", "brainage.stats"),
@@ -196,6 +212,8 @@ rule study_comparison:
         html=table("study_comparison", CAT_ACC),
     log:
         "logs/study_comparison/study_comparison.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         cohort=config["cohort"],
@@ -214,6 +232,8 @@ rule fig4_gradram_e2e:
         svg="results/figures/fig4_gradram_e2e.svg",
     log:
         "logs/fig4_gradram_e2e/fig4_gradram_e2e.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         candidates=list(ROLES.e2e),
@@ -236,6 +256,8 @@ rule fig5_gradram_rnc:
         svg="results/figures/fig5_gradram_rnc.svg",
     log:
         "logs/fig5_gradram_rnc/fig5_gradram_rnc.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         candidates=list(ROLES.rnc),
@@ -257,6 +279,8 @@ rule table4:
         html=table("table4", CAT_DIS),
     log:
         "logs/table4/table4.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
@@ -274,6 +298,8 @@ rule fig6_bag_violin:
         svg="results/figures/fig6_bag_violin.svg",
     log:
         "logs/fig6_bag_violin/fig6_bag_violin.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         code=code_hash("brainage.figures", "brainage.tables", "brainage.stats"),
@@ -291,6 +317,8 @@ rule fig7_gradram_disease:
         svg="results/figures/fig7_gradram_disease.svg",
     log:
         "logs/fig7_gradram_disease/fig7_gradram_disease.log",
+    conda:
+        "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
         candidates=list(ROLES.rnc + ROLES.e2e),
