@@ -16,6 +16,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from brainage.atlases import resource_paths
 from brainage.grids import res_label
 from brainage.provenance import code_hash
+from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -24,14 +25,6 @@ PARTICIPANTS_SCHEMA = str(
     Path(workflow.basedir) / "workflow" / "schemas" / "participants.schema.yaml"
 )
 SEED = config["seed"]
-# Report categories, in the order a reader goes through the study.
-CAT_QC, CAT_TRAIN, CAT_ACC, CAT_SAL, CAT_DIS = (
-    "1. Cohort and QC",
-    "2. Training curves",
-    "3. Accuracy",
-    "4. Saliency",
-    "5. Disease",
-)
 GRIDS = [float(g) for g in config["preprocess"]["grids"]]
 
 

@@ -3,6 +3,7 @@
 # (`snakemake fig6_bag_violin`); each asks only for the files it draws from. Which models are
 # "best end-to-end", "RNC", "SFCN" and the batch-size sweep comes from config models via
 # brainage.stats.model_roles (no model names here).
+from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 from brainage.stats import model_roles, normalise_models
 
 STATS = config["stats"]
