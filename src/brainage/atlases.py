@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from brainage import TEMPLATE_SPACE
 from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, Grid, downsample_from_1mm, res_label, resample_labels, template_grid
-from brainage.io import save_nifti, write_tsv
+from brainage.io import nifti_image, save_nifti, write_tsv
 
 N_AAL_LABELS = 116
 
@@ -105,20 +105,12 @@ def build_resources(root: str | Path, grids: list[float]) -> dict[float, dict[st
         tpl = downsample_from_1mm(template, res)
         msk = downsample_from_1mm(mask.astype(np.float32), res) >= 0.5
         atlas = resample_labels(aal, aal_affine, grid)
-        save_nifti(_image(tpl.astype(np.float32), grid), paths["template"])
-        save_nifti(_image(msk.astype(np.uint8), grid), paths["mask"])
-        save_nifti(_image(atlas.astype(np.int16), grid), paths["aal"])
+        save_nifti(nifti_image(tpl.astype(np.float32), grid.affine), paths["template"])
+        save_nifti(nifti_image(msk.astype(np.uint8), grid.affine), paths["mask"])
+        save_nifti(nifti_image(atlas.astype(np.int16), grid.affine), paths["aal"])
         written[res] = paths
     write_tsv(resource_paths(root, 1)["labels"], labels)
     return written
-
-
-def _image(data: np.ndarray, grid: Grid) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, grid.affine)
-    img.set_qform(grid.affine, code=4)  # 4 = MNI152
-    img.set_sform(grid.affine, code=4)
-    img.header.set_xyzt_units("mm")
-    return img
 
 
 def load_resource(root: str | Path, res: float, kind: str) -> tuple[np.ndarray, np.ndarray]:

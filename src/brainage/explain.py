@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainage.io import save_figure, save_nifti
+from brainage.io import nifti_image, save_figure, save_nifti
 
 log = logging.getLogger(__name__)
 
@@ -316,15 +316,11 @@ def template_image(data: np.ndarray, affine: np.ndarray, quantised: bool = True)
     ``quantised``: a [0, 1] saliency map stored as int16 x :data:`SALIENCY_SLOPE` (half the
     size of float32); otherwise float32 (group means and signed difference maps).
     """
-    if quantised:
-        q = np.round(np.clip(np.asarray(data, dtype=np.float64), 0.0, 1.0) / SALIENCY_SLOPE).astype(np.int16)
-        img = nib.Nifti1Image(q, affine)
-        img.header.set_slope_inter(SALIENCY_SLOPE, 0.0)
-    else:
-        img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    img.set_qform(affine, code=4)
-    img.set_sform(affine, code=4)
-    img.header.set_xyzt_units("mm")
+    if not quantised:
+        return nifti_image(np.asarray(data, dtype=np.float32), affine)
+    q = np.round(np.clip(np.asarray(data, dtype=np.float64), 0.0, 1.0) / SALIENCY_SLOPE).astype(np.int16)
+    img = nifti_image(q, affine)
+    img.header.set_slope_inter(SALIENCY_SLOPE, 0.0)
     return img
 
 

@@ -62,6 +62,22 @@ def write_tsv(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
 
 
+#: NIfTI qform/sform codes of the spaces the pipeline writes
+NIFTI_SPACE_CODES = {"scanner": 1, "mni": 4}
+
+
+def nifti_image(data: np.ndarray, affine: np.ndarray, space: str = "mni"):
+    """A NIfTI-1 image whose qform and sform both name ``space`` (mni: MNI152, scanner: native), in mm."""
+    import nibabel as nib
+
+    code = NIFTI_SPACE_CODES[space]
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
 def save_nifti(img, path: str | os.PathLike) -> None:
     """Save a nibabel image atomically (gzip level fixed by nibabel, so output is deterministic)."""
     with atomic_path(path) as tmp:

@@ -43,7 +43,7 @@ import numpy as np
 
 from brainage import TEMPLATE_SPACE
 from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, downsample_from_1mm, res_label, template_grid
-from brainage.io import InputError, atomic_path, save_nifti, write_json
+from brainage.io import InputError, atomic_path, nifti_image, save_nifti, write_json
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
 
 log = logging.getLogger("brainage.preprocess")
@@ -125,12 +125,7 @@ def load_t1w(path: str | Path, participant_id: str) -> nib.Nifti1Image:
 
 
 def _save_volume(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.float32, mni: bool = True) -> None:
-    img = nib.Nifti1Image(data.astype(dtype), affine)
-    code = 4 if mni else 1  # 4 = MNI152, 1 = scanner
-    img.set_qform(affine, code=code)
-    img.set_sform(affine, code=code)
-    img.header.set_xyzt_units("mm")
-    save_nifti(img, path)
+    save_nifti(nifti_image(data.astype(dtype), affine, "mni" if mni else "scanner"), path)
 
 
 #: grid (mm) on which the QC NCC is computed, whatever the grids written: one threshold for all
