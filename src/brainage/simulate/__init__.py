@@ -27,8 +27,10 @@ signal rises by ``gm_brightening_80`` x L [0.03] (lower GM/WM contrast).
 
 Individual variation independent of age. Ventricle log-volume offset N(0, ``ventricle_sd``
 [0.12]); a random smooth displacement field (SD ``warp_sd_mm`` [1 mm] per component,
-Gaussian width ``warp_smoothness_mm`` [30 mm]); linear head size 1 + N(0, ``head_scale_sd``
-[0.035]) +- ``head_scale_male``/2 [0.035: males larger]; global intensity scale
+Gaussian width ``warp_smoothness_mm`` [30 mm]); linear head size ``head_scale_mean`` [0.93,
+relative to the ICBM 2009c template, whose 1886 ml brain mask is larger than an average
+adult's] x (1 + N(0, ``head_scale_sd`` [0.035]) +- ``head_scale_male``/2 [0.035: males
+larger]); global intensity scale
 exp(N(0, ``intensity_scale_sd`` [0.1])).
 
 Disease. Latent severity ~ Beta(``severity_beta`` [2, 2]). AD: hippocampus + amygdala
@@ -53,7 +55,8 @@ PPMI-like ASL).
 
 Acquisition. Pose: rotations uniform +-``rotation_max_deg`` [15] about each axis,
 translations +-``translation_max_mm`` [20], scaling (head size x per-axis
-N(0, ``axis_scaling_sd`` [0.02])) clipped to 1 +- ``scaling_max`` [0.10]; smooth
+N(0, ``axis_scaling_sd`` [0.02])) clipped to ``head_scale_mean`` x (1 +- ``scaling_max``
+[0.10]); smooth
 multiplicative bias field (random quadratic) within ``bias_range`` [0.7, 1.3]; Rician noise
 (site SD relative to WM). All deformations (pose, individual warp, ageing and disease
 fields) are composed into one resampling of the head per subject (:mod:`.scan`).

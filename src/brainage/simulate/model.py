@@ -47,6 +47,7 @@ class SimulationModel:
     ventricle_sd: float = 0.12  #: SD of an individual's ventricle log-volume (age-independent)
     warp_sd_mm: float = 1.0  #: SD (mm) of the individual random smooth displacement field
     warp_smoothness_mm: float = 30.0  #: Gaussian width (mm) of that field
+    head_scale_mean: float = 0.93  #: mean linear head size relative to the ICBM 2009c template, whose brain mask (1886 ml) is larger than an average adult's (0.93: ~1500 ml)
     head_scale_sd: float = 0.035  #: SD of the individual linear head size (fraction)
     head_scale_male: float = 0.035  #: males' mean linear head size above females' (fraction)
     intensity_scale_sd: float = 0.1  #: SD of the individual global intensity scale (fraction)
@@ -192,8 +193,10 @@ def plan_subject(participant_id: str, cohort: str, site: Site, seed: int, model:
         updrs = float(np.clip(np.round(a + b * severity + c * score_noise[1]), 0, 132))
         a, b, c = model.hoehn_yahr
         hy = float(np.clip(np.round(a + b * severity + c * score_noise[2]), 1, 5))
-    head_scale = 1.0 + model.head_scale_sd * head_z + (model.head_scale_male / 2) * (1 if sex == "M" else -1)
-    scales = np.clip(head_scale * (1.0 + axis_scale), 1 - model.scaling_max, 1 + model.scaling_max)
+    relative = 1.0 + model.head_scale_sd * head_z + (model.head_scale_male / 2) * (1 if sex == "M" else -1)
+    head_scale = model.head_scale_mean * relative
+    # the clip bounds the individual variation around the population mean, not the template size
+    scales = model.head_scale_mean * np.clip(relative * (1.0 + axis_scale), 1 - model.scaling_max, 1 + model.scaling_max)
     return {
         "participant_id": participant_id,
         "dataset": site.name,
