@@ -22,8 +22,10 @@ from brainage.explain import (
     parcel_table,
     precision_at_k,
     random_precision_at_k,
+    relevant_regions,
     saliency_groups,
     truth_check,
+    truth_checks,
 )
 
 SHAPE = (32, 40, 32)  # small input; layer4 of a ResNet is then 1 x 2 x 1 voxels
@@ -228,6 +230,90 @@ def test_precision_at_k_and_random_baseline():
     assert check["precision"] == 1.0 and check["p_value"] < 0.01
 
 
+def _effects_fixture() -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """A hand-made simulator truth table (116 AAL regions x ageing/AD/PD) and its known top 10s.
+
+    Ageing: regions 1..10 shrink by 30..21 % except region 10, which *grows* by 21 % (a
+    ventricle-side expansion: it counts by its size, not its sign); region 11 has the largest
+    displacement but a small volume change (moved, not changed: not relevant). AD: the 10
+    regions 37..46 lose 10 %. PD: regions 71..78 lose 5 %, 21 and 22 lose 4 %. Everything
+    else changes by less than 1 %.
+    """
+    labels = aal_labels()
+    rows = []
+    for effect, cohort in (("ageing", "HC"), ("AD", "AD"), ("PD", "PD")):
+        for idx, name in zip(labels["index"], labels["name"]):
+            rows.append({"index": idx, "name": name, "effect": effect, "cohort": cohort,
+                         "volume_change_pct": -0.5 + 0.001 * idx, "displacement_mm": 0.1})
+    eff = pd.DataFrame(rows)
+    at = lambda effect, idx: (eff["effect"] == effect) & (eff["index"] == idx)  # noqa: E731
+    for i in range(1, 10):
+        eff.loc[at("ageing", i), "volume_change_pct"] = -(31 - i)
+    eff.loc[at("ageing", 10), "volume_change_pct"] = 21.0
+    eff.loc[at("ageing", 11), ["volume_change_pct", "displacement_mm"]] = [-2.0, 9.0]
+    for i in range(37, 47):
+        eff.loc[at("AD", i), "volume_change_pct"] = -10.0
+    for i in (*range(71, 79), 21, 22):
+        eff.loc[at("PD", i), "volume_change_pct"] = -5.0 if i > 30 else -4.0
+    name = dict(zip(labels["index"], labels["name"]))
+    truth = {"ageing": [name[i] for i in range(1, 11)], "AD": [name[i] for i in range(37, 47)],
+             "PD": [name[i] for i in (*range(71, 79), 21, 22)]}
+    return eff, truth
+
+
+def test_relevant_regions_from_the_simulator_truth():
+    eff, truth = _effects_fixture()
+    labels = aal_labels()
+    assert relevant_regions(eff, "ageing", 10) == truth["ageing"]  # ordered by |change|: 30, 29, ..., 22, +21
+    region_11 = labels.set_index("index").at[11, "name"]
+    assert region_11 not in relevant_regions(eff, "ageing", 10)  # displaced most, changed little
+    assert set(relevant_regions(eff, "AD", 10)) == set(truth["AD"])
+    assert set(relevant_regions(eff, "PD", 10)) == set(truth["PD"])
+    # a region absent from the saliency grid gives way to the next most changed one (region 11)
+    present = [n for n in labels["name"] if n != truth["ageing"][0]]
+    assert relevant_regions(eff, "ageing", 10, among=present) == truth["ageing"][1:] + [labels["name"][10]]
+    with pytest.raises(ValueError, match="no effect 'DLB'"):
+        relevant_regions(eff, "DLB", 10)
+
+
+def test_truth_checks_on_a_known_answer():
+    """Each group is checked against its own effect; precision and p-value known in advance."""
+    from scipy.stats import hypergeom
+
+    eff, truth = _effects_fixture()
+    labels = aal_labels()
+    names = labels["name"].tolist()
+    others = [n for n in names if n not in set(truth["ageing"]) | set(truth["AD"]) | set(truth["PD"])]
+
+    def group_table(group: str, top: list[str], n: int = 5) -> pd.DataFrame:
+        order = top + [x for x in names if x not in top]  # the ranking: ``top`` first
+        mean = pd.Series(np.linspace(1.0, 0.0, len(order)), index=order)
+        table = labels[["index", "name", "hemisphere"]].copy()
+        table["mean"] = table["name"].map(mean)
+        table["rank"] = table["mean"].rank(ascending=False, method="min").astype(int)
+        table.insert(0, "group", group)
+        table.insert(1, "n", n)
+        return table
+
+    aal = pd.concat([
+        group_table("HC_60-80_F", truth["ageing"][:7] + others[:3]),  # 7 of the ageing top 10
+        group_table("HC", truth["ageing"][:2] + truth["AD"][:5] + others[:3]),  # AD regions do not count for HC
+        group_table("AD", truth["AD"][:2] + others[:8]),
+        group_table("PD-minus-HC", truth["PD"]),  # difference maps: against the disease effect
+        group_table("AD-matchedHC", truth["ageing"]),  # the baseline of a difference: not checked
+    ], ignore_index=True)
+    checks = truth_checks(aal, eff, k=10, draws=20000, seed=1).set_index("group")
+    assert list(checks.index) == ["HC_60-80_F", "HC", "AD", "PD-minus-HC"]
+    assert list(checks["effect"]) == ["ageing", "ageing", "AD", "PD"]
+    np.testing.assert_allclose(checks["precision"], [0.7, 0.2, 0.2, 1.0])
+    assert checks.at["HC", "relevant"].split(";") == truth["ageing"]
+    # random rankings: hits in the top 10 are hypergeometric (116 regions, 10 relevant, 10 drawn)
+    assert checks["random_mean"].iloc[0] == pytest.approx(10 / 116, abs=0.005)  # mean hits 10 * 10 / 116, over k = 10
+    tail = hypergeom(116, 10, 10).sf(1)  # P(>= 2 hits) ~ 0.19
+    assert checks.at["AD", "p_value"] == pytest.approx(tail, abs=0.01)
+    assert checks.at["HC_60-80_F", "p_value"] < 1e-3 and checks.at["PD-minus-HC", "p_value"] < 1e-3
+
+
 # ---------------------------------------------------------------------------- the rule's library call
 
 
@@ -269,10 +355,11 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     out = {k: tmp_path / "sal" / v for k, v in dict(
         subjects="subjects", groups="groups", groups_tsv="groups.tsv", aal116="aal116.tsv",
         matches="matched.tsv", truth="truth.tsv").items()}
-    truth = ["Hippocampus_L", "Hippocampus_R", "Amygdala_L", "Amygdala_R"]
+    effects, truth_sets = _effects_fixture()
+    effects.to_csv(tmp_path / "effects_aal116.tsv", sep="\t", index=False)
     run_saliency(model_path, tmp_path / "participants.tsv", tmp_path / "splits.tsv", tmp_path / "volumes.npy",
                  tmp_path / "index.tsv", atlas_root, out, hc_splits=["test"], batch_size=3, random_draws=200,
-                 truth_regions=truth, device="cpu")
+                 truth_effects=tmp_path / "effects_aal116.tsv", device="cpu")
 
     def load(path):
         img = nib.load(str(path))
@@ -319,5 +406,9 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     listed = set(groups_table.at["HC", "regions_above_threshold"].split(";"))
     assert listed == set(hc_table.index[means / means.max() > 0.8].map(hc_table["name"]))
     check = pd.read_csv(out["truth"], sep="\t").set_index("group")
+    present = set(hc_table.loc[means.notna(), "name"])
+    truth = [n for n in truth_sets["ageing"] if n in present]  # regions 1..10 are large: all on the 4 mm grid
+    assert truth == truth_sets["ageing"]
     top10 = means.sort_values(ascending=False).index[:10].map(hc_table["name"])
     assert check.at["HC", "precision"] == pytest.approx(len(set(top10) & set(truth)) / 10)
+    assert check.at["AD", "effect"] == "AD" and "AD-matchedHC" not in check.index and "PD" not in check.index

@@ -8,7 +8,7 @@ trilinear upsampling to the input grid, min-max normalisation to [0, 1] per subj
 The maps are then averaged per group (HC age group x sex, AD, PD), differenced against
 age-matched healthy controls, and summarised per AAL116 region (Figures 4, 5 and 7 of the
 study). On the simulated cohort the region ranking is checked against the regions the
-simulator made age-dependent (precision at 10 against random rankings).
+simulator changed most (precision at k against random rankings; see :func:`relevant_regions`).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def random_precision_at_k(n_regions: int, n_relevant: int, k: int, draws: int, s
 
 
 def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws: int = 10000, seed: int = 0) -> dict:
-    """Precision at ``k`` of a group's AAL116 ranking against the truly age-dependent regions.
+    """Precision at ``k`` of a group's AAL116 ranking against the regions the simulator changed.
 
     The baseline is the distribution over random rankings of the same regions; ``p_value``
     is the share of random rankings at least as precise (with the +1 correction).
@@ -292,6 +292,74 @@ def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws
         "p_value": float((1 + np.sum(baseline >= observed)) / (1 + draws)),
         "top": ";".join(names[:k]),
     }
+
+
+#: the simulator's effect (``effect`` column of results/cohort/truth/effects_aal116.tsv) each
+#: group's ranking is checked against: healthy groups -> ageing, AD and PD (and their
+#: difference maps against age-matched controls) -> their disease-specific atrophy
+TRUTH_EFFECT = {"HC": "ageing", "AD": "AD", "PD": "PD"}
+#: how strongly the simulator changed a region: |mean local volume change| (%, from the
+#: Jacobian of the effect's deformation). Displacement is not used: the global brain shrinkage
+#: moves the rim of the brain (cerebellum, orbitofrontal cortex) most without changing its
+#: tissue, and a CNN sees local tissue change, not where the tissue was moved from.
+TRUTH_MEASURE = "volume_change_pct"
+
+TRUTH_COLUMNS = ["group", "n", "effect", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top", "relevant"]
+
+
+def read_effects(path: str | Path) -> pd.DataFrame:
+    """The simulator's truth table (index, name, effect, cohort, volume_change_pct, ...)."""
+    from brainage.io import InputError
+
+    effects = pd.read_csv(path, sep="\t")
+    missing = {"name", "effect", TRUTH_MEASURE} - set(effects.columns)
+    if missing:
+        raise InputError(f"{path}: simulator truth table lacks column(s) {', '.join(sorted(missing))}")
+    return effects
+
+
+def relevant_regions(effects: pd.DataFrame, effect: str, k: int, among: Iterable[str] | None = None) -> list[str]:
+    """The ``k`` AAL116 regions the simulator changed most by ``effect``: largest |volume change|.
+
+    ``effects``: the simulator's truth table (one row per region and effect); ``among``: only
+    these regions compete (those that have voxels on the saliency grid), so that a region the
+    ranking cannot contain never counts against it. Ties go to the smaller AAL index.
+    """
+    rows = effects[effects["effect"] == effect]
+    if rows.empty:
+        raise ValueError(f"no effect {effect!r} in the simulator truth table (has: {', '.join(map(str, effects['effect'].unique()))})")
+    if among is not None:
+        rows = rows[rows["name"].isin(set(among))]
+    order = rows.assign(_size=rows[TRUTH_MEASURE].abs())
+    keys = ["_size", "index"] if "index" in rows else ["_size"]
+    return order.sort_values(keys, ascending=[False, True][: len(keys)], kind="stable")["name"].head(k).tolist()
+
+
+def truth_checks(aal_table: pd.DataFrame, effects: pd.DataFrame, k: int = 10, draws: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Precision at ``k`` of every group's AAL116 ranking against the simulator's truth.
+
+    ``aal_table``: the long table of :func:`run_saliency` (group, n, index, name, mean, rank);
+    each group is compared with the top-``k`` regions of its effect (:data:`TRUTH_EFFECT` by
+    the group's cohort: HC age and sex groups -> ``ageing``; ``AD``, ``AD-minus-HC`` -> ``AD``;
+    ``PD``, ``PD-minus-HC`` -> ``PD``). Age-matched control groups are not checked (they are
+    the difference maps' baseline). One row per group, columns :data:`TRUTH_COLUMNS`.
+    """
+    rows = []
+    if aal_table.empty:
+        return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    for group, table in aal_table.groupby("group", sort=False):
+        if group.endswith("matchedHC"):
+            continue
+        cohort = group.split("_")[0].split("-")[0]
+        effect = TRUTH_EFFECT.get(cohort)
+        if effect is None or table["mean"].notna().sum() == 0:
+            continue
+        present = table.loc[table["mean"].notna(), "name"]
+        relevant = relevant_regions(effects, effect, k, among=present)
+        check = truth_check(table, relevant, k, draws, seed)
+        n = int(table["n"].iloc[0]) if "n" in table else np.nan
+        rows.append({"group": group, "n": n, "effect": effect, **check, "relevant": ";".join(relevant)})
+    return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------
@@ -373,28 +441,6 @@ def saliency_file(res_label: str, participant_id: str | None = None, group: str 
     return f"{entity}_space-MNI152NLin2009cAsym_res-{res_label}_desc-gradram_saliency.nii.gz"
 
 
-def simulated_age_regions(simulate_params: dict | None = None) -> pd.DataFrame:
-    """AAL116 regions that the simulator changes with age *region by region* (the truth).
-
-    In :class:`brainage.simulate.model.SimulationModel` healthy ageing acts on the ventricles,
-    the sulcal CSF, the whole brain's size and tissue contrast (global effects, not one
-    region's), and on the medial temporal lobe (hippocampus + amygdala, ``mtl_atrophy_80``):
-    the regional effect a saliency ranking can be checked against. ``simulate_params``: the
-    ``cohort.simulate`` config section (its model keys override the defaults).
-    """
-    from brainage.atlases import aal_labels
-    from brainage.simulate.anatomy import MTL_LABELS
-    from brainage.simulate.model import SimulationModel
-
-    params = {k: v for k, v in (simulate_params or {}).items() if k not in ("n_hc", "n_ad", "n_pd", "voxel_mm")}
-    model = SimulationModel.from_params(**params)
-    labels = aal_labels().set_index("index")
-    rows = []
-    if model.mtl_atrophy_80 > 0:
-        rows += [{"index": i, "name": labels.at[i, "name"], "effect": "mtl_atrophy_80", "value": model.mtl_atrophy_80} for i in MTL_LABELS]
-    return pd.DataFrame(rows, columns=["index", "name", "effect", "value"])
-
-
 def run_saliency(
     model_path: str | Path,
     participants_tsv: str | Path,
@@ -410,7 +456,7 @@ def run_saliency(
     threshold: float = 0.8,
     top_k: int = 10,
     random_draws: int = 10000,
-    truth_regions: Iterable[str] | None = None,
+    truth_effects: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
@@ -419,8 +465,9 @@ def run_saliency(
     ``out`` names the outputs: ``subjects`` and ``groups`` (folders), ``groups_tsv``,
     ``aal116`` (long table: one row per group and region), ``matches`` (age-matched
     controls of AD and PD) and ``truth`` (precision at ``top_k`` of each HC, AD and PD group
-    ranking against ``truth_regions``, the AAL names the simulator made age-dependent; an
-    empty table when None, i.e. real data).
+    ranking against the regions the simulator changed most, read from ``truth_effects``
+    (results/cohort/truth/effects_aal116.tsv, see :func:`truth_checks`); a real cohort has no
+    truth: None gives a table with the header only).
     """
     from tqdm import tqdm
 
@@ -432,6 +479,7 @@ def run_saliency(
     from brainage.splits import read_splits
     from brainage.train import load_model
 
+    effects = read_effects(truth_effects) if truth_effects is not None else None  # bad truth file: fail before the work
     model, meta = load_model(model_path, map_location="cpu")
     name = meta.get("name") or Path(model_path).parent.name
     res = float(meta["grid_res"])
@@ -493,10 +541,9 @@ def run_saliency(
     atlas = np.asanyarray(nib.load(str(paths["aal"])).dataobj).astype(np.int16)
     brain_mask = np.asanyarray(nib.load(str(paths["mask"])).dataobj) > 0
     labels = aal_labels()
-    truth = set(truth_regions) if truth_regions is not None else None
     groups_dir = Path(out["groups"])
     groups_dir.mkdir(parents=True, exist_ok=True)
-    rows, tables, checks = [], [], []
+    rows, tables = [], []
     for g in groups:
         mean = means.get(g.id)
         signed = g.id.endswith("minus-HC")
@@ -511,21 +558,18 @@ def run_saliency(
             table.insert(0, "group", g.id)
             table.insert(1, "n", row["n"])
             tables.append(table)
-            if truth is not None and not signed and not g.id.endswith("matchedHC"):
-                checks.append({"group": g.id, "n": row["n"], **truth_check(table, truth, top_k, random_draws, seed)})
         rows.append(row)
     groups_table = pd.DataFrame(rows)
     groups_table["threshold"] = threshold
     aal_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    columns = ["group", "n", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top", "relevant"]
-    for c in checks:
-        c["relevant"] = ";".join(sorted(truth or []))
-    truth_table = pd.DataFrame(checks, columns=columns)
-    if truth is None:
-        log.info("no simulator truth table: precision at %d not computed", top_k)
+    if effects is None:
+        truth_table = pd.DataFrame(columns=TRUTH_COLUMNS)
+        log.info("real cohort (no simulator truth): precision at %d not computed", top_k)
     else:
+        truth_table = truth_checks(aal_table, effects, top_k, random_draws, seed)
         for _, c in truth_table.iterrows():
-            log.info("%s: precision@%d %.2f vs random %.2f +- %.2f (p=%.3g)", c["group"], top_k, c["precision"], c["random_mean"], c["random_sd"], c["p_value"])
+            log.info("%s vs %s: precision@%d %.2f vs random %.2f +- %.2f (p=%.3g)", c["group"], c["effect"], top_k,
+                     c["precision"], c["random_mean"], c["random_sd"], c["p_value"])
     write_tsv(out["matches"], matches_table)
     write_tsv(out["aal116"], aal_table)
     write_tsv(out["truth"], truth_table)

@@ -19,10 +19,14 @@ def model_cache(wildcards):
 
 
 def saliency_inputs(wildcards):
-    """As :func:`model_cache`, plus the template, brain mask and AAL116 of the model's grid."""
+    """As :func:`model_cache`, plus the template, brain mask and AAL116 of the model's grid,
+    and, for a simulated cohort only, the simulator's per-region effects (the truth the
+    saliency ranking is checked against; a real cohort has none)."""
     inputs = model_cache(wildcards)
     res = float(config["models"][wildcards.model]["grid"])
     inputs.update({k: str(v) for k, v in resource_paths(RESOURCES, res).items()})
+    if config["cohort"]["source"] == "simulate":
+        inputs["truth"] = "results/cohort/truth/effects_aal116.tsv"
     return inputs
 
 
@@ -72,15 +76,8 @@ rule saliency:
         explain=config["explain"],
         seed=SEED,
         device=config["infer"]["device"],
-        # simulated cohort: the truth (regions aged by the simulator) comes from its model
-        simulate=(
-            config["cohort"].get("simulate")
-            if config["cohort"]["source"] == "simulate"
-            else None
-        ),
         code=code_hash(
             "brainage.explain",
-            "brainage.simulate",
             "brainage.infer",
             "brainage.cache",
             "brainage.train",

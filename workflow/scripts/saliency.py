@@ -1,6 +1,6 @@
 """Grad-RAM maps of one model: per subject, per group, PNGs and AAL116 tables (brainage.explain)."""
 
-from brainage.explain import run_saliency, simulated_age_regions
+from brainage.explain import run_saliency
 from brainage.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
@@ -12,9 +12,8 @@ with redirect_to_log(snakemake.log[0]):
         snakemake.input.index,
         snakemake.params.resources,
         dict(snakemake.output.items()),
-        truth_regions=(
-            simulated_age_regions(snakemake.params.simulate)["name"] if snakemake.params.simulate is not None else None
-        ),
+        # simulated cohort only: the simulator's per-region effects (real cohorts have no truth)
+        truth_effects=dict(snakemake.input.items()).get("truth"),
         seed=snakemake.params.seed,
         device=snakemake.params.device,
         **snakemake.params.explain,
