@@ -87,6 +87,79 @@ def test_saliency_figures_and_missing_groups(data, tmp_path):
         figures.fig_saliency(maps[:1], _other_grid_template(tmp_path), [tmp_path / "x.png"], "x")
 
 
+
+def test_fig3_three_sweep_points_sorted_by_batch_size(data, tmp_path):
+    """A synthetic third point (batch 8, listed last in config) joins the 4 mm line, which is drawn
+    in batch-size order; the numbers are each model's own test MAE."""
+    import numpy as np
+    import pandas as pd
+
+    models = dict(fx.MODELS, rnc_b8={"backbone": "resnet18", "grid": 4, "loss": "rnc", "batch_size": 8})
+    preds = dict(data["predictions"])
+    extra = preds["rnc_b16"].copy()
+    extra["predicted_age"] = extra["predicted_age"] + np.where(np.arange(len(extra)) % 2, 3.0, -3.0)
+    preds["rnc_b8"] = extra
+    sweep = figures.fig3_batch_size(preds, models, [tmp_path / "f3.png", tmp_path / "f3.svg"], n_resamples=0)
+    line = sweep[sweep["grid"] == 4]
+    assert list(line["model"]) == ["rnc_b8", "rnc_b16", "rnc_b32"] and list(line["batch_size"]) == [8, 16, 32]
+    for _, row in sweep.iterrows():
+        test = preds[row["model"]]
+        test = test[(test["cohort"] == "HC") & (test["split"] == "test")]
+        assert row["mae"] == pytest.approx(np.abs(test["predicted_age"] - test["age"]).mean())
+    assert list(sweep[sweep["grid"] == 2]["batch_size"]) == [8, 24]
+    check_png(tmp_path / "f3.png", (1000, 700))
+    check_vector(tmp_path / "f3.svg")
+    # the TSV the rule writes keeps the same order
+    from brainage.io import write_tsv
+
+    write_tsv(tmp_path / "f3.tsv", sweep)
+    assert list(pd.read_csv(tmp_path / "f3.tsv", sep="\t")["model"]) == list(sweep["model"])
+
+
+def test_fig6_second_panel_for_corrected_gap(data, tmp_path):
+    preds = data["predictions"]
+    chosen, _ = tables.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
+    colours = figures.model_colours(list(fx.MODELS))
+    assert figures.fig6_bag_violin(preds, chosen, colours, [tmp_path / "raw.png"]) == ["bag"]
+    corrected = {n: p.assign(bag_corrected=p["bag"] - (-0.12 * p["age"] + 6.6)) for n, p in preds.items()}
+    assert figures.fig6_bag_violin(corrected, chosen, colours, [tmp_path / "both.png", tmp_path / "both.svg"]) == ["bag", "bag_corrected"]
+    with Image.open(tmp_path / "raw.png") as one, Image.open(tmp_path / "both.png") as two:
+        assert two.size[0] == one.size[0] and two.size[1] > 1.6 * one.size[1]  # a second panel below the raw one
+    assert "age-bias corrected" in (tmp_path / "both.svg").read_text()
+
+
+def test_fig7_difference_maps_beside_group_means(data, tmp_path):
+    """Figure 7 draws each disease group's mean and, beside it, patients minus age-matched HC
+    (signed, diverging colours); a model without a difference map gets a row saying so."""
+    import nibabel as nib
+    import numpy as np
+
+    models4 = {k: v for k, v in fx.MODELS.items() if v["grid"] == 4}
+    val = stats.validation_maes(data["paths"]["train_logs"].values())
+    groups = {}
+    for name, d in data["groups"].items():
+        groups[name] = tmp_path / name
+        shutil.copytree(d, groups[name])
+        mean = nib.load(str(d / saliency_file("4", group="AD")))
+        hc = np.asarray(nib.load(str(d / saliency_file("4", group="HC_60-80"))).dataobj)
+        for c in ("AD", "PD"):
+            diff = np.asarray(nib.load(str(d / saliency_file("4", group=c))).dataobj) - hc  # signed: +/- both occur
+            nib.save(nib.Nifti1Image(diff.astype(np.float32), mean.affine), str(groups[name] / saliency_file("4", group=f"{c}-minus-HC")))
+    chosen = figures.fig_gradram(models4, val, groups, data["resources"], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+                                 ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD",
+                                 differences=figures.DISEASE_DIFFERENCES)
+    assert set(chosen) == {"rnc", "e2e"}
+    check_png(tmp_path / "f7.png", (3000, 1800))
+    svg = (tmp_path / "f7.svg").read_text()
+    assert "Minus age-matched HC" in svg and "Group mean" in svg
+    (groups[chosen["rnc"]] / saliency_file("4", group="PD-minus-HC")).unlink()
+    figures.fig_gradram(models4, val, groups, data["resources"], [tmp_path / "g7.svg"], ["rnc", "e2e"], figures.DISEASE_ROWS,
+                        "x", differences=figures.DISEASE_DIFFERENCES)
+    assert "no difference map" in (tmp_path / "g7.svg").read_text()
+    with pytest.raises(ValueError, match="difference maps for"):
+        figures.fig_saliency([("a", None)], resource_paths(data["resources"], 4)["template"], [tmp_path / "x.png"], "x",
+                             differences=[None, None])
+
 def _other_grid_template(tmp_path: Path) -> Path:
     import nibabel as nib
     import numpy as np

@@ -128,6 +128,24 @@ def test_model_roles_from_config():
     assert stats.model_roles({"a": {"backbone": "resnet18", "loss": "rnc", "batch_size": 8}}).sweeps == ()
 
 
+
+def test_sweep_of_three_batch_sizes_as_in_the_demo_config():
+    """The demo's RNC sweep (16, 8 and a third model at 32, in that config order) is one sweep
+    sorted by batch size, even when the models' nested ``rnc: {chunk_size}`` differ (a memory
+    knob); a change of a nested loss setting (temperature) does split it."""
+    rnc = {"backbone": "resnet18", "grid": 4, "loss": "rnc", "epochs": 6, "augment": True, "width": 0.25,
+           "conv1_stride": 2, "head": {"epochs": 100}}
+    models = {
+        "resnet18_e2e": {"backbone": "resnet18", "grid": 4, "loss": "l1", "batch_size": 8},
+        "rnc_resnet18": {**rnc, "batch_size": 16, "rnc": {"temperature": 2.0, "chunk_size": 16}},
+        "rnc_resnet18_b8": {**rnc, "batch_size": 8, "rnc": {"temperature": 2.0, "chunk_size": 16}},
+        "rnc_resnet18_b32": {**rnc, "batch_size": 32, "rnc": {"temperature": 2.0, "chunk_size": 8}},
+    }
+    roles = stats.model_roles(models)
+    assert roles.sweeps == (("rnc_resnet18_b8", "rnc_resnet18", "rnc_resnet18_b32"),)
+    models["rnc_resnet18_b32"]["rnc"] = {"temperature": 1.0, "chunk_size": 16}
+    assert stats.model_roles(models).sweeps == (("rnc_resnet18_b8", "rnc_resnet18"),)
+
 def test_validation_mae_and_selection(tmp_path):
     d = tmp_path / "m1"
     d.mkdir()

@@ -116,3 +116,51 @@ def test_study_comparison_is_labelled_as_different_data(data):
     assert "4.27 \u00b1 3.32" in sheet and "4.92 \u00b1 3.96" in sheet and "+2.12" in sheet and "0.37" in sheet
     page = tables.markdown_to_html(sheet, "Study comparison")
     assert page.count("<tr>") == 5 and "Different data." in page
+
+
+def _with_corrected_gap(pred: pd.DataFrame, slope: float = -0.12, intercept: float = 6.6) -> pd.DataFrame:
+    """As the inference stage writes with infer.bias_correction: bag_corrected = bag - (slope*age + b)."""
+    out = pred.copy()
+    out["bag_corrected"] = out["bag"] - (slope * out["age"] + intercept)
+    return out
+
+
+def test_tables_3_and_4_report_corrected_gap_beside_raw(data, tmp_path):
+    raw = data["predictions"]
+    preds = {name: _with_corrected_gap(p) for name, p in raw.items()}
+    # written and read back as the pipeline does: the column survives read_predictions
+    path = tmp_path / "rnc_b16.tsv"
+    preds["rnc_b16"].to_csv(path, sep="\t", index=False, na_rep="n/a")
+    back = tables.load_predictions([path])["rnc_b16"]
+    np.testing.assert_allclose(back["bag_corrected"], preds["rnc_b16"]["bag_corrected"])
+
+    t4 = tables.table4_disease(preds, fx.MODELS, n_resamples=0)
+    rows = t4.data.set_index(["model", "cohort"])
+    for name, pred in preds.items():
+        ad = pred[pred["cohort"] == "AD"]
+        row = rows.loc[(name, "AD")]
+        assert row["bag_mean"] == pytest.approx(ad["bag"].mean())  # raw BAG unchanged
+        assert row["bag_corrected_mean"] == pytest.approx(ad["bag_corrected"].mean())
+        assert row["bag_corrected_sd"] == pytest.approx(ad["bag_corrected"].std(ddof=1))
+        assert row["p_bag_corrected_vs_0"] == pytest.approx(sps.ttest_1samp(ad["bag_corrected"], 0).pvalue)
+        r = sps.pearsonr(ad["bag_corrected"], ad["adas_cog11"])
+        assert row["r_corrected"] == pytest.approx(r.statistic) and row["p_r_corrected"] == pytest.approx(r.pvalue)
+    cols = list(t4.display.columns)
+    # raw BAG first (the study's measure), the corrected one beside it, clearly labelled
+    assert cols.index("BAG (years)") < cols.index("BAG, age-bias corrected (years)") and "r, age-bias corrected BAG" in cols
+    assert any("age-bias corrected" in n and "primary" in n for n in t4.notes)
+
+    t3 = tables.table3_baselines(preds, fx.MODELS, data["val"], 100, n_resamples=0)
+    for _, row in t3.data.iterrows():
+        hc = preds[row["model"]]
+        hc = hc[(hc["cohort"] == "HC") & (hc["split"] == "test")]
+        assert row["bag_corrected_mean"] == pytest.approx(hc["bag_corrected"].mean())
+        assert row["bag_mean"] == pytest.approx(hc["bag"].mean())
+    cols = list(t3.display.columns)
+    assert cols.index("Mean BAG (years)") + 1 == cols.index("Mean BAG, age-bias corrected (years)")
+    assert "age-bias corrected" in t3.markdown() and "age-bias corrected" in t3.html()
+
+    # without the column (bias correction off, as in the study): no corrected columns or note
+    for t in (tables.table4_disease(raw, fx.MODELS, n_resamples=0), tables.table3_baselines(raw, fx.MODELS, data["val"], 100, n_resamples=0)):
+        assert not any("corrected" in c for c in [*t.data.columns, *t.display.columns])
+        assert not any("age-bias corrected" in n for n in t.notes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -92,6 +92,8 @@ def fig3_batch_size(
             rows.append({"sweep": k, "model": name, "backbone": spec.get("backbone", "?"), "grid": float(spec.get("grid", math.nan)),
                          "batch_size": int(spec["batch_size"]), "mae": acc.mae, "ci_low": acc.mae_ci[0], "ci_high": acc.mae_ci[1]})
     data = pd.DataFrame(rows, columns=["sweep", "model", "backbone", "grid", "batch_size", "mae", "ci_low", "ci_high"])
+    # one line per (sweep, grid), its points in batch-size order whatever the config order
+    data = data.sort_values(["sweep", "grid", "batch_size"], kind="stable").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     lines = list(data.groupby(["sweep", "grid"], sort=True))
     cmap = plt.get_cmap("viridis")
@@ -108,7 +110,7 @@ def fig3_batch_size(
         ax.set_xticks(sorted(data["batch_size"].unique()))
         ax.legend(frameon=False)
     ax.set_xlabel("RNC batch size (subjects)")
-    ax.set_ylabel("Test MAE (years)")
+    ax.set_ylabel("Test MAE (years), bars: 95 % CI")
     ax.set_title("RNC: accuracy against batch size")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -128,6 +130,52 @@ def _slices(volume: np.ndarray, affine: np.ndarray, cut_coords: Sequence[float])
     return [volume[i, :, :].T, volume[:, j, :].T, volume[:, :, k].T]
 
 
+def _load_map(path: str | Path | None, shape: tuple[int, ...], signed: bool = False) -> np.ndarray | None:
+    """A group map on the template grid, or None when absent or empty (a group without subjects).
+
+    Empty means no finite value above 0 (a mean map) or no finite non-zero value (a signed
+    difference map, ``signed``).
+    """
+    if path is None or not Path(path).exists():
+        return None
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    if data.shape[:3] != tuple(shape):
+        raise ValueError(f"{path}: saliency grid {data.shape} differs from the template {tuple(shape)}")
+    data = data.reshape(shape)
+    finite = data[np.isfinite(data)]
+    if not finite.size or (np.abs(finite).max() == 0 if signed else finite.max() <= 0):
+        return None
+    return data
+
+
+def _draw_row(
+    axes: Sequence[plt.Axes],
+    tpl_slices: Sequence[np.ndarray],
+    sal_slices: Sequence[np.ndarray] | None,
+    cmap: str,
+    norm: matplotlib.colors.Normalize,
+    hidden: Callable[[np.ndarray], np.ndarray],
+    empty_text: str,
+):
+    """Three orthogonal template slices with the saliency slices over them; returns the image."""
+    image = None
+    height = tpl_slices[0].shape[0]
+    for c, (ax, bg) in enumerate(zip(axes, tpl_slices)):
+        ax.imshow(bg, cmap="gray", origin="lower", interpolation="nearest")
+        if sal_slices is not None:
+            sal = sal_slices[c]
+            shown = np.ma.masked_where(~(bg > 0) | ~np.isfinite(sal) | hidden(sal), sal)
+            image = ax.imshow(shown, cmap=cmap, norm=norm, origin="lower", alpha=0.75, interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, empty_text, color="white", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
+        if c == 0:
+            ax.set_ylim(0, height - 1)
+    axes[1].text(0.02, 0.04, "L", color="white", fontsize=7, transform=axes[1].transAxes)
+    axes[1].text(0.94, 0.04, "R", color="white", fontsize=7, transform=axes[1].transAxes)
+    return image
+
+
 def fig_saliency(
     maps: Sequence[tuple[str, str | Path | None]],
     template: str | Path,
@@ -135,58 +183,66 @@ def fig_saliency(
     title: str,
     cut_coords: Sequence[float] = CUT_COORDS,
     threshold: float = 0.15,
+    differences: Sequence[str | Path | None] | None = None,
+    difference_title: str = "Minus age-matched HC",
 ) -> None:
     """Group-mean Grad-RAM maps on the template: one row per map, three orthogonal slices.
 
     ``maps`` is a list of (row label, NIfTI path); a missing path or an empty/all-NaN map
-    (a group without subjects) gives a row saying so. All rows share one colour scale so that
-    the rows are comparable.
+    (a group without subjects) gives a row saying so. All mean rows share one colour scale so
+    that the rows are comparable. With ``differences`` (one signed NIfTI per row, e.g. AD minus
+    age-matched HC, or None), three more columns show it beside the mean in a diverging
+    colormap centred on 0, symmetric per row (differences are small next to the means and vary
+    by orders of magnitude between models, so each row has its own labelled colour bar).
     """
     tpl_img = nib.load(str(template))
     tpl = np.asarray(tpl_img.dataobj, dtype=np.float32)
-    loaded = []
-    for label, path in maps:
-        data = None
-        if path is not None and Path(path).exists():
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-            if data.shape[:3] != tpl.shape:
-                raise ValueError(f"{path}: saliency grid {data.shape} differs from the template {tpl.shape}")
-            data = data.reshape(tpl.shape)
-            if not np.isfinite(data).any() or np.nanmax(data) <= 0:
-                data = None
-        loaded.append((label, data))
+    loaded = [(label, _load_map(path, tpl.shape)) for label, path in maps]
+    diffs = [_load_map(path, tpl.shape, signed=True) for path in differences] if differences is not None else None
+    if diffs is not None and len(diffs) != len(loaded):
+        raise ValueError(f"{len(diffs)} difference maps for {len(loaded)} rows")
     vmax = max([float(np.nanmax(d)) for _, d in loaded if d is not None] or [1.0])
     tpl_slices = _slices(tpl, tpl_img.affine, cut_coords)
     widths = [s.shape[1] for s in tpl_slices]
-    height = tpl_slices[0].shape[0]
-    fig, axes = plt.subplots(
-        len(loaded), 3, figsize=(6.6, 1.75 * len(loaded) + 0.5), squeeze=False, layout="constrained",
-        gridspec_kw={"width_ratios": widths, "wspace": 0.0, "hspace": 0.0},
-    )
-    image = None
     view_names = (f"x = {cut_coords[0]:g} mm", f"y = {cut_coords[1]:g} mm", f"z = {cut_coords[2]:g} mm")
+    n = len(loaded)
+    fig = plt.figure(figsize=(6.6 if diffs is None else 12.4, 1.75 * n + 0.6), layout="constrained")
+    if diffs is None:
+        panels = [fig]
+    else:
+        panels = list(fig.subfigures(1, 2, wspace=0.02, width_ratios=[1.0, 1.05]))
+    mean_axes = panels[0].subplots(n, 3, squeeze=False, gridspec_kw={"width_ratios": widths, "wspace": 0.0, "hspace": 0.0})
+    norm = matplotlib.colors.Normalize(0.0, vmax)
+    image = None
     for r, (label, data) in enumerate(loaded):
-        sal_slices = _slices(data, tpl_img.affine, cut_coords) if data is not None else [None] * 3
-        for c, (ax, bg, sal) in enumerate(zip(axes[r], tpl_slices, sal_slices)):
-            ax.imshow(bg, cmap="gray", origin="lower", interpolation="nearest")
-            if sal is not None:
-                # values below 15 % of the scale stay transparent so the anatomy shows through
-                shown = np.ma.masked_where(~(bg > 0) | ~np.isfinite(sal) | (sal < threshold * vmax), sal)
-                image = ax.imshow(shown, cmap="hot", origin="lower", vmin=0.0, vmax=vmax, alpha=0.75, interpolation="nearest")
-            else:
-                ax.text(0.5, 0.5, "no subjects", color="white", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_ylim(0, height - 1) if c == 0 else None
-            if r == 0:
-                ax.set_title(view_names[c], fontsize=8)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-        axes[r, 1].text(0.02, 0.04, "L", color="white", fontsize=7, transform=axes[r, 1].transAxes)
-        axes[r, 1].text(0.94, 0.04, "R", color="white", fontsize=7, transform=axes[r, 1].transAxes)
+        sal = _slices(data, tpl_img.affine, cut_coords) if data is not None else None
+        # values below ``threshold`` of the scale stay transparent so the anatomy shows through
+        shown = _draw_row(mean_axes[r], tpl_slices, sal, "hot", norm, lambda s: s < threshold * vmax, "no subjects")
+        image = shown if shown is not None else image
+        mean_axes[r, 0].set_ylabel(label, fontsize=8)
+    for c in range(3):
+        mean_axes[0, c].set_title(view_names[c], fontsize=8)
     if image is not None:
-        cbar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.01)
+        cbar = panels[0].colorbar(image, ax=mean_axes, fraction=0.025, pad=0.01)
         cbar.set_label("Grad-RAM, group mean (normalised)")
+    if diffs is not None:
+        panels[0].suptitle("Group mean", fontsize=9)
+        panels[1].suptitle(difference_title, fontsize=9)
+        diff_axes = panels[1].subplots(n, 3, squeeze=False, gridspec_kw={"width_ratios": widths, "wspace": 0.0, "hspace": 0.0})
+        for r, data in enumerate(diffs):
+            vabs = float(np.nanmax(np.abs(data))) if data is not None else 1.0
+            # centred on 0: red = more saliency in patients, blue = more in their matched controls;
+            # |difference| below 10 % of the row's scale stays transparent
+            dnorm = matplotlib.colors.TwoSlopeNorm(0.0, -vabs, vabs)
+            sal = _slices(data, tpl_img.affine, cut_coords) if data is not None else None
+            shown = _draw_row(diff_axes[r], tpl_slices, sal, "RdBu_r", dnorm, lambda s, v=vabs: np.abs(s) < 0.1 * v,
+                              "no difference map" if differences[r] is None or not Path(differences[r]).exists() else "no difference (all 0)")
+            if shown is not None:
+                cbar = panels[1].colorbar(shown, ax=diff_axes[r], fraction=0.04, pad=0.01, ticks=[-vabs, 0.0, vabs], format="%.2g")
+                cbar.ax.tick_params(labelsize=6)
+        for c in range(3):
+            diff_axes[0, c].set_title(view_names[c], fontsize=8)
+        diff_axes[-1, 1].set_xlabel("Difference of group means (normalised Grad-RAM); red: patients > controls", fontsize=7)
     fig.suptitle(title, fontsize=10)
     save(fig, paths)
 
@@ -197,18 +253,50 @@ def fig6_bag_violin(
     chosen: Mapping[str, str],
     colours: Mapping[str, str],
     paths: Sequence[str | Path],
-) -> None:
-    """Brain-age gap by cohort (HC test, AD, PD) and model: violins, points, means, 0 line."""
+) -> list[str]:
+    """Brain-age gap by cohort (HC test, AD, PD) and model: violins, points, means, 0 line.
+
+    When a shown model's predictions hold the age-bias-corrected BAG (``bag_corrected``), a
+    second panel on the same y scale shows it; the raw BAG panel stays first (the study's
+    measure). Returns the BAG columns drawn, one panel each.
+    """
     names = list(dict.fromkeys(chosen.values()))
+    columns = ["bag"]
+    if any(stats.has_corrected_gap(predictions[n]) for n in names):
+        columns.append(stats.CORRECTED_BAG)
     cohorts = ["HC", "AD", "PD"]
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cohorts) * max(1, len(names)) / 2, 3.6))
+    panel_width = 1.6 + 1.5 * len(cohorts) * max(1, len(names)) / 2
+    # the corrected panel goes below the raw one, same axes, so the shift of each violin reads directly
+    fig, axes = plt.subplots(len(columns), 1, figsize=(panel_width, 3.6 + 3.0 * (len(columns) - 1)), sharex=True, sharey=True,
+                             squeeze=False)
+    axes = axes.T
+    titles = {"bag": "Brain-age gap (predicted - chronological age)",
+              stats.CORRECTED_BAG: "Brain-age gap, age-bias corrected (fit on healthy validation subjects)"}
+    for ax, column in zip(axes[0], columns):
+        _bag_violins(ax, predictions, names, colours, column, cohorts, width)
+        ax.set_title(titles[column])
+    axes[0, 0].set_ylabel("Brain-age gap (years)")
+    if len(columns) > 1:
+        axes[0, 1].set_ylabel("Corrected brain-age gap (years)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours.get(n, "grey"), alpha=0.6) for n in names]
+    labels = [f"{n} ({role})" for role, n in chosen.items()]
+    axes[0, 0].legend(handles, labels[: len(handles)], frameon=False, loc="upper left", fontsize=7)
+    fig.tight_layout()
+    save(fig, paths)
+    return columns
+
+
+def _bag_violins(ax: plt.Axes, predictions: Mapping[str, pd.DataFrame], names: Sequence[str], colours: Mapping[str, str],
+                 column: str, cohorts: Sequence[str], width: float) -> None:
+    """One violin per (cohort, model) of BAG ``column``; a model without the column leaves a gap."""
     rng = np.random.default_rng(0)  # jitter only; fixed so reruns are byte-identical
     for m, name in enumerate(names):
         pred = predictions[name]
         for c, cohort in enumerate(cohorts):
             sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
-            bag = sub["bag"].to_numpy(dtype=float)
+            bag = pd.to_numeric(sub[column], errors="coerce").to_numpy(dtype=float) if column in sub else np.array([])
+            bag = bag[np.isfinite(bag)]
             if len(bag) == 0:
                 continue
             x = c + (m - (len(names) - 1) / 2) * width
@@ -228,14 +316,7 @@ def fig6_bag_violin(
         sub = stats.healthy_test(first) if cohort == "HC" else stats.disease_group(first, cohort)
         ns.append(f"{'HC (test)' if cohort == 'HC' else cohort}\nN = {len(sub)}")
     ax.set_xticks(range(len(cohorts)), ns)
-    ax.set_ylabel("Brain-age gap (years)")
-    ax.set_title("Brain-age gap (predicted - chronological age)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours.get(n, "grey"), alpha=0.6) for n in names]
-    labels = [f"{n} ({role})" for role, n in chosen.items()]
-    ax.legend(handles, labels[: len(handles)], frameon=False, loc="upper left", fontsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    save(fig, paths)
 
 
 # --------------------------------------------------------------------------- predicted vs age
@@ -332,6 +413,9 @@ def copy_figure(source: str | Path, target: str | Path) -> None:
 #: rows of Figures 4 and 5 (group id of brainage.explain, row label)
 AGE_GROUP_ROWS = (("HC_20-40", "HC 20-40 y"), ("HC_40-60", "HC 40-60 y"), ("HC_60-80", "HC 60-80 y"), ("HC_80plus", "HC 80+ y"))
 DISEASE_ROWS = (("AD", "AD"), ("PD", "PD"))
+#: Figure 7: the difference map drawn beside each disease group mean (explain stage: the group
+#: mean minus the mean of its age-matched healthy controls)
+DISEASE_DIFFERENCES = {"AD": "AD-minus-HC", "PD": "PD-minus-HC"}
 
 
 def group_map_path(groups_dir: str | Path, grid: float, group: str) -> Path:
@@ -352,12 +436,14 @@ def fig_gradram(
     rows: Sequence[tuple[str, str]],
     title: str,
     cut_coords: Sequence[float] = CUT_COORDS,
+    differences: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Group-mean Grad-RAM of the best model of each of ``roles`` ("e2e", "rnc"), ``rows`` groups.
 
     The best model of a role is the one with the lowest validation MAE
     (:func:`brainage.stats.select_best`), as in Tables 3-4 and Figure 6. All models shown must
-    share one grid (the rows are drawn on one template). Returns {role: model}.
+    share one grid (the rows are drawn on one template). ``differences`` maps a row group to a
+    signed group map drawn beside it (e.g. :data:`DISEASE_DIFFERENCES`). Returns {role: model}.
     """
     from brainage.atlases import resource_paths
 
@@ -376,11 +462,14 @@ def fig_gradram(
         chosen = {r: n for r, n in chosen.items() if float(models[n]["grid"]) == keep}
     grid = float(models[next(iter(chosen.values()))]["grid"])
     label_of = {"e2e": "best end-to-end", "rnc": "RNC"}
-    maps = []
+    maps, diffs = [], []
     for role, name in chosen.items():
         for group, label in rows:
             row_label = f"{label}\n{name}" if len(chosen) > 1 or role != roles[0] else label
             maps.append((row_label, group_map_path(groups_dirs[name], grid, group)))
+            diff = (differences or {}).get(group)
+            diffs.append(group_map_path(groups_dirs[name], grid, diff) if diff else None)
     who = ", ".join(f"{label_of.get(r, r)}: {n}" for r, n in chosen.items())
-    fig_saliency(maps, resource_paths(resources_root, grid)["template"], paths, f"{title} ({who}, {grid:g} mm)", cut_coords)
+    fig_saliency(maps, resource_paths(resources_root, grid)["template"], paths, f"{title} ({who}, {grid:g} mm)", cut_coords,
+                 differences=diffs if differences else None)
     return chosen

@@ -286,6 +286,16 @@ def healthy_test(frame: pd.DataFrame, older_than: float | None = None) -> pd.Dat
     return sub
 
 
+#: the age-bias-corrected BAG column the inference stage adds with ``infer.bias_correction``
+CORRECTED_BAG = "bag_corrected"
+
+
+def has_corrected_gap(frame: pd.DataFrame) -> bool:
+    """Whether a predictions table holds an age-bias-corrected BAG (:data:`CORRECTED_BAG`) with
+    at least one finite value; raw BAG stays the primary measure, as in the study."""
+    return CORRECTED_BAG in frame and bool(np.isfinite(pd.to_numeric(frame[CORRECTED_BAG], errors="coerce")).any())
+
+
 def disease_group(frame: pd.DataFrame, cohort: str) -> pd.DataFrame:
     """All subjects of a disease cohort (AD or PD): never trained on, so all are held out."""
     return frame[frame["cohort"] == cohort]
@@ -351,13 +361,19 @@ def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
             e2e.append(name)
     groups: dict[str, list[str]] = {}
     for name in rnc:
-        key = json.dumps({k: v for k, v in models[name].items() if k not in SWEEP_FREE_KEYS}, sort_keys=True, default=str)
+        key = json.dumps(_sweep_key(models[name]), sort_keys=True, default=str)
         groups.setdefault(key, []).append(name)
     sweeps = []
     for names in groups.values():
         if len({models[n].get("batch_size") for n in names}) >= 2:
             sweeps.append(tuple(sorted(names, key=lambda n: (float(models[n].get("grid", 0)), int(models[n].get("batch_size", 0))))))
     return ModelRoles(tuple(e2e), tuple(rnc), tuple(sfcn), tuple(sweeps))
+
+
+def _sweep_key(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` without the keys a batch-size sweep may vary, also inside nested blocks (the RNC
+    loss's ``rnc: {chunk_size}`` only trades memory for speed, so it never splits a sweep)."""
+    return {k: _sweep_key(v) if isinstance(v, Mapping) else v for k, v in spec.items() if k not in SWEEP_FREE_KEYS}
 
 
 def validation_mae(train_log: str | Path | None = None, model_card: str | Path | None = None) -> float:

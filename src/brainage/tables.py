@@ -116,6 +116,33 @@ def mark(p: float, alpha: float) -> str:
     return "*" if p is not None and np.isfinite(p) and p < alpha else ""
 
 
+#: label of the age-bias-corrected BAG in every table and figure (raw BAG stays primary)
+CORRECTED_LABEL = "age-bias corrected"
+CORRECTED_NOTE = (
+    "BAG, age-bias corrected: the inference stage's bag_corrected (infer.bias_correction: BAG minus a "
+    "linear fit of BAG on age in the healthy validation split); shown beside the raw BAG, which stays the "
+    "primary measure as in the study."
+)
+
+
+def corrected_gap(group: pd.DataFrame, score: pd.Series | None = None) -> dict[str, float]:
+    """Mean +- SD and one-sample test of the corrected BAG of ``group`` (and, with ``score``,
+    its Pearson r with the score); nan when the table has no corrected BAG."""
+    out = {"bag_corrected_mean": math.nan, "bag_corrected_sd": math.nan, "p_bag_corrected_vs_0": math.nan}
+    if score is not None:
+        out.update(r_corrected=math.nan, p_r_corrected=math.nan)
+    if not stats.has_corrected_gap(group):
+        return out
+    bag = pd.to_numeric(group[stats.CORRECTED_BAG], errors="coerce").astype(float)
+    finite = bag[np.isfinite(bag)]
+    out["bag_corrected_mean"], out["bag_corrected_sd"] = stats.gap_summary(finite)
+    out["p_bag_corrected_vs_0"] = stats.bag_vs_zero(finite).pvalue
+    if score is not None:
+        corr = stats.severity_correlation(bag, score)
+        out.update(r_corrected=corr.r, p_r_corrected=corr.pvalue)
+    return out
+
+
 # --------------------------------------------------------------------------- inputs
 def load_predictions(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     """Prediction tables keyed by model name (the file stem of results/predictions/<model>.tsv)."""
@@ -350,11 +377,13 @@ def table3_baselines(
                 "bag_mean": acc.bag_mean,
                 "bag_sd": acc.bag_sd,
                 "p_bag_vs_0": acc.bag_test.pvalue,
+                **corrected_gap(hc_test),
                 "n_paired_vs_rnc": test.n if test else math.nan,
                 "p_vs_rnc": test.pvalue if test else math.nan,
             }
         )
     data = pd.DataFrame(rows)
+    with_corrected = bool(data["bag_corrected_mean"].notna().any())
     display = pd.DataFrame(
         {
             "Role": data["role"],
@@ -365,15 +394,31 @@ def table3_baselines(
             "MAE 95% CI": [fmt_ci(c) for c in zip(data["mae_ci_low"], data["mae_ci_high"])],
             "R2": data["r2"].map(fmt),
             "Mean BAG (years)": [fmt_pm(m, s, signed=True) + mark(p, alpha) for m, s, p in zip(data["bag_mean"], data["bag_sd"], data["p_bag_vs_0"])],
+            f"Mean BAG, {CORRECTED_LABEL} (years)": _fmt_corrected(data, alpha),
             "p vs RNC": data["p_vs_rnc"].map(fmt_p),
         }
     )
+    if not with_corrected:
+        display = display.drop(columns=f"Mean BAG, {CORRECTED_LABEL} (years)")
+        data = _drop_corrected(data)
     notes = [
         "Healthy test split. MAE * : differs from the RNC model, two-sided paired t-test on absolute errors "
         f"(p < {alpha:g}, subjects common to both); BAG * : mean BAG differs from 0 (one-sample t-test).",
+        *([CORRECTED_NOTE] if with_corrected else []),
         *notes,
     ]
     return Table("Table 3. Best end-to-end and RNC models against the baselines", data, display, notes)
+
+
+def _drop_corrected(data: pd.DataFrame) -> pd.DataFrame:
+    """``data`` without the (all-nan) corrected-BAG columns: predictions made without bias correction."""
+    return data.drop(columns=[c for c in data.columns if "corrected" in c])
+
+
+def _fmt_corrected(data: pd.DataFrame, alpha: float) -> list[str]:
+    """``mean +- SD`` (* one-sample test against 0) of the corrected BAG, "n/a" where absent."""
+    return [fmt_pm(m, s, signed=True) + mark(p, alpha)
+            for m, s, p in zip(data["bag_corrected_mean"], data["bag_corrected_sd"], data["p_bag_corrected_vs_0"])]
 
 
 # --------------------------------------------------------------------------- Table 4
@@ -422,6 +467,7 @@ def table4_disease(
                     "p_r": corr.pvalue,
                     "r_ci_low": math.nan,
                     "r_ci_high": math.nan,
+                    **corrected_gap(group, scores),
                 }
             )
             rows[-1]["r_ci_low"], rows[-1]["r_ci_high"] = stats.correlation_ci(group["bag"], scores, n_resamples, seed)
@@ -446,11 +492,20 @@ def table4_disease(
             "p (r)": data["p_r"].map(fmt_p),
         }
     )
+    with_corrected = bool(data["bag_corrected_mean"].notna().any())
+    if with_corrected:
+        # beside the raw columns, never instead of them
+        at = display.columns.get_loc("p (BAG=0)") + 1
+        display.insert(at, f"BAG, {CORRECTED_LABEL} (years)", _fmt_corrected(data, alpha))
+        display[f"r, {CORRECTED_LABEL} BAG"] = [fmt(r) + mark(p, alpha) for r, p in zip(data["r_corrected"], data["p_r_corrected"])]
+    else:
+        data = _drop_corrected(data)
     notes = [
         f"BAG * : mean BAG differs from 0, two-sided one-sample t-test, p < {alpha:g}.",
         f"r * : Pearson correlation of BAG with severity (ADAS-Cog-11 in AD, MDS-UPDRS-III in PD), p < {alpha:g}.",
         f"Cohen's d (pooled SD) of BAG against the healthy test split, and against its subjects older than {o}.",
         f"95% CI: BCa bootstrap over subjects, {n_resamples} resamples, seed {seed}.",
+        *([CORRECTED_NOTE + " Its marks are the same tests on the corrected BAG."] if with_corrected else []),
     ]
     return Table("Table 4. Brain-age gap in Alzheimer's and Parkinson's disease", data, display, notes)
 

@@ -2,16 +2,20 @@
 
 from pathlib import Path
 
-from brainage.figures import AGE_GROUP_ROWS, DISEASE_ROWS, fig_gradram
+from brainage.figures import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
 from brainage.logs import redirect_to_log
 from brainage.stats import validation_maes
 
-ROWS = {"age": (AGE_GROUP_ROWS, "Grad-RAM by age group, healthy test subjects"), "disease": (DISEASE_ROWS, "Grad-RAM in AD and PD")}
+# rows, title, difference map beside each row (Figure 7: patients minus age-matched controls)
+ROWS = {
+    "age": (AGE_GROUP_ROWS, "Grad-RAM by age group, healthy test subjects", None),
+    "disease": (DISEASE_ROWS, "Grad-RAM in AD and PD", DISEASE_DIFFERENCES),
+}
 
 with redirect_to_log(snakemake.log[0]):
     p = snakemake.params
-    rows, title = ROWS[p.rows]
+    rows, title, differences = ROWS[p.rows]
     groups = {Path(d).parent.name: d for d in snakemake.input.groups}
     chosen = fig_gradram(p.models, validation_maes(snakemake.input.logs), groups, p.resources,
-                         [snakemake.output.png, snakemake.output.svg], p.roles, rows, title, p.cut_coords)
+                         [snakemake.output.png, snakemake.output.svg], p.roles, rows, title, p.cut_coords, differences)
     print(f"models shown: {chosen}")
