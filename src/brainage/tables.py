@@ -90,6 +90,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- formatting
+def _augment_label(augment) -> object:
+    """A model's ``augment`` setting for Table 2: the boolean, or its overrides spelled out."""
+    if isinstance(augment, dict):
+        return "True (" + ", ".join(f"{k} {v}" for k, v in augment.items()) + ")"
+    return augment
+
+
 def fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
@@ -241,7 +248,7 @@ def table2_accuracy(
                 "loss": spec.get("loss", "n/a"),
                 "grid_mm": spec.get("grid", math.nan),
                 "batch_size": spec.get("batch_size", math.nan),
-                "augment": spec.get("augment", spec.get("augmentation", "n/a")),
+                "augment": _augment_label(spec.get("augment", spec.get("augmentation", "n/a"))),
                 "n_test": acc.n,
                 "mae": acc.mae,
                 "mae_sd": acc.mae_sd,

@@ -95,7 +95,8 @@ def resolve_spec(entry: dict) -> dict:
     """A model's config entry with every default filled in (the study's settings).
 
     Keys: backbone (resnet18|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc), batch_size,
-    epochs, augment (bool), patience (epochs without val improvement; null = never stop early),
+    epochs, augment (true: ``training.augment``; false; or a dict overriding keys of
+    ``training.augment`` for this model), patience (epochs without val improvement; null = never stop early),
     width, conv1_stride, norm (batch|group|instance), optimiser {name adam|sgd, lr, momentum,
     weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature, chunk_size},
     head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, patience}, gpus.
@@ -359,7 +360,10 @@ def train_model(
     channels_last = bool(cuda and training.get("channels_last", True))
     workers = int(training.get("num_workers", 0))
     every_steps = int(training.get("checkpoint_every_steps", 0) or 0)
-    aug_cfg = AugmentConfig.from_dict(training.get("augment")) if spec["augment"] or spec["loss"] == "rnc" else None
+    # ``augment``: true (training.augment), false, or a dict overriding training.augment for this model
+    augmented = spec["augment"] is not False and spec["augment"] is not None
+    overrides = spec["augment"] if isinstance(spec["augment"], dict) else {}
+    aug_cfg = AugmentConfig.from_dict({**(training.get("augment") or {}), **overrides}) if augmented or spec["loss"] == "rnc" else None
 
     cache = CachedVolumes(volumes, index)
     splits = splits.set_index("participant_id", drop=False)
@@ -435,7 +439,7 @@ def train_model(
         # ---------------- phase 1: end-to-end L1, or the RNC encoder ----------------
         if state["phase"] == "main":
             views = 2 if kind == "rnc" else 1
-            dataset = _Volumes(cache, rows["train"], ages["train"], aug_cfg if spec["augment"] or kind == "rnc" else None,
+            dataset = _Volumes(cache, rows["train"], ages["train"], aug_cfg if augmented or kind == "rnc" else None,
                                views, seed, 1, augment_here=not cuda)
             if kind == "rnc":
                 from brainage.distributed import global_rnc_loss
