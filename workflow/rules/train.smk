@@ -10,13 +10,6 @@ def preprocessed_t1w(subject, res):
     )
 
 
-def qc_excluded(wildcards):
-    """The QC exclusion table, when the preprocess stage makes one (it does in the full pipeline)."""
-    path = "results/qc/excluded.tsv"
-    made = any(path in [str(f) for f in r.output] for r in workflow.rules)
-    return [path] if made or Path(path).exists() else []
-
-
 MODELS = list(config.get("models") or {})
 GRID_LABELS = {res_label(g): g for g in GRIDS}
 
@@ -38,7 +31,7 @@ wildcard_constraints:
 rule splits:
     input:
         participants="results/cohort/participants.tsv",
-        excluded=qc_excluded,
+        excluded="results/qc/excluded.tsv",
     output:
         "results/splits.tsv",
     log:
