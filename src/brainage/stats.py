@@ -25,9 +25,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from brainage.io import InputError
+
+
+def _sps():
+    """scipy.stats, imported on first use: the workflow imports this module at parse time
+    (model_roles) and scipy.stats alone costs ~1 s of every `snakemake` start."""
+    from scipy import stats
+
+    return stats
+
 
 #: columns every predictions table must hold (the inference stage writes more)
 PREDICTION_COLUMNS = ("participant_id", "cohort", "dataset", "sex", "age", "predicted_age", "split")
@@ -119,7 +127,7 @@ def paired_error_test(a: pd.DataFrame, b: pd.DataFrame) -> TestResult:
         return _NAN_TEST
     if np.allclose(merged["abs_error_a"], merged["abs_error_b"]):
         return TestResult(0.0, 1.0, len(merged) - 1, len(merged))  # identical errors: no difference
-    res = sps.ttest_rel(merged["abs_error_a"], merged["abs_error_b"])
+    res = _sps().ttest_rel(merged["abs_error_a"], merged["abs_error_b"])
     return TestResult(float(res.statistic), float(res.pvalue), float(res.df), len(merged))
 
 
@@ -129,7 +137,7 @@ def bag_vs_zero(bag: Sequence[float]) -> TestResult:
     bag = bag[np.isfinite(bag)]
     if len(bag) < 2 or np.ptp(bag) == 0:
         return TestResult(math.nan, math.nan, math.nan, len(bag))
-    res = sps.ttest_1samp(bag, popmean=0.0)
+    res = _sps().ttest_1samp(bag, popmean=0.0)
     return TestResult(float(res.statistic), float(res.pvalue), float(res.df), len(bag))
 
 
@@ -140,7 +148,7 @@ def severity_correlation(bag: Sequence[float], score: Sequence[float]) -> Correl
     bag, score = bag[keep], score[keep]
     if len(bag) < 3 or np.ptp(bag) == 0 or np.ptp(score) == 0:
         return Correlation(math.nan, math.nan, int(keep.sum()))
-    res = sps.pearsonr(bag, score)
+    res = _sps().pearsonr(bag, score)
     return Correlation(float(res.statistic), float(res.pvalue), len(bag))
 
 
@@ -165,7 +173,7 @@ def bootstrap_ci(
         # degenerate resamples (e.g. constant scores) make BCa warn and return nan: reported as nan
         warnings.simplefilter("ignore")
         try:
-            res = sps.bootstrap(
+            res = _sps().bootstrap(
                 tuple(arrays),
                 statistic,
                 n_resamples=n_resamples,
