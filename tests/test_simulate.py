@@ -258,3 +258,74 @@ def test_model_parameters_are_documented_in_schema_and_config(repo):
         assert props[field.name].get("description"), field.name
         assert field.name in config, field.name
         assert f"``{field.name}``" in sim.__doc__, field.name
+
+
+# --- the registration ground truth: the full map and its best affine fit
+
+
+def _template_brain_points(erode_mm: int = 0) -> np.ndarray:
+    """MNI points (3, N) mm of every 4th voxel of the 1 mm template brain mask (eroded)."""
+    from brainage.atlases import load_template_1mm
+    from brainage.grids import TEMPLATE_AFFINE_1MM
+
+    _, mask = load_template_1mm()
+    if erode_mm:
+        mask = ndimage.binary_erosion(mask, iterations=erode_mm)
+    ijk = np.argwhere(mask[::4, ::4, ::4]) * 4
+    return (TEMPLATE_AFFINE_1MM @ np.c_[ijk, np.ones(len(ijk))].T)[:3]
+
+
+@pytest.mark.slow
+def test_full_true_map_lands_in_the_true_mask_and_best_affine_absorbs_brain_shrinkage(anatomy):
+    """The full true map (pose + warp + ageing fields) of the template's inner brain lands in the
+    simulated scan's true brain mask; its least-squares affine is the pose when there is no
+    deformation, and is smaller than the pose for an old brain shrunk inside its skull."""
+    from brainage.simulate.scan import best_affine_template_to_native, native_to_mni, true_template_to_native
+
+    inner = _template_brain_points(erode_mm=3)
+    old = _row("sub-hcold", "HC", SITES["HCP-like"], 88.0, SimulationModel())
+    scan = simulate_scan(old, anatomy, SEED)
+    mask = np.asarray(scan.mask.dataobj) > 0
+    to_vox = np.linalg.inv(scan.mask.affine)
+
+    def inside(native_pts):
+        vox = to_vox[:3, :3] @ native_pts + to_vox[:3, 3:4]
+        return float(ndimage.map_coordinates(mask.astype(np.float32), vox, order=0).mean())
+
+    full = true_template_to_native(old, anatomy, SEED, inner)
+    pose = np.linalg.inv(native_to_mni(old))
+    assert inside(full) > 0.995
+    # the pose alone misses the brain's shrinkage: more template brain falls outside the mask
+    assert inside(pose[:3, :3] @ inner + pose[:3, 3:4]) < inside(full)
+    best, residual = best_affine_template_to_native(old, anatomy, SEED, _template_brain_points())
+    assert np.linalg.det(best[:3, :3]) < 0.97 * np.linalg.det(pose[:3, :3])
+    assert 0.1 < residual < 3.0
+
+    # no deformation at all (20 years, no ventricle offset, no warp): best affine == pose, exactly
+    flat_model = SimulationModel(warp_sd_mm=0.0)
+    young = {**_row("sub-hcyoung", "HC", SITES["IXI-like"], 20.0, flat_model), "biological_age": 20.0,
+             "ventricle_offset": 0.0}
+    best, residual = best_affine_template_to_native(young, anatomy, SEED, _template_brain_points(), flat_model)
+    np.testing.assert_allclose(best, np.linalg.inv(native_to_mni(young)), atol=1e-6)
+    assert residual < 1e-6
+
+
+@pytest.mark.slow
+def test_default_cohort_true_brain_volumes_lie_within_qc_volume_bounds(anatomy, repo):
+    """The configured simulated cohort's extreme subjects (smallest/largest heads, oldest) have
+    true brain volumes inside the default QC bounds of config/config.yaml, with a 5 % margin
+    above: deepbet's mask, which QC measures, keeps some extra-cerebral CSF (~3 % more than the
+    true brain mask over the previous demo's 120 subjects)."""
+    import yaml
+
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    bounds = config["preprocess"]["qc"]
+    params = {k: v for k, v in config["cohort"]["simulate"].items() if k not in ("n_hc", "n_ad", "n_pd", "voxel_mm")}
+    model = SimulationModel.from_params(**params)
+    plan = plan_cohort(40, 10, 10, VOXEL_MM, SEED, "bids", **params)
+    size = plan["scale_x"] * plan["scale_y"] * plan["scale_z"]
+    picks = {*plan.loc[size.nsmallest(2).index, "participant_id"], *plan.loc[size.nlargest(2).index, "participant_id"],
+             plan.loc[plan["biological_age"].idxmax(), "participant_id"]}
+    for row in plan[plan["participant_id"].isin(picks)].to_dict("records"):
+        brain = simulate_scan(row, anatomy, SEED, model).volumes_ml["brain"]
+        assert bounds["min_brain_volume_ml"] <= brain <= bounds["max_brain_volume_ml"] / 1.05, (row["participant_id"], brain)
