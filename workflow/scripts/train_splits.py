@@ -8,8 +8,8 @@ from brainage.splits import make_splits, read_excluded
 
 with redirect_to_log(snakemake.log[0]) as log:
     participants = pd.read_csv(snakemake.input.participants, sep="\t", dtype={"participant_id": str})
-    # the QC exclusion table (absent only while the preprocess stage defines no QC rule)
-    excluded = set().union(*(read_excluded(f) for f in snakemake.input.get("excluded", [])))
+    # subjects that failed preprocessing QC (results/qc/excluded.tsv) never enter a split
+    excluded = read_excluded(snakemake.input.excluded)
     cfg = snakemake.params.splits
     splits = make_splits(participants, snakemake.params.seed, excluded, tuple(cfg["fractions"]), cfg["age_bin_years"])
     write_tsv(snakemake.output[0], splits)
