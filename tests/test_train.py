@@ -141,3 +141,27 @@ def test_torchrun_two_processes_equal_single_process(data, tmp_path):
         scale = max(float(a.abs().max()), 1e-3)
         assert float((a - two["state_dict"][k]).abs().max()) <= 1e-5 * scale, k
     assert two["meta"]["metrics"]["test_mae"] == pytest.approx(single["test_mae"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("select", ["best_val", "last"])
+def test_linear_head_selection(data, tmp_path, select):
+    """The kept head is the lowest-validation-MAE epoch (best_val) or the last one (last): the
+    saved model, run on the validation volumes, reproduces that epoch's logged validation MAE."""
+    import pandas as pd
+
+    from brainage.cache import CachedVolumes
+    from brainage.train import _predict
+
+    splits, vols, index = data
+    entry = _entry(loss="rnc", epochs=1, rnc={"chunk_size": 6}, head={"epochs": 8, "lr": 0.2, "select": select})
+    train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    head = log[log["phase"] == "head"].reset_index(drop=True)
+    expected = head["val_mae"].min() if select == "best_val" else head["val_mae"].iloc[-1]
+    model, _ = load_model(tmp_path / "model.pt")
+    cache = CachedVolumes(vols, index)
+    val = splits[splits["split"] == "val"]
+    rows = np.array([cache.row_of(p) for p in val["participant_id"]])
+    pred = _predict(model, cache, rows, torch.device("cpu"), 4, False, None)
+    assert np.abs(pred - val["age"].to_numpy()).mean() == pytest.approx(expected, rel=1e-4, abs=1e-3)

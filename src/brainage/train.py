@@ -12,7 +12,9 @@ their defaults). Two kinds:
   reference code (decay rate 0.1 at epochs 700/800/900 of 1000). Batches larger than memory are
   split by gradient caching (``rnc.chunk_size``, brainage.gradcache). Then the linear head:
   encoder frozen (eval mode), one linear layer on its features, L1, SGD lr 0.05 momentum 0.9,
-  decay 0.2 at 0.6/0.75/0.9 of ``head.epochs``, best-validation head kept. Features of the
+  decay 0.2 at 0.6/0.75/0.9 of ``head.epochs``, best-validation head kept (``head.select:
+  best_val``) or the converged last one (``last``: with a handful of validation subjects the
+  best-validation epoch is mostly noise). Features of the
   frozen encoder are computed once, without augmentation; they are standardised with the
   training-set statistics and scaled by 1/sqrt(F) while the head trains (conditioning), and
   that affine map is folded into the head's weights at the end, so the head stays one linear
@@ -78,7 +80,7 @@ _DEFAULT_OPTIMISER = {
 }
 _DEFAULT_HEAD = {
     "epochs": 100, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-    "milestones": [0.6, 0.75, 0.9], "gamma": 0.2, "batch_size": 32,
+    "milestones": [0.6, 0.75, 0.9], "gamma": 0.2, "batch_size": 32, "select": "best_val",
 }
 
 
@@ -99,7 +101,8 @@ def resolve_spec(entry: dict) -> dict:
     ``training.augment`` for this model), patience (epochs without val improvement; null = never stop early),
     width, conv1_stride, norm (batch|group|instance), optimiser {name adam|sgd, lr, momentum,
     weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature, chunk_size},
-    head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, patience}, gpus.
+    head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, patience,
+    select (best_val|last)}, gpus.
     """
     spec = copy.deepcopy(dict(entry))
     loss = spec.setdefault("loss", "l1")
@@ -558,7 +561,9 @@ def train_model(
                 head_sched.step()
                 with torch.no_grad():
                     val_mae = float(((head(z_val).squeeze(-1).float() * age_sd + age_mean).cpu().numpy() - ages["val"]).__abs__().mean())
-                if val_mae < state["best_val"]:
+                # select "last": every epoch replaces the kept head (the convex head has converged
+                # when its lr has decayed); "best_val": the head of the lowest validation MAE
+                if val_mae < state["best_val"] or head_cfg["select"] == "last":
                     state.update(best_val=val_mae, best_epoch=epoch, bad_epochs=0,
                                  best_state={k: v.detach().cpu().clone() for k, v in head.state_dict().items()})
                 else:
