@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainage.io import nifti_image, save_figure, save_nifti
+from brainage.io import InputError, nifti_image, save_figure, save_nifti
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +309,6 @@ TRUTH_COLUMNS = ["group", "n", "effect", "k", "n_relevant", "precision", "random
 
 def read_effects(path: str | Path) -> pd.DataFrame:
     """The simulator's truth table (index, name, effect, cohort, volume_change_pct, ...)."""
-    from brainage.io import InputError
-
     effects = pd.read_csv(path, sep="\t")
     missing = {"name", "effect", TRUTH_MEASURE} - set(effects.columns)
     if missing:

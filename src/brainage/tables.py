@@ -401,12 +401,13 @@ def table3_baselines(
             "MAE 95% CI": [fmt_ci(c) for c in zip(data["mae_ci_low"], data["mae_ci_high"])],
             "R2": data["r2"].map(fmt),
             "Mean BAG (years)": [fmt_pm(m, s, signed=True) + mark(p, alpha) for m, s, p in zip(data["bag_mean"], data["bag_sd"], data["p_bag_vs_0"])],
-            f"Mean BAG, {CORRECTED_LABEL} (years)": _fmt_corrected(data, alpha),
             "p vs RNC": data["p_vs_rnc"].map(fmt_p),
         }
     )
-    if not with_corrected:
-        display = display.drop(columns=f"Mean BAG, {CORRECTED_LABEL} (years)")
+    if with_corrected:
+        # beside the raw mean BAG, never instead of it
+        display.insert(display.columns.get_loc("Mean BAG (years)") + 1, f"Mean BAG, {CORRECTED_LABEL} (years)", _fmt_corrected(data, alpha))
+    else:
         data = _drop_corrected(data)
     notes = [
         "Healthy test split. MAE * : differs from the RNC model, two-sided paired t-test on absolute errors "

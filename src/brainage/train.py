@@ -442,8 +442,7 @@ def train_model(
         # ---------------- phase 1: end-to-end L1, or the RNC encoder ----------------
         if state["phase"] == "main":
             views = 2 if kind == "rnc" else 1
-            dataset = _Volumes(cache, rows["train"], ages["train"], aug_cfg if augmented or kind == "rnc" else None,
-                               views, seed, 1, augment_here=not cuda)
+            dataset = _Volumes(cache, rows["train"], ages["train"], aug_cfg, views, seed, 1, augment_here=not cuda)
             if kind == "rnc":
                 from brainage.distributed import global_rnc_loss
                 from brainage.gradcache import contrastive_step
