@@ -160,6 +160,22 @@ def test_fig7_difference_maps_beside_group_means(data, tmp_path):
         figures.fig_saliency([("a", None)], resource_paths(data["resources"], 4)["template"], [tmp_path / "x.png"], "x",
                              differences=[None, None])
 
+
+def test_fig_saliency_tells_a_missing_group_from_an_all_zero_map(data, tmp_path):
+    """A group without subjects has no map file ("no subjects"); a map file that is zero
+    everywhere (Grad-RAM's ReLU removed every voxel of every subject) says so instead."""
+    import nibabel as nib
+    import numpy as np
+
+    template = resource_paths(data["resources"], 4)["template"]
+    img = nib.load(str(template))
+    zero = tmp_path / "zero.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), str(zero))
+    figures.fig_saliency([("absent", None), ("zero", zero)], template, [tmp_path / "z.svg"], "x")
+    svg = (tmp_path / "z.svg").read_text()
+    # matplotlib writes each text as an SVG comment before its glyphs: one per slice of the row
+    assert svg.count("<!-- no subjects -->") == 3 and svg.count("<!-- Grad-RAM 0 in every subject -->") == 3
+
 def _other_grid_template(tmp_path: Path) -> Path:
     import nibabel as nib
     import numpy as np

@@ -148,6 +148,12 @@ def _load_map(path: str | Path | None, shape: tuple[int, ...], signed: bool = Fa
     return data
 
 
+def _absent_text(path: str | Path | None, missing: str, empty: str) -> str:
+    """What a row without a map says: ``missing`` (no file: a group without subjects) or
+    ``empty`` (a file whose map is all zero, e.g. Grad-RAM's ReLU left nothing)."""
+    return missing if path is None or not Path(path).exists() else empty
+
+
 def _draw_row(
     axes: Sequence[plt.Axes],
     tpl_slices: Sequence[np.ndarray],
@@ -217,7 +223,8 @@ def fig_saliency(
     for r, (label, data) in enumerate(loaded):
         sal = _slices(data, tpl_img.affine, cut_coords) if data is not None else None
         # values below ``threshold`` of the scale stay transparent so the anatomy shows through
-        shown = _draw_row(mean_axes[r], tpl_slices, sal, "hot", norm, lambda s: s < threshold * vmax, "no subjects")
+        shown = _draw_row(mean_axes[r], tpl_slices, sal, "hot", norm, lambda s: s < threshold * vmax,
+                          _absent_text(maps[r][1], "no subjects", "Grad-RAM 0 in every subject"))
         image = shown if shown is not None else image
         mean_axes[r, 0].set_ylabel(label, fontsize=8)
     for c in range(3):
@@ -236,7 +243,7 @@ def fig_saliency(
             dnorm = matplotlib.colors.TwoSlopeNorm(0.0, -vabs, vabs)
             sal = _slices(data, tpl_img.affine, cut_coords) if data is not None else None
             shown = _draw_row(diff_axes[r], tpl_slices, sal, "RdBu_r", dnorm, lambda s, v=vabs: np.abs(s) < 0.1 * v,
-                              "no difference map" if differences[r] is None or not Path(differences[r]).exists() else "no difference (all 0)")
+                              _absent_text(differences[r], "no difference map", "no difference (all 0)"))
             if shown is not None:
                 cbar = panels[1].colorbar(shown, ax=diff_axes[r], fraction=0.04, pad=0.01, ticks=[-vabs, 0.0, vabs], format="%.2g")
                 cbar.ax.tick_params(labelsize=6)
