@@ -30,7 +30,7 @@ def atlas_root(tmp_path_factory) -> Path:
 
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
 #: what a working directory needs to run the pipeline from its own copy of the code
-WORKFLOW_FILES = ("Snakefile", "workflow", "src", "envs")
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "src", "envs")
 
 
 def tiny_config() -> dict:

@@ -108,3 +108,48 @@ def test_loss_module_edit_reruns_rnc_training_not_preprocessing(tiny_copy):
     rules = {r for r, _ in jobs}
     upstream = rules & (stages.get("cohort", set()) | stages.get("preprocess", set()) | {"splits", "cache", "resources"})
     assert not upstream, f"editing losses.py reruns {sorted(upstream)}"
+
+
+def test_killed_training_job_resumes_when_snakemake_is_rerun(tiny_copy):
+    """SIGTERM to Snakemake and its training job mid-run (Ctrl-C, SLURM preemption), then the
+    same command again: the job continues from its last epoch checkpoint, not from epoch 1."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import pandas as pd
+    from conftest import snakemake_cmd
+
+    name = "resnet18_e2e"
+    epochs = 40
+    edit_config(tiny_copy, lambda c: c["models"][name].update(epochs=epochs, patience=None))
+    target = f"results/models/{name}/model.pt"
+    log_path = tiny_copy / "logs" / "train" / f"{name}.log"
+    log_path.unlink(missing_ok=True)
+
+    first = subprocess.Popen(snakemake_cmd(tiny_copy, "--cores", "2", target), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = 0
+    deadline = time.time() + 600
+    while seen < 3 and first.poll() is None and time.time() < deadline:
+        done = re.findall(rf"{name} epoch (\d+)/{epochs}", log_path.read_text() if log_path.exists() else "")
+        seen = max(map(int, done), default=0)
+        time.sleep(0.05)
+    assert first.poll() is None, f"training finished before it could be killed:\n{first.stdout.read()[-3000:]}"
+    assert seen >= 3, "no epoch logged within 10 minutes"
+    os.killpg(first.pid, signal.SIGTERM)  # Snakemake and the job, as SLURM preemption does
+    first.communicate(timeout=300)
+    assert first.returncode != 0
+    assert not (tiny_copy / target).exists()
+
+    second = subprocess.run(snakemake_cmd(tiny_copy, "--cores", "2", target), capture_output=True, text=True,
+                            timeout=1200)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    resumed = re.search(rf"{name}: resumed from .* at phase main epoch (\d+)", log_path.read_text())
+    assert resumed, f"the rerun started over:\n{log_path.read_text()[-3000:]}"
+    assert int(resumed.group(1)) >= seen  # every epoch logged before the kill was kept
+    # one row per epoch across both runs: none lost, none trained twice
+    log = pd.read_csv(tiny_copy / "results" / "models" / name / "train_log.tsv", sep="\t")
+    assert log.loc[log["phase"] == "e2e", "epoch"].tolist() == list(range(1, epochs + 1))
+    assert not (tiny_copy / "results" / "models" / name / "checkpoint.pt").exists()
