@@ -288,7 +288,8 @@ def fig6_bag_violin(
         axes[0, 1].set_ylabel("Corrected brain-age gap (years)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours.get(n, "grey"), alpha=0.6) for n in names]
     labels = [f"{n} ({role})" for role, n in chosen.items()]
-    axes[0, 0].legend(handles, labels[: len(handles)], frameon=False, loc="upper left", fontsize=7)
+    # outside the axes, right: inside, it covered the top of the first violins
+    axes[0, 0].legend(handles, labels[: len(handles)], frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     fig.tight_layout()
     save(fig, paths)
     return columns
