@@ -11,12 +11,17 @@ which stage a rule belongs to.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
-from conftest import planned_jobs
+from conftest import planned_jobs, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -113,17 +118,10 @@ def test_loss_module_edit_reruns_rnc_training_not_preprocessing(tiny_copy):
 def test_killed_training_job_resumes_when_snakemake_is_rerun(tiny_copy):
     """SIGTERM to Snakemake and its training job mid-run (Ctrl-C, SLURM preemption), then the
     same command again: the job continues from its last epoch checkpoint, not from epoch 1."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    import pandas as pd
-    from conftest import snakemake_cmd
-
     name = "resnet18_e2e"
     epochs = 40
     edit_config(tiny_copy, lambda c: c["models"][name].update(epochs=epochs, patience=None))
+    model_dir = tiny_copy / "results" / "models" / name
     target = f"results/models/{name}/model.pt"
     log_path = tiny_copy / "logs" / "train" / f"{name}.log"
     log_path.unlink(missing_ok=True)
@@ -150,6 +148,6 @@ def test_killed_training_job_resumes_when_snakemake_is_rerun(tiny_copy):
     assert resumed, f"the rerun started over:\n{log_path.read_text()[-3000:]}"
     assert int(resumed.group(1)) >= seen  # every epoch logged before the kill was kept
     # one row per epoch across both runs: none lost, none trained twice
-    log = pd.read_csv(tiny_copy / "results" / "models" / name / "train_log.tsv", sep="\t")
+    log = pd.read_csv(model_dir / "train_log.tsv", sep="\t")
     assert log.loc[log["phase"] == "e2e", "epoch"].tolist() == list(range(1, epochs + 1))
-    assert not (tiny_copy / "results" / "models" / name / "checkpoint.pt").exists()
+    assert not (model_dir / "checkpoint.pt").exists()
