@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainage.io import InputError, nifti_image, save_figure, save_nifti
+from brainage.paths import saliency_file
 
 log = logging.getLogger(__name__)
 
@@ -431,12 +432,6 @@ def plot_group_map(
 # --------------------------------------------------------------------------------------
 # The rule ``saliency``: one model -> per-subject maps, group maps, PNGs, AAL116 tables
 # --------------------------------------------------------------------------------------
-
-
-def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None) -> str:
-    """BIDS-derivative-like file name of a subject's or a group's Grad-RAM map."""
-    entity = participant_id if participant_id is not None else f"group-{group}"
-    return f"{entity}_space-MNI152NLin2009cAsym_res-{res_label}_desc-gradram_saliency.nii.gz"
 
 
 def run_saliency(

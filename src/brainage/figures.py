@@ -428,7 +428,7 @@ DISEASE_DIFFERENCES = {"AD": "AD-minus-HC", "PD": "PD-minus-HC"}
 
 def group_map_path(groups_dir: str | Path, grid: float, group: str) -> Path:
     """The group-mean Grad-RAM NIfTI that the explain stage writes for ``group``."""
-    from brainage.explain import saliency_file
+    from brainage.paths import saliency_file
     from brainage.grids import res_label
 
     return Path(groups_dir) / saliency_file(res_label(grid), group=group)

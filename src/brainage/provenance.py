@@ -36,3 +36,73 @@ def code_hash(*modules: str) -> str:
         digest.update(module.encode())
         digest.update(_module_digest(module).encode())
     return digest.hexdigest()[:16]
+
+
+def _imports_of(path: Path, package: str | None) -> set[str]:
+    """Every module a source file imports, at any depth (in functions too), absolute names."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the file's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if package else []
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            # `from brainage import stats` imports the submodule brainage.stats
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_closure(script: str | Path, library: str = "brainage") -> tuple[list[str], list[str]]:
+    """What running ``script`` can import: (library modules, top-level third-party modules).
+
+    Static and deliberately wide: the imports of the script and, transitively, of every
+    library module it reaches, including imports inside functions (lazy imports count, since
+    a rule may call the function). Names that are not modules (``from x import function``)
+    are dropped for the library and kept as their top-level package otherwise.
+    """
+    import sys
+
+    seen: set[str] = set()
+    third: set[str] = set()
+    todo = [(Path(script), None)]
+    while todo:
+        path, package = todo.pop()
+        for name in _imports_of(path, package):
+            top = name.split(".")[0]
+            if top != library:
+                if top and top not in sys.stdlib_module_names and top != "__future__":
+                    third.add(top)
+                continue
+            if name in seen:
+                continue
+            spec = importlib.util.find_spec(name) if _parent_is_package(name) else None
+            if spec is None or spec.origin is None:
+                continue  # a function or class imported from a module
+            seen.add(name)
+            pkg = name if spec.submodule_search_locations else name.rpartition(".")[0]
+            todo.append((Path(spec.origin), pkg))
+            parent = name.rpartition(".")[0]  # importing a.b.c runs a/__init__ and a/b/__init__
+            while parent and parent not in seen:
+                seen.add(parent)
+                parent_spec = importlib.util.find_spec(parent)
+                todo.append((Path(parent_spec.origin), parent))
+                parent = parent.rpartition(".")[0]
+    return sorted(seen), sorted(third)
+
+
+def _parent_is_package(name: str) -> bool:
+    """find_spec('a.b.f') raises when a.b is a module, not a package; say no instead."""
+    parent = name.rpartition(".")[0]
+    if not parent:
+        return True
+    try:
+        spec = importlib.util.find_spec(parent)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.submodule_search_locations is not None
