@@ -15,6 +15,9 @@ import pytest
 
 from brainage.grids import TEMPLATE_AFFINE_1MM, downsample_from_1mm, template_grid
 from brainage.io import InputError
+from brainage.simulate import scan as sim
+from brainage.simulate.anatomy import build_anatomy
+from brainage.simulate.model import SimulationModel, plan_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi" / "IXI012-HH-1211-T1_ds.nii.gz"
@@ -88,10 +91,6 @@ def test_cli_native_chain_on_real_ixi_scan(tmp_path):
 @pytest.mark.slow
 def test_registration_and_mask_against_simulated_truth(tmp_path):
     """A simulated 2 mm subject (rotated, scaled, biased): affine error and mask Dice vs truth."""
-    sim = pytest.importorskip("brainage.simulate.scan")
-    from brainage.simulate.anatomy import build_anatomy
-    from brainage.simulate.model import plan_cohort
-
     from brainage.preprocess import preprocess_t1w
 
     plan = plan_cohort(1, 0, 0, 2.0, 42, tmp_path / "bids")
@@ -115,6 +114,40 @@ def test_registration_and_mask_against_simulated_truth(tmp_path):
     truth = np.asarray(scan.mask.dataobj) > 0
     dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
     assert dice >= 0.95, f"mask Dice {dice:.3f}"
+
+
+#: bias field of the N4 test: +-50 % over the field of view (the simulator's default is +-30 %)
+N4_BIAS_RANGE = (0.5, 1.5)
+#: N4 must shrink the bias left in the brain by at least this factor (seed 42 gives 2.05; the
+#: remaining ~0.024 log-SD is anatomy N4 reads as bias, so stronger fields give larger factors)
+N4_MIN_FACTOR = 1.7
+
+
+@pytest.mark.slow
+def test_n4_removes_the_simulated_bias_field():
+    """N4 in the true brain mask against the simulator's truth: the same subject simulated with a
+    flat field (bias_range (1, 1) draws the same random numbers) is the unbiased reference, and
+    the bias is the SD of log(image / reference) over the brain's brighter three quarters."""
+    from brainage.preprocess import native
+
+    row = plan_cohort(1, 0, 0, 2.0, 42, "bids").iloc[0]
+    anatomy = build_anatomy(2.0)
+    biased = sim.simulate_scan(row, anatomy, 42, SimulationModel(bias_range=N4_BIAS_RANGE))
+    flat = sim.simulate_scan(row, anatomy, 42, SimulationModel(bias_range=(1.0, 1.0)))
+    raw = np.asarray(biased.image.dataobj, dtype=np.float32)
+    reference = np.asarray(flat.image.dataobj, dtype=np.float32)
+    mask = np.asarray(biased.mask.dataobj) > 0
+    inside = mask & (reference > np.percentile(reference[mask], 25))  # tissue, not noisy CSF
+
+    corrected, _ = native.n4_in_mask(native.ants_image(raw, biased.image.affine),
+                                        native.ants_image(mask.astype(np.float32), biased.image.affine))
+
+    def bias(image: np.ndarray) -> float:
+        return float(np.log(image[inside] / reference[inside]).std())
+
+    before, after = bias(raw), bias(corrected.numpy())
+    assert before >= 0.04, f"the simulated field is too weak to test N4 (log-SD {before:.3f})"
+    assert after * N4_MIN_FACTOR <= before, f"bias log-SD {before:.3f} -> {after:.3f} after N4 ({before / after:.2f}x)"
 
 
 # --------------------------------------------------------------------------------------------
