@@ -14,11 +14,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from brainage.atlases import resource_paths
+from brainage.config import ConfigError, check_cohort, check_config, layered
 from brainage.grids import res_label
+from brainage.io import InputError
 from brainage.provenance import code_hash
 from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 
-validate(config, "../schemas/config.schema.yaml")
+CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# --configfile models replace the demo's whole; nested --config numbers typed as YAML
+layered(config, workflow.config_settings.configfiles, workflow.config_settings.config)
+try:
+    check_config(config, CONFIG_SCHEMA)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, str(CONFIG_SCHEMA))  # fills the schema's defaults
 
 RESOURCES = "resources/atlases"
 PARTICIPANTS_SCHEMA = str(
@@ -50,8 +59,8 @@ def load_participants():
     from brainage.manifest import read_manifest
 
     if not config["cohort"].get("manifest"):
-        raise ValueError(
-            "config: cohort.manifest must name a participants TSV when cohort.source is 'manifest'"
+        raise InputError(
+            "config cohort.manifest: must name a participants TSV when cohort.source is 'manifest'"
         )
     return read_manifest(config["cohort"]["manifest"])
 
@@ -63,7 +72,22 @@ SIM_MODEL = {
     for key, value in (config["cohort"].get("simulate") or {}).items()
     if key not in ("n_hc", "n_ad", "n_pd")
 }
-PARTICIPANTS = load_participants().set_index("participant_id", drop=False)
+try:
+    PARTICIPANTS = load_participants().set_index("participant_id", drop=False)
+    # every split gets subjects: checked on the planned cohort, before any job
+    _problems = check_cohort(
+        PARTICIPANTS.reset_index(drop=True),
+        config,
+        (
+            "cohort.simulate"
+            if config["cohort"]["source"] == "simulate"
+            else f"cohort.manifest ({config['cohort']['manifest']})"
+        ),
+    )
+except InputError as err:
+    raise WorkflowError(str(err)) from None
+if _problems:
+    raise WorkflowError("\n".join(_problems))
 SUBJECTS = list(PARTICIPANTS.index)
 # A plain dict: raw_t1w runs once per subject job, 40,000 times on a large cohort.
 RAW_T1W = dict(zip(SUBJECTS, PARTICIPANTS["t1w"]))

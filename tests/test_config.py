@@ -1,0 +1,159 @@
+"""Strict configuration: closed schema, cross-key rules, cohort against splits, typed --config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.cli import parse_config
+
+from brainage.config import (
+    ConfigError,
+    check_cohort,
+    check_config,
+    cross_key_problems,
+    layered,
+    nearest,
+    schema_problems,
+    typed_overrides,
+)
+from brainage.simulate import plan_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def demo() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_every_mapping_of_the_schema_is_closed():
+    open_ = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                open_.append(".".join(path) or "(top level)")
+            for key, value in node.items():
+                walk(value, [*path, str(key)])
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, [*path, str(i)])
+
+    walk(yaml.safe_load(SCHEMA.read_text()), [])
+    assert open_ == []
+
+
+def test_demo_and_paper_configs_are_valid():
+    check_config(demo(), SCHEMA)
+    paper = demo()
+    layered(paper, [REPO / "config" / "paper.yaml"], {})
+    for key, value in yaml.safe_load((REPO / "config" / "paper.yaml").read_text()).items():
+        if key != "models" and isinstance(value, dict):
+            paper[key] = {**paper[key], **value}
+    check_config(paper, SCHEMA)
+
+
+def test_paper_models_replace_the_demo_models_whole(tmp_path):
+    config = demo()
+    config["models"]["rnc_resnet18"]["epochs"] = 1000  # what Snakemake's key-by-key merge leaves
+    layered(config, [REPO / "config" / "paper.yaml"], {})
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["models"]
+    assert config["models"] == paper
+    assert "width" not in config["models"]["resnet18_e2e"]  # no demo key mixed in
+
+
+@pytest.mark.parametrize("edit, line", [
+    (lambda c: c["cohort"].update(sourse="manifest"),
+     "config cohort.sourse: unknown key 'sourse' (did you mean 'source'?)"),
+    (lambda c: c.update(foo=1), "config foo: unknown key 'foo' (valid keys: seed, cohort, preprocess,"),
+    (lambda c: c["preprocess"].update(engin="minc"),
+     "config preprocess.engin: unknown key 'engin' (did you mean 'engine'?)"),
+    (lambda c: c["models"]["sfcn"].update(epoch=3),
+     "config models.sfcn.epoch: unknown key 'epoch' (did you mean 'epochs'?)"),
+    (lambda c: c["preprocess"].update(engine="bogus"), "config preprocess.engine: 'bogus' is not one of native, minc"),
+    (lambda c: c["models"]["sfcn"].update(epochs="5"), "config models.sfcn.epochs: '5' is a str, expected integer"),
+])
+def test_schema_problem_is_one_line_naming_the_key(edit, line):
+    config = demo()
+    edit(config)
+    problems = schema_problems(config, SCHEMA)
+    assert len(problems) == 1 and problems[0].startswith(line), problems
+
+
+def test_nearest_key():
+    assert nearest("sourse", ["source", "manifest", "simulate"]) == "source"
+    assert nearest("qqq", ["source", "manifest"]) is None
+
+
+@pytest.mark.parametrize("edit, line", [
+    (lambda c: c["models"]["sfcn"].update(grid=3),
+     "config models.sfcn.grid: 3 mm is not in preprocess.grids [2, 4]"),
+    (lambda c: c["training"]["splits"].update(fractions=[0.5, 0.5, 0.5]),
+     "config training.splits.fractions: [0.5, 0.5, 0.5] sums to 1.5, not 1"),
+    (lambda c: c["training"]["splits"].update(fractions=[0.9, 0.1, 0.0]),
+     "config training.splits.fractions: the test fraction is 0"),
+    (lambda c: c["infer"].update(models=["sfnc"]),
+     "config infer.models: 'sfnc' is not a model of 'models' (did you mean 'sfcn'?)"),
+])
+def test_cross_key_problem_is_one_line(edit, line):
+    config = demo()
+    edit(config)
+    problems = cross_key_problems(config)
+    assert len(problems) == 1 and problems[0].startswith(line), problems
+    with pytest.raises(ConfigError, match="^config "):
+        check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("n_hc, fractions, ok", [
+    (0, [0.8, 0.1, 0.1], False),
+    (2, [0.8, 0.1, 0.1], False),   # 2 subjects cannot fill train (2), val and test
+    (10, [0.8, 0.1, 0.1], True),   # one block of 8 + 1 + 1
+    (200, [0.8, 0.1, 0.1], True),
+])
+def test_cohort_must_fill_every_split(n_hc, fractions, ok):
+    config = demo()
+    config["training"]["splits"]["fractions"] = fractions
+    sim = {**config["cohort"]["simulate"], "n_hc": n_hc}
+    participants = plan_cohort(**sim, seed=config["seed"], bids_root="bids")
+    problems = check_cohort(participants, config, "cohort.simulate")
+    assert (problems == []) == ok, problems
+    if not ok:
+        assert len(problems) == 1 and problems[0].startswith("config cohort.simulate: ")
+
+
+def test_nested_config_values_are_typed():
+    overrides = parse_config(["models={sfcn: {epochs: 5, augment: false, optimiser: {lr: 1e-3}}}",
+                              "preprocess={grids: [2, 4]}", "infer={device: cpu}"])
+    assert overrides["models"]["sfcn"]["epochs"] == "5"  # what Snakemake hands over
+    config = demo()
+    config["models"]["sfcn"].update(overrides["models"]["sfcn"])  # Snakemake's merge
+    typed_overrides(config, overrides)
+    assert config["models"]["sfcn"]["epochs"] == 5 and config["models"]["sfcn"]["augment"] is False
+    assert config["models"]["sfcn"]["optimiser"] == {"lr": 0.001}
+    assert config["models"]["sfcn"]["width"] == 0.25  # other keys of the model kept
+    assert config["preprocess"]["grids"] == [2, 4] and config["infer"]["device"] == "cpu"
+    check_config(config, SCHEMA)
+
+
+def _dry_run(*args):
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_typo_stops_the_dry_run_before_any_job(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("cohort:\n  sourse: manifest\n  manifest: p.tsv\n")
+    code, text = _dry_run("--configfile", str(config))
+    assert code == 1
+    assert "config cohort.sourse: unknown key 'sourse' (did you mean 'source'?)" in text
+    assert "simulate_subject" not in text
+
+
+def test_nested_config_numbers_pass_the_dry_run():
+    code, text = _dry_run("--config", "models={resnet18_e2e: {epochs: 5}}")
+    assert code == 0, text[-2000:]
