@@ -43,6 +43,9 @@ def test_tiny_end_to_end_training_reduces_loss(data, tmp_path):
     log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
     assert list(log.columns) == ["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"]
     assert log["train_loss"].iloc[-3:].mean() < log["train_loss"].iloc[0]
+    # learnt age, not the cohort's mean: the test MAE well below predicting the mean training age
+    # (seed 0: 7.4 vs 17.6 y, ratio 0.42)
+    assert metrics["test_mae_ratio_to_baseline"] <= 0.6, metrics
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["kind"] == "e2e" and meta["architecture"]["backbone"] == "resnet18"
     assert meta["age"]["train_min"] >= 20 and meta["intensity_normalisation"]["percentile"] == 99.5
@@ -107,11 +110,13 @@ def test_resume_mid_epoch_from_step_checkpoint(data, tmp_path):
 @pytest.mark.slow
 def test_rnc_then_linear_head_produces_ages(data, tmp_path):
     splits, vols, index = data
-    entry = _entry(loss="rnc", epochs=1, rnc={"chunk_size": 6}, head={"epochs": 5})
+    entry = _entry(loss="rnc", epochs=3, rnc={"chunk_size": 6}, head={"epochs": 20})
     metrics = train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["kind"] == "rnc"
-    assert np.isfinite(metrics["test_mae"])
+    # the frozen encoder's features carry age: the head beats the mean-age predictor on the test
+    # split (seed 0: 9.4 vs 17.6 y, ratio 0.53; 1 encoder epoch + 5 head epochs only reached 0.95)
+    assert metrics["test_mae_ratio_to_baseline"] <= 0.75, metrics
     x = torch.zeros(2, 1, 20, 24, 20)
     assert model(x).shape == (2,)
 
