@@ -1,12 +1,30 @@
-"""Shared fixtures: the repository root and the packaged resources built once per session."""
+"""Shared fixtures: the repository root and the packaged resources built once per session.
+
+``BRAINAGE_STRICT_TESTS=1`` (CI sets it in .ci/run) turns every skip -- ``pytest.skip``,
+``skipif``, ``importorskip`` -- into a failure with the skip's reason: CI must not be green
+because SLURM, minc-tools or an optional dependency was missing. Without it (a laptop) tests
+still skip, and ``-ra`` prints why.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+STRICT = os.environ.get("BRAINAGE_STRICT_TESTS") == "1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under BRAINAGE_STRICT_TESTS=1: {reason}"
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -108,17 +126,47 @@ def tiny_run(tmp_path_factory) -> Path:
     ``BRAINAGE_TINY_RUN=<dir>`` reuses a run made earlier by this fixture (or by
     ``make_workdir`` + ``snakemake --cores 2``), to iterate on tests without paying for the run.
     """
-    import os
     import subprocess
 
     reuse = os.environ.get("BRAINAGE_TINY_RUN")
     if reuse:
         return Path(reuse)
-    work = make_workdir(tmp_path_factory.mktemp("tiny_run"))
-    out = subprocess.run(snakemake_cmd(work, "--cores", "2"), capture_output=True, text=True, timeout=1800)
-    (work / "snakemake.log").write_text(out.stdout + out.stderr)
-    assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
+    work = make_workdir(tmp_path_factory.mktemp("tiny_run"), tiny_run_config())
+    log = ""
+    for step in ([QC_FAILURE_T1W], []):  # simulate the QC failure's scan, spoil it, run all
+        out = subprocess.run(snakemake_cmd(work, "--cores", "2", *step), capture_output=True, text=True,
+                             timeout=1800)
+        log += out.stdout + out.stderr
+        (work / "snakemake.log").write_text(log)
+        assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
+        if step:
+            spoil_header_voxel_size(work / QC_FAILURE_T1W, QC_FAILURE_SCALE)
     return work
+
+
+#: the subject of the tiny run whose scan is spoiled so that it fails QC (one AD more is simulated
+#: for it, so the AD cohort keeps the three subjects its Pearson r needs)
+QC_FAILURE = "sub-ad0001"
+QC_FAILURE_T1W = f"results/cohort/bids/{QC_FAILURE}/anat/{QC_FAILURE}_T1w.nii.gz"
+#: voxel sizes scaled by this in the header: the head reads 1.6 x larger, its brain about 4700 ml
+QC_FAILURE_SCALE = 1.6
+
+
+def tiny_run_config() -> dict:
+    config = tiny_config()
+    config["cohort"]["simulate"]["n_ad"] += 1
+    return config
+
+
+def spoil_header_voxel_size(path: Path, scale: float) -> None:
+    """Rewrite ``path`` with its voxel sizes times ``scale`` (the data untouched): a wrong header."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(path)
+    affine = img.affine.copy()
+    affine[:3, :3] *= scale
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), affine, img.header), path)
 
 
 @pytest.fixture
