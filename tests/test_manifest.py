@@ -459,11 +459,17 @@ def test_snakemake_dry_run_on_a_manifest_of_the_ixi_scans(tmp_path):
     out = tmp_path / "participants.tsv"
     manifest.write_manifest(manifest.from_ixi(IXI / "demographics.csv", IXI), out)
 
-    # the whole DAG (default target) from the repository; a dry run writes only .snakemake/
-    done = snakemake("-n", "--nolock", "--config", f"cohort={{source: manifest, manifest: {out}}}", cwd=REPO)
+    # the cohort and preprocessing stages from the repository; a dry run writes only .snakemake/
+    done = snakemake("cohort_all", "preprocess_all", "-n", "--nolock", "--config",
+                     f"cohort={{source: manifest, manifest: {out}}}", cwd=REPO)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^participants\s+1$", done.stdout, re.MULTILINE), done.stdout
+
+    # the whole DAG trains, and three healthy controls cannot fill train, val and test
+    whole = snakemake("-n", "--nolock", "--config", f"cohort={{source: manifest, manifest: {out}}}", cwd=REPO)
+    assert whole.returncode != 0
+    assert f"config cohort.manifest ({out}): 3 healthy controls split [0.8, 0.1, 0.1] leave too few" in whole.stdout + whole.stderr
 
     # a broken manifest stops Snakemake at parse time, naming the row and column
     bad = tmp_path / "bad.tsv"

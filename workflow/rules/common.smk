@@ -74,23 +74,28 @@ SIM_MODEL = {
 }
 try:
     PARTICIPANTS = load_participants().set_index("participant_id", drop=False)
-    # every split gets subjects: checked on the planned cohort, before any job
-    _problems = check_cohort(
-        PARTICIPANTS.reset_index(drop=True),
-        config,
-        (
-            "cohort.simulate"
-            if config["cohort"]["source"] == "simulate"
-            else f"cohort.manifest ({config['cohort']['manifest']})"
-        ),
-    )
 except InputError as err:
     raise WorkflowError(str(err)) from None
-if _problems:
-    raise WorkflowError("\n".join(_problems))
 SUBJECTS = list(PARTICIPANTS.index)
 # A plain dict: raw_t1w runs once per subject job, 40,000 times on a large cohort.
 RAW_T1W = dict(zip(SUBJECTS, PARTICIPANTS["t1w"]))
+
+
+def cohort_fills_splits(wildcards):
+    """No input: stops the DAG, before any job, when the cohort cannot fill every split.
+
+    An input function of rule ``splits``, so a run that never trains (``preprocess_all`` on a
+    few real scans) is not refused for it.
+    """
+    where = (
+        "cohort.simulate"
+        if config["cohort"]["source"] == "simulate"
+        else f"cohort.manifest ({config['cohort']['manifest']})"
+    )
+    problems = check_cohort(PARTICIPANTS.reset_index(drop=True), config, where)
+    if problems:
+        raise WorkflowError("\n".join(problems))
+    return []
 
 
 def raw_t1w(wildcards):

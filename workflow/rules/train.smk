@@ -30,6 +30,7 @@ wildcard_constraints:
 
 rule splits:
     input:
+        cohort_fills_splits,
         participants="results/cohort/participants.tsv",
         excluded="results/qc/excluded.tsv",
     output:
