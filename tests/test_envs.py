@@ -108,3 +108,22 @@ def test_every_import_of_the_library_is_covered():
     for path in ENVS:
         covered |= {n.lower() for n in pins(yaml.safe_load(path.read_text()))}
     assert names <= covered, f"not in any environment: {sorted(names - covered)}"
+
+
+def test_the_laptop_install_has_no_slurm_plugin():
+    """The README's run line installs no SLURM plugin: that plugin runs `scontrol show config` at
+    every Snakemake start (10 s where SLURM is installed but stopped; benchmarks/bench_startup.py).
+    The cluster install (`.[slurm]`) and the tests (`.[test]`, for the integration test) have it."""
+    from packaging.requirements import Requirement
+
+    base, extras = set(), {}
+    for text in metadata.requires("brainage-rnc") or []:
+        req = Requirement(text)
+        if req.marker is None:
+            base.add(normalise(req.name))
+        for extra in ("slurm", "test"):
+            if req.marker is not None and req.marker.evaluate({"extra": extra}):
+                extras.setdefault(extra, set()).add(normalise(req.name))
+    assert "snakemake" in base and "snakemake-executor-plugin-slurm" not in base
+    assert "snakemake-executor-plugin-slurm" in extras["slurm"]
+    assert {"brainage-rnc", "pytest"} <= extras["test"]  # test pulls the slurm extra
