@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -55,20 +57,90 @@ def test_model_colours_are_stable_when_models_are_added():
     assert all(few[k] == more[k] for k in few) and len(set(more.values())) == 4
 
 
-def test_fig1_fig3_fig6_pred_curves(data, tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every Matplotlib figure the figures module saves, kept open for the test to read its data."""
+    kept = []
+
+    def keep(fig, paths):
+        kept.append(fig)
+        for path in paths:
+            figures.save_figure(fig, path, dpi=figures.DPI)
+
+    monkeypatch.setattr(figures, "save", keep)
+    yield kept
+    import matplotlib.pyplot as plt
+
+    for fig in kept:
+        plt.close(fig)
+
+
+def _points(ax) -> np.ndarray:
+    """(N, 2) data coordinates of every scatter point drawn in ``ax``."""
+    from matplotlib.collections import PathCollection
+
+    offsets = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+    return np.vstack(offsets) if offsets else np.empty((0, 2))
+
+
+def _same_points(a: np.ndarray, b: np.ndarray) -> bool:
+    key = lambda x: x[np.lexsort(x.T[::-1])]  # noqa: E731
+    return a.shape == b.shape and np.allclose(key(a), key(b))
+
+
+def test_fig1_fig3_fig6_pred_curves(data, tmp_path, drawn):
+    """Print resolution, and the plotted data read back from each figure: histogram bars are the
+    per-group age percentages, scatter points are the subjects' (age, predicted age) and BAG,
+    the sweep line is each model's test MAE."""
     parts = tables.read_participants(data["paths"]["participants"])
+    preds = data["predictions"]
     colours = figures.model_colours(list(fx.MODELS))
     figures.fig1_age_distribution(parts, [tmp_path / "f1.png", tmp_path / "f1.svg"])
-    sweep = figures.fig3_batch_size(data["predictions"], fx.MODELS, [tmp_path / "f3.png", tmp_path / "f3.pdf"], n_resamples=100)
+    sweep = figures.fig3_batch_size(preds, fx.MODELS, [tmp_path / "f3.png", tmp_path / "f3.pdf"], n_resamples=100)
     assert set(sweep["model"]) == set(stats.model_roles(fx.MODELS).sweep_models)
     chosen, _ = tables.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
-    figures.fig6_bag_violin(data["predictions"], chosen, colours, [tmp_path / "f6.png", tmp_path / "f6.svg"])
-    figures.fig_pred_vs_age(data["predictions"], colours, [tmp_path / "pa.png"])
+    figures.fig6_bag_violin(preds, chosen, colours, [tmp_path / "f6.png", tmp_path / "f6.svg"])
+    figures.fig_pred_vs_age(preds, colours, [tmp_path / "pa.png"])
     figures.fig_training_curves(data["paths"]["train_logs"], colours, [tmp_path / "tc.png"])
     for name, size in (("f1", (900, 1200)), ("f3", (1000, 700)), ("f6", (1500, 700)), ("pa", (2000, 1000)), ("tc", (2000, 700))):
         check_png(tmp_path / f"{name}.png", size)
     for name in ("f1.svg", "f3.pdf", "f6.svg"):
         check_vector(tmp_path / name)
+    f1, f3, f6, pa, _ = drawn
+
+    # Figure 1: one panel per dataset and cohort; bar heights = % of the group per 5-year bin
+    groups = parts.groupby(["dataset", "cohort"])
+    assert len(f1.axes) == groups.ngroups
+    for ax in f1.axes:
+        dataset, cohort = ax.texts[0].get_text().split(" (N = ")[0].rsplit(" ", 1)
+        ages = groups.get_group((dataset, cohort))["age"].to_numpy(float)
+        bars = [(b.get_x(), b.get_x() + b.get_width(), b.get_height()) for b in ax.patches]
+        assert sum(h for *_, h in bars) == pytest.approx(100.0)
+        for lo, hi, height in bars:
+            share = 100.0 * ((ages >= lo) & ((ages < hi) | ((hi == bars[-1][1]) & (ages == hi)))).mean()
+            assert height == pytest.approx(share), (dataset, cohort, lo)
+
+    # Figure 3: the line drawn is the sweep's test MAE of each model, recomputed here
+    drawn_mae = sorted((x, y) for ln in f3.axes[0].lines if ln.get_marker() == "o"
+                       for x, y in zip(ln.get_xdata(), ln.get_ydata()))
+    expected_mae = sorted((fx.MODELS[n]["batch_size"], np.abs(t["predicted_age"] - t["age"]).mean())
+                          for n in sweep["model"] for t in [stats.healthy_test(preds[n])])
+    assert np.allclose(drawn_mae, expected_mae)
+
+    # Figure 6: the points of each violin are the BAG of the HC test split, AD and PD of the shown models
+    names = list(dict.fromkeys(chosen.values()))
+    bag = _points(f6.axes[0])[:, 1]
+    expected = np.concatenate([
+        (stats.healthy_test(preds[n]) if c == "HC" else stats.disease_group(preds[n], c))["bag"].to_numpy(float)
+        for n in names for c in ("HC", "AD", "PD")])
+    assert np.allclose(np.sort(bag), np.sort(expected))
+
+    # predicted vs age: per model panel, every HC test, AD and PD subject at (age, predicted age)
+    for ax, name in zip(pa.axes, preds):
+        assert ax.get_title() == name
+        subjects = pd.concat([stats.healthy_test(preds[name]), stats.disease_group(preds[name], "AD"),
+                              stats.disease_group(preds[name], "PD")])
+        assert _same_points(_points(ax), subjects[["age", "predicted_age"]].to_numpy(float)), name
 
 
 def test_saliency_figures_and_missing_groups(data, tmp_path):
