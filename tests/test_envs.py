@@ -114,16 +114,13 @@ def test_the_laptop_install_has_no_slurm_plugin():
     """The README's run line installs no SLURM plugin: that plugin runs `scontrol show config` at
     every Snakemake start (10 s where SLURM is installed but stopped; benchmarks/bench_startup.py).
     The cluster install (`.[slurm]`) and the tests (`.[test]`, for the integration test) have it."""
+    import tomllib
+
     from packaging.requirements import Requirement
 
-    base, extras = set(), {}
-    for text in metadata.requires("brainage-rnc") or []:
-        req = Requirement(text)
-        if req.marker is None:
-            base.add(normalise(req.name))
-        for extra in ("slurm", "test"):
-            if req.marker is not None and req.marker.evaluate({"extra": extra}):
-                extras.setdefault(extra, set()).add(normalise(req.name))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {normalise(Requirement(r).name) for r in project["dependencies"]}
+    extras = {k: {normalise(Requirement(r).name) for r in v} for k, v in project["optional-dependencies"].items()}
     assert "snakemake" in base and "snakemake-executor-plugin-slurm" not in base
     assert "snakemake-executor-plugin-slurm" in extras["slurm"]
     assert {"brainage-rnc", "pytest"} <= extras["test"]  # test pulls the slurm extra
