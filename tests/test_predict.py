@@ -151,6 +151,37 @@ def demo_model_4mm(tmp_path_factory):
     return root / "models" / "demo4" / "model.pt"
 
 
+@pytest.mark.slow
+def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_path, capsys):
+    """``brainage predict`` on a raw IXI scan against the pipeline's own path for the same scan:
+    the preprocess stage (the model's stored preprocess settings), the float16 training cache and
+    the inference stage's batch predictor. The two agree to 0.05 y (the cache's float16)."""
+    import pandas as pd
+    import yaml
+
+    from brainage.cache import CachedVolumes, build_cache
+    from brainage.infer import iter_batches, predict_ages
+    from brainage.preprocess import output_paths, preprocess_t1w
+    from brainage.train import load_model
+
+    scan = IXI / "IXI012-HH-1211-T1_ds.nii.gz"
+    proc = _run_here(capsys, "--model", str(demo_model_4mm), "--t1w", str(scan), "--threads", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", proc.stdout).group(1))
+
+    model, meta = load_model(demo_model_4mm)
+    settings = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())["preprocess"]
+    pid = "sub-IXI012"
+    qc = preprocess_t1w(scan, tmp_path / "pre", pid, [4], settings=settings, threads=2)
+    assert qc["passed"], qc["reasons"]
+    table = pd.DataFrame({"participant_id": [pid], "age": [_ixi_ages()["IXI012"]], "split": ["test"]})
+    build_cache({pid: output_paths(tmp_path / "pre", pid, [4])["res-4"]}, table, tmp_path / "v.npy", tmp_path / "i.tsv")
+    cache = CachedVolumes(tmp_path / "v.npy", tmp_path / "i.tsv")
+    by_pipeline = predict_ages(model, iter_batches([pid], cache.volume, 1))[pid]
+    assert predicted == pytest.approx(by_pipeline, abs=0.05), (predicted, by_pipeline)
+    assert meta["preprocess"] == settings  # the same preprocessing the CLI re-ran from the model
+
+
 def _ixi_ages() -> dict[str, float]:
     table = np.genfromtxt(IXI / "demographics.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     return {str(row["IXI_ID"]): float(row["AGE"]) for row in table}
