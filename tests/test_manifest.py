@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -384,12 +383,11 @@ def test_reading_40000_rows_does_not_touch_the_files(tmp_path):
     path = tmp_path / "big.tsv"
     frame.to_csv(path, sep="\t", index=False)
 
-    start = time.perf_counter()
+    # how long it takes is measured against a bare pandas read by benchmarks/bench_manifest.py
     back = manifest.read_manifest(path)  # no file exists: any stat would fail validation
-    seconds = time.perf_counter() - start
 
     assert len(back) == n and back["age"].to_numpy() == pytest.approx(frame["age"].to_numpy())
-    assert seconds < 5.0, f"read_manifest took {seconds:.2f} s for {n} rows"
+    assert list(back["participant_id"]) == list(frame["participant_id"])
 
 
 # ---------------------------------------------------------------------------------------------
