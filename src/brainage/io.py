@@ -21,6 +21,68 @@ class InputError(ValueError):
     """Bad input data: the message is one line naming the subject, the file and the problem."""
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    """InputError unless ``folder`` exists (or can be made) and is writable."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"{what}: {existing} is a file, not a folder; choose another location")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: cannot write in {existing} (permission denied); choose a writable location")
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """``path`` as a Path once it is known to be writable as a file; InputError (one line) if not.
+
+    Called by every command line before any work, so that a wrong ``--out`` fails in a second,
+    not after the work it would have saved.
+    """
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise InputError(f"{what}: {path} is a folder; give a file name (e.g. {path / 'participants.tsv'})")
+    _writable_folder(path.parent if str(path.parent) else Path("."), what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``path`` as a Path once it is known to be a writable folder (or creatable); InputError if not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what}: {path} is a file, not a folder")
+    _writable_folder(path, what)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success its files are moved into ``path``.
+
+    Each file is renamed into place (atomic on POSIX), the file named ``last`` (whose presence
+    says the set is complete) after all the others; on failure the temporary folder is removed and ``path``
+    keeps what it had: never a partial output that a rerun would trust.
+    """
+    import shutil
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name == last, str(p)))
+        for src in files:
+            dst = path / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(src, 0o666 & ~umask)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.

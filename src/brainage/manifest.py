@@ -20,9 +20,12 @@ truth of the pipeline (``results/cohort/participants.tsv``; the Snakemake wildca
 Importers turn the usual sources into that shape: :func:`from_bids`, :func:`from_ixi`,
 :func:`from_adni`, :func:`from_ppmi`; :func:`concat` joins several. Every importer starts
 from the scans it finds and joins the demographics to them: a scan without demographics is
-kept (and reported by :func:`validate` as a missing age or sex), a demographics row without
-a scan is skipped (logged), and participants outside the study's cohorts (ADNI MCI, PPMI
-SWEDD or prodromal) are skipped (logged). Importers keep values as found; :func:`validate`
+kept (and reported by :func:`validate` as a missing age or sex), demographics rows without
+a scan are skipped with one warning giving their count and ids, and participants outside the
+study's cohorts (ADNI MCI, PPMI SWEDD or prodromal) are skipped (logged). Every importer reads
+ids with :func:`parse_participant_id` (a row whose id is not one is refused, naming the row)
+and applies one duplicate policy (:func:`_merge_duplicates`: identical rows merged,
+conflicting rows refused, all listed). Importers keep values as found; :func:`validate`
 reports every problem at once, one line each with row and column, and
 :func:`write_manifest` writes nothing unless the manifest is valid.
 """
@@ -39,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainage.io import InputError, write_tsv
+from brainage.io import InputError, check_output_file, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,85 @@ def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", text)
 
 
+# How each source spells a participant, and the manifest label it becomes (sub-<label>).
+_ID_FORMS: dict[str, tuple[re.Pattern, object, str]] = {
+    "IXI": (re.compile(r"(?:IXI)?(\d{1,3})", re.I), lambda m: f"IXI{int(m.group(1)):03d}", "12, 012 or IXI012"),
+    "ADNI": (re.compile(r"(\d{3})_S_(\d{4})", re.I), lambda m: f"ADNI{m.group(1)}S{m.group(2)}",
+             "a PTID such as 002_S_0295"),
+    "PPMI": (re.compile(r"(?:PPMI)?(\d{1,7})", re.I), lambda m: f"PPMI{int(m.group(1))}", "a PATNO such as 3001"),
+    "BIDS": (re.compile(r"(?:sub-)?([A-Za-z0-9]+)"), lambda m: m.group(1), "sub-<letters and digits>"),
+}
+
+
+def parse_participant_id(value: object, source: str) -> str:
+    """The manifest ``participant_id`` of one id cell of ``source`` (IXI, ADNI, PPMI, BIDS).
+
+    The one id parser of every importer. A whole number saved by a spreadsheet as ``12.0``
+    (or read as the float 12.0) is the id 12: IXI ``12``, ``012``, ``"IXI012"`` and ``12.0``
+    all give ``sub-IXI012``. Anything else (``12.5``, ``IXI12a``, an empty cell) raises
+    :class:`InputError` with the reason and the accepted forms, for the caller to name the row.
+    """
+    pattern, label, forms = _ID_FORMS[source]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = _text(value)
+    if text is None:
+        raise InputError(f"missing {source} id (expected {forms})")
+    whole = re.fullmatch(r"(\d+)\.0*", text)  # 12.0: a number column saved by a spreadsheet
+    if whole and source in ("IXI", "PPMI"):
+        text = whole.group(1)
+    match = pattern.fullmatch(text)
+    if match is None:
+        raise InputError(f"{text!r} is not a {source} id (expected {forms})")
+    return f"sub-{label(match)}"
+
+
+def _same(a: object, b: object) -> bool:
+    """Two cells hold the same value (numbers compared as numbers, text case-insensitively)."""
+    na, nb = _number(a), _number(b)
+    if na is not None and nb is not None:
+        return abs(na - nb) < 1e-9
+    return str(_text(a)).casefold() == str(_text(b)).casefold()
+
+
+def _merge_duplicates(records: list[tuple[int, str, dict]], path: str | Path, what: str
+                      ) -> tuple[dict[str, dict], list[str]]:
+    """Rows of one table keyed by participant: the one duplicate policy of every importer.
+
+    ``records``: (row number from 1, participant_id, fields). Rows of the same participant
+    that agree wherever both have a value are merged into one (a blank cell takes the other
+    row's value); rows that disagree are refused, each conflict one line naming both rows.
+    """
+    merged: dict[str, dict] = {}
+    first: dict[str, int] = {}
+    problems: list[str] = []
+    for row, pid, fields in records:
+        if pid not in merged:
+            merged[pid], first[pid] = dict(fields), row
+            continue
+        kept = merged[pid]
+        clash = [k for k, v in fields.items()
+                 if not _is_missing(v) and not _is_missing(kept.get(k)) and not _same(kept[k], v)]
+        if clash:
+            values = "; ".join(f"{k} {kept[k]!r} vs {fields[k]!r}" for k in clash)
+            problems.append(f"{path}: rows {first[pid]} and {row} of the {what} are both {pid} but differ "
+                            f"({values}); remove one or correct its id")
+            continue
+        for k, v in fields.items():
+            if _is_missing(kept.get(k)) and not _is_missing(v):
+                kept[k] = v
+    return merged, problems
+
+
+def _warn_unscanned(dataset: str, ids: Iterable[str], where: str) -> None:
+    """The one warning for demographics rows that have no scan: count and ids."""
+    ids = sorted(ids)
+    if ids:
+        shown = ", ".join(i.removeprefix("sub-") for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        log.warning("%s: %d row%s without a T1w scan %s, skipped: %s", dataset, len(ids),
+                    "s" * (len(ids) != 1), where, shown)
+
+
 def _cohort(value: object) -> object:
     """HC/AD/PD for a known spelling; anything else unchanged (validate reports it)."""
     text = _text(value)
@@ -149,15 +231,25 @@ def _read_table(path: str | Path, what: str, sep: str | None = None) -> pd.DataF
         raise InputError(f"{path}: {what} not found")
     if path.suffix.lower() in (".xls", ".xlsx"):
         try:
-            return pd.read_excel(path, dtype=str)
+            table = pd.read_excel(path, dtype=str)
         except ImportError as err:  # xlrd / openpyxl are optional
             raise InputError(f"{path}: cannot read {what} ({err}); save it as CSV and pass that") from None
-    if sep is None:
-        sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=NA_VALUES)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read {what}: {err}".replace("\n", " ")) from None
+        except Exception as err:  # a CSV renamed .xls, a corrupt workbook: xlrd/openpyxl raise many types
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{path}: not a readable Excel workbook ({reason}); if it is a CSV, "
+                             f"name it .csv") from None
+    else:
+        if sep is None:
+            sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+        try:
+            table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=NA_VALUES)
+        except pd.errors.EmptyDataError:
+            raise InputError(f"{path}: {what} is empty (no header, no rows)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: cannot read {what}: {err}".replace("\n", " ")) from None
+    if table.empty:
+        raise InputError(f"{path}: {what} has a header but no rows")
+    return table
 
 
 def _column(table: pd.DataFrame, names: Iterable[str], path: Path | str, what: str,
@@ -252,16 +344,23 @@ def from_bids(root: str | Path, dataset: str | None = None, session: str | None 
         id_col = _column(table, ["participant_id"], table_path, "participants table")
         cols = {field: _column(table, names, table_path, "", required=False)
                 for field, names in _BIDS_COLUMNS.items()}
-        for record in table.to_dict("records"):
-            pid = _text(record[id_col])
-            if pid is None:
+        records, problems = [], []
+        for row, record in enumerate(table.to_dict("records"), start=1):
+            if all(_is_missing(v) for v in record.values()):
                 continue
-            pid = pid if pid.startswith("sub-") else f"sub-{pid}"
-            info[pid] = {field: (record[col] if col else np.nan) for field, col in cols.items()}
+            try:
+                pid = parse_participant_id(record[id_col], "BIDS")
+            except InputError as err:
+                problems.append(f"{table_path}: row {row} column {id_col}: {err}")
+                continue
+            fields = {field: (record[col] if col else np.nan) for field, col in cols.items()}
             if cols["cohort"] is None:
-                info[pid]["cohort"] = cohort
-        for pid in sorted(set(info) - set(scans)):
-            log.info("%s: %s has no T1w scan, skipped", dataset, pid)
+                fields["cohort"] = cohort
+            records.append((row, pid, fields))
+        info, conflicts = _merge_duplicates(records, table_path, "participants table")
+        if problems + conflicts:
+            raise InputError("\n".join(problems + conflicts))
+        _warn_unscanned(dataset, set(info) - set(scans), f"under {root}")
     else:
         log.warning("%s: no participants.tsv; ages and sexes are missing", dataset)
 
@@ -313,8 +412,9 @@ def from_ixi(demographics: str | Path, t1_dir: str | Path, dataset: str = "IXI")
 
     ``demographics``: IXI.xls (or a CSV/TSV of it) with IXI_ID (12 or IXI012), AGE, and
     SEX_ID (1 = male, 2 = female) or SEX (M/F). Scans: ``IXI<id>-<site>-<n>-T1.nii.gz``
-    (also ``..._ds.nii.gz``, the downsampled copies in tests/data). Ids repeated in the sheet
-    keep their first row with an age.
+    (also ``..._ds.nii.gz``, the downsampled copies in tests/data). Ids are read by
+    :func:`parse_participant_id` (``12.0`` is IXI012); repeated ids follow
+    :func:`_merge_duplicates`; sheet rows without a scan are skipped with one warning.
     """
     path = Path(demographics)
     t1_dir = _folder(t1_dir, "IXI T1")
@@ -324,33 +424,35 @@ def from_ixi(demographics: str | Path, t1_dir: str | Path, dataset: str = "IXI")
     sex_id_col = _column(table, ["SEX_ID", "SEX_ID (1=m, 2=f)"], path, "", required=False)
     sex_col = None if sex_id_col else _column(table, ["SEX", "GENDER"], path, "IXI demographics (SEX_ID or SEX)")
 
-    demo: dict[int, dict] = {}
-    for record in table.to_dict("records"):
-        digits = re.sub(r"\D", "", _text(record[id_col]) or "")
-        if not digits:
+    records, problems = [], []
+    for row, record in enumerate(table.to_dict("records"), start=1):
+        if all(_is_missing(v) for v in record.values()):
+            continue  # a blank line of the sheet
+        try:
+            pid = parse_participant_id(record[id_col], "IXI")
+        except InputError as err:
+            problems.append(f"{path}: row {row} column {id_col}: {err}")
             continue
         if sex_id_col:
             code = _number(record[sex_id_col])
             sex = {1.0: "M", 2.0: "F"}.get(code, record[sex_id_col]) if code is not None else record[sex_id_col]
         else:
             sex = _sex(record[sex_col])
-        entry = {"age": record[age_col], "sex": sex}
-        previous = demo.get(int(digits))
-        if previous is None or (_is_missing(previous["age"]) and not _is_missing(entry["age"])):
-            demo[int(digits)] = entry
-        elif _number(previous["age"]) != _number(entry["age"]) and not _is_missing(entry["age"]):
-            log.warning("IXI%03d: the sheet has ages %s and %s, using %s", int(digits), previous["age"],
-                        entry["age"], previous["age"])
+        records.append((row, pid, {"age": record[age_col], "sex": sex}))
+    demo, conflicts = _merge_duplicates(records, path, "IXI demographics")
+    problems += conflicts
+    if problems:
+        raise InputError("\n".join(problems))
 
     rows = []
     for scan in sorted(t1_dir.iterdir()):
         match = _IXI_T1.fullmatch(scan.name)
         if match is None:
             continue
-        number = int(match.group(1))
-        entry = demo.get(number, {"age": np.nan, "sex": np.nan})
+        pid = parse_participant_id(match.group(1), "IXI")
+        entry = demo.get(pid, {"age": np.nan, "sex": np.nan})
         rows.append({
-            "participant_id": f"sub-IXI{number:03d}",
+            "participant_id": pid,
             "dataset": dataset,
             "cohort": "HC",
             "age": entry["age"],
@@ -358,6 +460,7 @@ def from_ixi(demographics: str | Path, t1_dir: str | Path, dataset: str = "IXI")
             "t1w": str(scan),
             "session": np.nan,
         })
+    _warn_unscanned(dataset, set(demo) - {r["participant_id"] for r in rows}, f"in {t1_dir}")
     if not rows:
         raise InputError(f"{t1_dir}: no IXI T1 scans (IXI<id>-<site>-<n>-T1.nii.gz) in this folder")
     return _frame(rows)
@@ -385,37 +488,41 @@ def from_adni(adnimerge: str | Path, t1_dir: str | Path, viscode: str = "m24",
     if visit.empty:
         raise InputError(f"{path}: no rows with VISCODE {viscode}")
 
-    rows, skipped, unscanned = [], {}, 0
-    for record in visit.to_dict("records"):
-        ptid = _text(record[cols["PTID"]])
-        if ptid is None:
+    records, problems, skipped = [], [], {}
+    for row, record in zip(visit.index + 1, visit.to_dict("records")):
+        try:
+            subject = parse_participant_id(record[cols["PTID"]], "ADNI")
+        except InputError as err:
+            problems.append(f"{path}: row {row} column {cols['PTID']}: {err}")
             continue
         cohort = _cohort(record[cols["DX"]])
         if isinstance(cohort, str) and cohort.upper() in ("MCI", "EMCI", "LMCI", "SMC"):
             skipped[cohort] = skipped.get(cohort, 0) + 1
             continue
-        subject = f"sub-ADNI{_label(ptid)}"
-        t1w = _find_scan(t1_dir, pattern, subject, ptid=ptid, ptid_label=_label(ptid),
-                         viscode=viscode, VISCODE=viscode.upper())
-        if _is_missing(t1w):
-            unscanned += 1
-            continue
         age = record[cols["AGE"]] if years_col is None else _age_at_visit(record[cols["AGE"]], record[years_col])
-        rows.append({
-            "participant_id": subject,
-            "dataset": dataset,
+        records.append((int(row), subject, {
+            "ptid": _text(record[cols["PTID"]]).upper(),
             "cohort": cohort,
             "age": age,
             "sex": _sex(record[cols["PTGENDER"]]),
-            "t1w": t1w,
             "adas_cog11": record[cols["ADAS11"]],
-            "session": viscode,
-        })
+        }))
+    merged, conflicts = _merge_duplicates(records, path, f"ADNIMERGE table at {viscode}")
+    if problems + conflicts:
+        raise InputError("\n".join(problems + conflicts))
+    rows, unscanned = [], []
+    for subject, fields in sorted(merged.items()):
+        ptid = fields["ptid"]
+        t1w = _find_scan(t1_dir, pattern, subject, ptid=ptid, ptid_label=_label(ptid),
+                         viscode=viscode, VISCODE=viscode.upper())
+        if _is_missing(t1w):
+            unscanned.append(subject)
+            continue
+        rows.append({"participant_id": subject, "dataset": dataset, "t1w": t1w, "session": viscode,
+                     **{k: v for k, v in fields.items() if k != "ptid"}})
     for dx, count in sorted(skipped.items()):
         log.info("%s: %d participants with DX %s at %s skipped (not HC/AD)", dataset, count, dx, viscode)
-    if unscanned:
-        log.info("%s: %d participants at %s have no scan matching %s in %s, skipped",
-                 dataset, unscanned, viscode, pattern, t1_dir)
+    _warn_unscanned(dataset, unscanned, f"at {viscode} matching {pattern} in {t1_dir}")
     if not rows:
         raise InputError(f"{t1_dir}: no ADNI scans at {viscode} match {pattern} for the rows of {path}")
     return _frame(rows)
@@ -454,10 +561,12 @@ def from_ppmi(table_path: str | Path, t1_dir: str | Path, visit: str = "V08",
     if rows_at.empty:
         raise InputError(f"{path}: no rows with {event_col} {visit}")
 
-    rows, skipped, unscanned = [], {}, 0
-    for record in rows_at.to_dict("records"):
-        patno = _text(record[patno_col])
-        if patno is None:
+    records, problems, skipped = [], [], {}
+    for row, record in zip(rows_at.index + 1, rows_at.to_dict("records")):
+        try:
+            subject = parse_participant_id(record[patno_col], "PPMI")
+        except InputError as err:
+            problems.append(f"{path}: row {row} column {patno_col}: {err}")
             continue
         status = _text(record[status_col])
         status = _PPMI_STATUS.get(status.removesuffix(".0"), status) if status is not None else None
@@ -465,29 +574,28 @@ def from_ppmi(table_path: str | Path, t1_dir: str | Path, visit: str = "V08",
         if cohort not in COHORTS and not _is_missing(cohort):
             skipped[cohort] = skipped.get(cohort, 0) + 1
             continue
-        subject = f"sub-PPMI{_label(patno)}"
-        t1w = _find_scan(t1_dir, pattern, subject, patno=patno, visit=visit)
-        if _is_missing(t1w):
-            unscanned += 1
-            continue
         sex = _text(record[sex_col])
         nhy = record[nhy_col]
-        rows.append({
-            "participant_id": subject,
-            "dataset": dataset,
+        records.append((int(row), subject, {
             "cohort": cohort,
             "age": record[age_col],
             "sex": _sex(_PPMI_SEX.get(sex.removesuffix(".0"), sex) if sex is not None else None),
-            "t1w": t1w,
             "updrs3": record[updrs_col],
             "hoehn_yahr": np.nan if _number(nhy) == _PPMI_NHY_UNRATED else nhy,
-            "session": visit,
-        })
+        }))
+    merged, conflicts = _merge_duplicates(records, path, f"PPMI table at {visit}")
+    if problems + conflicts:
+        raise InputError("\n".join(problems + conflicts))
+    rows, unscanned = [], []
+    for subject, fields in sorted(merged.items()):
+        t1w = _find_scan(t1_dir, pattern, subject, patno=subject.removeprefix("sub-PPMI"), visit=visit)
+        if _is_missing(t1w):
+            unscanned.append(subject)
+            continue
+        rows.append({"participant_id": subject, "dataset": dataset, "t1w": t1w, "session": visit, **fields})
     for status, count in sorted(skipped.items()):
         log.info("%s: %d participants with status %s at %s skipped (not HC/PD)", dataset, count, status, visit)
-    if unscanned:
-        log.info("%s: %d participants at %s have no scan matching %s in %s, skipped",
-                 dataset, unscanned, visit, pattern, t1_dir)
+    _warn_unscanned(dataset, unscanned, f"at {visit} matching {pattern} in {t1_dir}")
     if not rows:
         raise InputError(f"{t1_dir}: no PPMI scans at {visit} match {pattern} for the rows of {path}")
     return _frame(rows)
@@ -720,6 +828,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check and not (has_source and args.out):
         parser.error("give at least one source (--bids, --ixi-*, --adni*, --ppmi*) and --out")
 
+    if args.out:
+        try:
+            check_output_file(args.out, "--out")
+        except InputError as err:
+            return _fail([str(err)], "nothing written")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("brainage manifest: %(message)s"))
     log.addHandler(handler)
@@ -755,6 +868,9 @@ def _run(args: argparse.Namespace) -> int:
         except InputError as err:
             errors += str(err).splitlines()
     if errors:
+        # the sources that did import are validated too: one source's error hides no other's
+        if frames:
+            errors += _problems(_normalise(concat(frames).reset_index(drop=True)), check_files)
         return _fail(errors, f"nothing written to {args.out}")
     try:
         frame = write_manifest(concat(frames), args.out, check_files=check_files)
@@ -765,6 +881,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fail(problems: list[str], outcome: str) -> int:
+    if len(problems) == 1:  # one problem: one line
+        print(f"brainage manifest: {problems[0]}; {outcome}", file=sys.stderr)
+        return 1
     for line in problems:
         print(line, file=sys.stderr)
     print(f"brainage manifest: {len(problems)} problem{'s' * (len(problems) != 1)}; {outcome}", file=sys.stderr)
