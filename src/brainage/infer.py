@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainage.io import InputError
+
 log = logging.getLogger(__name__)
 
 #: the subject sets that get a prediction (split column of results/splits.tsv)
@@ -30,7 +32,19 @@ def pick_device(device: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when present, else the CPU (the same code runs on both)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {device!r}: no CUDA GPU is available here; use auto or cpu")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {device!r}: only {count} CUDA GPU(s) here (cuda:0-cuda:{count - 1})")
+    elif dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r}: only auto, cpu, cuda and cuda:N are supported")
+    return dev
 
 
 def iter_batches(

@@ -30,8 +30,12 @@ def _writable_folder(folder: Path, what: str) -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise InputError(f"{what}: {existing} is a file, not a folder; choose another location")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what}: cannot write in {existing} (permission denied); choose a writable location")
+    try:  # a real write: os.access says yes to root on a read-only mount
+        fd, probe = tempfile.mkstemp(prefix=".brainage-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"{what}: cannot write in {existing} ({err.strerror}); choose a writable location") from None
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
@@ -114,8 +118,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as JSON text (numpy scalars and arrays, paths converted), keys sorted."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_json_default)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json_text(obj) + "\n")
 
 
 def write_tsv(path: str | os.PathLike, frame) -> None:

@@ -167,6 +167,17 @@ def parse_participant_id(value: object, source: str) -> str:
     return f"sub-{label(match)}"
 
 
+def check_participant_id(value: str) -> str:
+    """``value`` if it is a BIDS participant id (``sub-`` + letters and digits); InputError if not.
+
+    Every file name is built from it: ``../../x`` or ``sub-a/b`` would write outside the
+    output folder, ``sub-01_ses-1`` would break the BIDS entities.
+    """
+    if not isinstance(value, str) or not _PARTICIPANT_ID.fullmatch(value):
+        raise InputError(f"participant id {value!r} is not 'sub-' followed by letters and digits (BIDS label)")
+    return value
+
+
 def _same(a: object, b: object) -> bool:
     """Two cells hold the same value (numbers compared as numbers, text case-insensitively)."""
     na, nb = _number(a), _number(b)

@@ -125,6 +125,8 @@ def predict_scan(
     from brainage.train import load_model
 
     t1w, model_path = Path(t1w), Path(model_path)
+    if age is not None:
+        check_age(age)
     img = read_t1w_header(t1w)  # cheap checks before loading anything heavy
     if not model_path.is_file():
         raise InputError(f"{model_path}: no such model file")
@@ -161,6 +163,36 @@ def predict_scan(
     return result
 
 
+def check_age(age: float) -> float:
+    """``age`` if it is a chronological age in the manifest's range (0-120 y); InputError if not."""
+    from brainage.manifest import AGE_RANGE
+
+    if not (np.isfinite(age) and AGE_RANGE[0] <= age <= AGE_RANGE[1]):
+        raise InputError(f"--age {age:g} is outside {AGE_RANGE[0]:g}-{AGE_RANGE[1]:g} years; give the age at the scan")
+    return float(age)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before any work (InputError, one line): files, ranges, device, outputs."""
+    from brainage.infer import pick_device
+    from brainage.io import check_output_dir, check_output_file
+
+    if args.age is not None:
+        check_age(args.age)
+    if args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
+    if not Path(args.model).is_file():
+        raise InputError(f"{args.model}: no such model file" + (" (it is a folder)" if Path(args.model).is_dir() else ""))
+    read_t1w_header(args.t1w)
+    if args.saliency is not None:
+        if not str(args.saliency).endswith((".nii", ".nii.gz")):
+            raise InputError(f"--saliency {args.saliency}: give a NIfTI file name ending in .nii.gz")
+        check_output_file(args.saliency, "--saliency")
+    if args.work_dir is not None:
+        check_output_dir(args.work_dir, "--work-dir")
+    pick_device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``brainage predict``: brain age of one raw T1w scan (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="brainage predict", description="Predict the brain age of a new raw T1w scan with a trained model.")
@@ -173,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default=None, help="where the temporary preprocessing folder goes (default: system temp)")
     args = parser.parse_args(argv)
     try:
+        check_arguments(args)
         result = predict_scan(args.model, args.t1w, args.age, args.saliency, args.work_dir, args.device, args.threads)
     except InputError as err:
         print(f"brainage predict: {err}", file=sys.stderr)

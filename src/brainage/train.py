@@ -50,6 +50,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import platform
 import random
 import signal
@@ -66,7 +67,7 @@ from torch import nn
 
 from brainage.augment import AugmentConfig, augment_volume, sample_params
 from brainage.cache import INTENSITY_NORMALISATION, CachedVolumes
-from brainage.io import atomic_path, save_figure, write_json, write_tsv
+from brainage.io import InputError, atomic_path, json_text, save_figure, write_json, write_tsv
 from brainage.networks import AgeModel, architecture_of, build_age_model
 from brainage.splits import split_hash
 
@@ -197,7 +198,10 @@ def _loader(dataset, batches, workers: int, pin: bool):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state in types ``torch.load(weights_only=True)`` reads (tensors, lists)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -205,7 +209,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -398,7 +403,7 @@ def train_model(
     ckpt_path = out_dir / "checkpoint.pt"
     head_opt = head_sched = None
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
         if ckpt.get("fingerprint") == fingerprint:
             model.load_state_dict(ckpt["model"])
             state = ckpt["state"]
@@ -607,7 +612,10 @@ def train_model(
             "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
             "config": spec, "training": training, "seed": seed, "metrics": metrics,
         }
-        _save({"state_dict": _unwrap(model).state_dict(), "meta": meta}, out_dir / "model.pt")
+        # metadata reduced to JSON types (no numpy scalars, no tuples): model.pt then loads with
+        # torch.load(weights_only=True), which builds tensors and plain containers and runs no code
+        _save({"state_dict": _unwrap(model).state_dict(), "meta": json.loads(json_text(meta, indent=None))},
+              out_dir / "model.pt")
         table = pd.DataFrame(state["log"], columns=["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"])
         write_tsv(out_dir / "train_log.tsv", table)
         plot_learning_curve(table, name, out_dir / "learning_curve.png")
@@ -671,7 +679,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     intensity_normalisation (apply brainage.cache.normalise_intensity), preprocess, age
     (train_mean, train_sd, train_min, train_max), config, training, seed, metrics.
     """
-    blob = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        # weights_only: tensors and plain containers only, so a shared model.pt cannot run code
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InputError(f"{path}: not a brainage model.pt that loads safely (tensors and plain metadata "
+                         f"only; written by an older version or not by brainage): {str(err).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
+        raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
     meta = blob["meta"]
     model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"])
     model.load_state_dict(blob["state_dict"])

@@ -43,7 +43,7 @@ import numpy as np
 
 from brainage import TEMPLATE_SPACE
 from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, downsample_from_1mm, res_label, template_grid
-from brainage.io import InputError, atomic_path, nifti_image, save_nifti, write_json
+from brainage.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
 
 log = logging.getLogger("brainage.preprocess")
@@ -247,14 +247,42 @@ def preprocess_t1w(
     ``template``: the 1 mm template brain NIfTI (default: ``resources_root``'s res-1 template when
     it exists, else the packaged one; its brain mask is the template's non-zero voxels).
     """
-    if engine == "minc":
-        from brainage.preprocess.minc import preprocess_t1w_minc
+    from brainage.manifest import check_participant_id
 
-        return preprocess_t1w_minc(t1w_path, out_dir, participant_id, grids, settings=settings, template=template)
-    if engine != "native":
+    check_participant_id(participant_id)  # it names every file: no path may leave out_dir
+    grids = check_grids(grids)
+    if engine not in ("native", "minc"):
         raise ValueError(f"unknown preprocessing engine {engine!r} (native | minc)")
-    return _preprocess_native(t1w_path, out_dir, participant_id, [float(g) for g in grids],
-                              resources_root, settings, threads, template)
+    # every output goes to a temporary folder moved into out_dir at the end, the QC json last:
+    # a failure or a kill leaves no partial set that a rerun would take for finished
+    with atomic_dir(out_dir, last=output_paths(out_dir, participant_id, grids)["qc_json"].name) as tmp:
+        if engine == "minc":
+            from brainage.preprocess.minc import preprocess_t1w_minc
+
+            return preprocess_t1w_minc(t1w_path, tmp, participant_id, grids, settings=settings, template=template)
+        return _preprocess_native(t1w_path, tmp, participant_id, grids, resources_root, settings, threads, template)
+
+
+#: template grids (mm) accepted: coarser than 8 mm leaves too few voxels for a brain
+GRID_RANGE_MM = (0.5, 8.0)
+
+
+def check_grids(grids) -> list[float]:
+    """The grids as floats, or InputError naming the bad one (not a number, out of range, repeated)."""
+    out: list[float] = []
+    for g in grids:
+        try:
+            value = float(g)
+        except (TypeError, ValueError):
+            raise InputError(f"grid {g!r} is not a number (template grids in mm, e.g. 1,2)") from None
+        if not (np.isfinite(value) and GRID_RANGE_MM[0] <= value <= GRID_RANGE_MM[1]):
+            raise InputError(f"grid {g!r} mm is outside {GRID_RANGE_MM[0]:g}-{GRID_RANGE_MM[1]:g} mm")
+        if value in out:
+            raise InputError(f"grid {value:g} mm is given twice")
+        out.append(value)
+    if not out:
+        raise InputError("no template grid given (e.g. 1,2)")
+    return out
 
 
 def load_template(resources_root: str | Path | None = None, template: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -353,25 +381,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True, help="output folder")
     parser.add_argument("--engine", choices=["native", "minc"], default="native")
     parser.add_argument("--grids", default="1,2", help="comma-separated template grids in mm (default 1,2)")
-    parser.add_argument("--participant-id", default=None, help="subject id (default: from the file name)")
+    parser.add_argument("--participant-id", default=None, help="subject id, sub-<letters and digits> (default: from the file name)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config", default=None, help="YAML config whose 'preprocess' section sets the chain")
     args = parser.parse_args(argv)
-    sub = args.participant_id or _id_from_name(args.t1w)
-    settings = None
-    if args.config:
-        import yaml
-
-        settings = (yaml.safe_load(Path(args.config).read_text()) or {}).get("preprocess")
     try:
-        qc = preprocess_t1w(args.t1w, args.out_dir, sub, [float(g) for g in args.grids.split(",") if g.strip()],
-                            engine=args.engine, settings=settings, threads=args.threads)
+        sub, grids, settings = _checked_arguments(args)
+        qc = preprocess_t1w(args.t1w, args.out_dir, sub, grids, engine=args.engine, settings=settings,
+                            threads=args.threads)
     except InputError as err:
-        print(f"brainage: {err}", file=sys.stderr)
+        print(f"brainage preprocess: {err}", file=sys.stderr)
         return 1
     print(f"{sub}: ncc={qc['ncc']:.3f} brain_volume_ml={qc['brain_volume_ml']:.0f} passed={qc['passed']} "
           f"-> {args.out_dir}")
     return 0
+
+
+def _checked_arguments(args) -> tuple[str, list[float], dict | None]:
+    """Participant id, grids and settings of ``brainage preprocess``, every argument checked
+    before any work (InputError, one line): scan, id, grids, threads, config, output folder."""
+    import yaml
+
+    from brainage.io import check_output_dir
+    from brainage.manifest import check_image, check_participant_id
+
+    problem = check_image(args.t1w)
+    if problem:
+        raise InputError(f"--t1w: {problem}")
+    sub = check_participant_id(args.participant_id if args.participant_id is not None else _id_from_name(args.t1w))
+    grids = check_grids([g.strip() for g in args.grids.split(",") if g.strip()])
+    if args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
+    settings = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise InputError(f"--config {path}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise InputError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("preprocess"), dict):
+            raise InputError(f"--config {path}: no 'preprocess' section (see config/config.yaml)")
+        settings = loaded["preprocess"]
+        try:
+            settings_from_config(settings)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--config {path}: {err}") from None
+    check_output_dir(args.out_dir, "--out-dir")
+    return sub, grids, settings
 
 
 def _id_from_name(path: str) -> str:
