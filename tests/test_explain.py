@@ -103,7 +103,9 @@ def test_grad_ram_of_a_subject_does_not_depend_on_its_batch(trained_like):
     x = _volumes(3, seed=3)
     together = grad_ram(trained_like, x)
     alone = torch.cat([grad_ram(trained_like, x[k : k + 1]) for k in range(3)])
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    # maps in [0, 1]: float32 convolutions pick other kernels for other batch sizes (seen here:
+    # 1.1e-5 apart), while a batch-mixing bug moves maps by far more than 5e-5
+    torch.testing.assert_close(together, alone, atol=5e-5, rtol=0)
 
 
 def test_grad_ram_restores_training_mode_and_leaves_no_hooks(trained_like):
