@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def scan(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.arange(6 * 7 * 5, dtype=np.int16).reshape(6, 7, 5), np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(np.arange(16 * 17 * 16, dtype=np.int16).reshape(16, 17, 16), np.eye(4)), str(path))
     return path
 
 

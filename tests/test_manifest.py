@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi"
 
 
-def tiny_nifti(path: Path, shape=(6, 7, 5)) -> Path:
+def tiny_nifti(path: Path, shape=(16, 17, 16)) -> Path:
     """A small NIfTI image (1 mm voxels) at ``path``; 4D when ``shape`` has 4 axes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
@@ -322,7 +322,7 @@ def test_missing_file_and_images_that_are_not_3d(good, tmp_path):
     assert manifest.validate(bad, check_files=False) == []  # parse time: no file is opened
     # a 3D image saved with a trailing axis of one volume is accepted
     ok = good.copy()
-    ok.loc[0, "t1w"] = str(tiny_nifti(tmp_path / "one.nii.gz", shape=(5, 5, 5, 1)))
+    ok.loc[0, "t1w"] = str(tiny_nifti(tmp_path / "one.nii.gz", shape=(16, 16, 16, 1)))
     assert manifest.validate(ok) == []
 
 

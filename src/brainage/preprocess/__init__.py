@@ -45,11 +45,12 @@ from brainage import TEMPLATE_SPACE
 from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, downsample_from_1mm, res_label, template_grid
 from brainage.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
+# one rule for what a usable scan is, with `brainage manifest --check` (VOXEL_MM_RANGE: a voxel
+# size outside it is a broken header, not a scan)
+from brainage.scans import MIN_AXIS_VOXELS, VOXEL_MM_RANGE, header_problem
 
 log = logging.getLogger("brainage.preprocess")
 
-#: voxel sizes (mm) outside this range are taken as a broken header, not a scan
-VOXEL_MM_RANGE = (0.2, 4.0)
 #: a registration whose affine shrinks or stretches the head beyond these determinants failed
 DETERMINANT_RANGE = (0.2, 5.0)
 
@@ -117,8 +118,11 @@ def load_t1w(path: str | Path, participant_id: str) -> nib.Nifti1Image:
     if not np.all((zooms >= VOXEL_MM_RANGE[0]) & (zooms <= VOXEL_MM_RANGE[1])):
         raise InputError(f"{where}: absurd voxel size {tuple(round(float(z), 3) for z in zooms)} mm "
                          f"(expected {VOXEL_MM_RANGE[0]}-{VOXEL_MM_RANGE[1]} mm)")
-    if min(data.shape) < 16:
+    if min(data.shape) < MIN_AXIS_VOXELS:
         raise InputError(f"{where}: field of view too small, shape {data.shape}")
+    problem = header_problem(img)  # orientation, and anything else --check refuses
+    if problem:
+        raise InputError(f"{where}: {problem}")
     out = nib.Nifti1Image(data, img.affine, img.header)
     out.set_data_dtype(np.float32)
     return out
@@ -405,10 +409,10 @@ def _checked_arguments(args) -> tuple[str, list[float], dict | None]:
     from brainage.io import check_output_dir
     from brainage.manifest import check_image, check_participant_id
 
+    sub = check_participant_id(args.participant_id if args.participant_id is not None else _id_from_name(args.t1w))
     problem = check_image(args.t1w)
     if problem:
-        raise InputError(f"--t1w: {problem}")
-    sub = check_participant_id(args.participant_id if args.participant_id is not None else _id_from_name(args.t1w))
+        raise InputError(f"{sub}: --t1w {problem}")
     grids = check_grids([g.strip() for g in args.grids.split(",") if g.strip()])
     if args.threads < 1:
         raise InputError(f"--threads {args.threads} must be at least 1")
