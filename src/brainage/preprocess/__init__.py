@@ -267,6 +267,51 @@ def preprocess_t1w(
         return _preprocess_native(t1w_path, tmp, participant_id, grids, resources_root, settings, threads, template)
 
 
+def preprocess_or_exclude(t1w_path: str | Path, out_dir: str | Path, participant_id: str, grids: list[float],
+                          **kwargs) -> dict:
+    """The pipeline's entry (rule ``preprocess``): :func:`preprocess_t1w`, or, when the scan is
+    bad input (:class:`InputError`: unreadable, truncated, NaN, absurd voxels, no brain found,
+    failed registration), the subject's output set marking it excluded (:func:`write_excluded`),
+    so that the cohort QC table lists it in ``results/qc/excluded.tsv`` with the reason and every
+    other subject goes on.
+    """
+    try:
+        return preprocess_t1w(t1w_path, out_dir, participant_id, grids, **kwargs)
+    except InputError as err:
+        reason = str(err).splitlines()[0]
+        log.warning("%s: excluded: %s", participant_id, reason)
+        return write_excluded(out_dir, participant_id, t1w_path, grids, reason, engine=kwargs.get("engine", "native"))
+
+
+def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Path, grids: list[float],
+                   reason: str, engine: str = "native") -> dict:
+    """The outputs of a subject whose scan could not be preprocessed: every file the rule
+    declares, empty volumes (zeros on each template grid: no data of this subject downstream,
+    where the splits leave excluded subjects out), and the QC json with ``passed: false``,
+    ``excluded: true`` and the reason (the QC figure shows it). Returns the QC dict."""
+    grids = [float(g) for g in grids]
+    paths = output_paths(out_dir, participant_id, grids)
+    finest = template_grid(min(grids))
+    metrics = {
+        "participant_id": participant_id, "t1w": str(t1w_path), "engine": engine, "passed": False,
+        "excluded": True, "reasons": [f"bad input: {reason}"], "ncc": None, "brain_volume_ml": None,
+        "affine": None,
+    }
+    with atomic_dir(out_dir, last=paths["qc_json"].name) as tmp:
+        tmp_paths = output_paths(tmp, participant_id, grids)
+        for r in grids:
+            grid = template_grid(r)
+            _save_volume(np.zeros(grid.shape, np.float32), grid.affine, tmp_paths[f"res-{res_label(r)}"])
+        _save_volume(np.zeros(finest.shape, np.uint8), finest.affine, tmp_paths["mask"], dtype=np.uint8)
+        write_json(tmp_paths["xfm_json"], {"excluded": reason})
+        tmp_paths["xfm"].write_text(f"# {participant_id} excluded, no transform: {reason}\n")
+        template_mask = downsample_from_1mm(load_template()[1].astype(np.float32), finest.res) >= 0.5
+        qc_figure(np.zeros(finest.shape, np.float32), template_mask, finest.affine,
+                  f"{participant_id}  EXCLUDED: {reason[:120]}", tmp_paths["qc_png"])
+        write_json(tmp_paths["qc_json"], metrics)
+    return metrics
+
+
 #: template grids (mm) accepted: coarser than 8 mm leaves too few voxels for a brain
 GRID_RANGE_MM = (0.5, 8.0)
 

@@ -103,18 +103,21 @@ def qc_figure(registered: np.ndarray, template_mask: np.ndarray, affine: np.ndar
 def read_qc_jsons(paths: list[str | Path]) -> pd.DataFrame:
     """One row per subject QC json: id, passed, reasons, ncc, volume, affine and N4 summaries."""
     rows = []
+    nan = float("nan")
     for path in paths:
         q = json.loads(Path(path).read_text())
+        affine = q.get("affine") or {}  # None for a subject excluded as bad input (no registration)
+        scales = affine.get("scales") or [nan]
         rows.append({
             "participant_id": q["participant_id"],
             "passed": bool(q["passed"]),
             "reason": "; ".join(q.get("reasons", [])) or "n/a",
-            "ncc": q["ncc"],
-            "brain_volume_ml": q["brain_volume_ml"],
-            "determinant": q["affine"]["determinant"],
-            "min_scale": min(q["affine"]["scales"]),
-            "max_scale": max(q["affine"]["scales"]),
-            "rotation_deg": q["affine"]["rotation_deg"],
+            "ncc": nan if q.get("ncc") is None else q["ncc"],
+            "brain_volume_ml": nan if q.get("brain_volume_ml") is None else q["brain_volume_ml"],
+            "determinant": affine.get("determinant", nan),
+            "min_scale": min(scales),
+            "max_scale": max(scales),
+            "rotation_deg": affine.get("rotation_deg", nan),
             "n4_converged": q.get("n4", {}).get("converged", "n/a"),
             "engine": q.get("engine", "n/a"),
             "runtime_s": q.get("runtime_s", float("nan")),
