@@ -493,12 +493,15 @@ def test_participants_rule_checks_the_files_and_copies_the_manifest(tmp_path):
     assert target.read_text() == good.read_text()
     assert "3 participants (HC 3, AD 0, PD 0)" in (workdir / "logs/participants/participants.log").read_text()
 
-    # the parse-time read does not open files; the rule does, and fails with one line, no output
+    # a bad scan does not stop the cohort: its preprocessing job excludes it with the reason
+    # (tests/test_scans.py), and `brainage manifest --check` names it before a run
     four_d = tiny_nifti(tmp_path / "fmri.nii.gz", shape=(4, 4, 4, 2))
     bad = tmp_path / "bad.tsv"
     bad.write_text(good.read_text().replace(manifest.read_manifest(good)["t1w"].iat[1], str(four_d)))
     target.unlink()
-    failed = snakemake(*common, f"cohort={{source: manifest, manifest: {bad}}}", cwd=workdir)
-    assert failed.returncode != 0
-    assert f"row 2 (sub-IXI014) column t1w: not a 3D image (shape 4x4x4x2): {four_d}" in failed.stderr
-    assert not target.exists()
+    kept = snakemake(*common, f"cohort={{source: manifest, manifest: {bad}}}", cwd=workdir)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert target.read_text() == bad.read_text()
+    check = brainage("--check", str(bad))
+    assert check.returncode == 1
+    assert f"row 2 (sub-IXI014) column t1w: not a 3D image (shape 4x4x4x2): {four_d}" in check.stderr
