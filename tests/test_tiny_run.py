@@ -105,6 +105,27 @@ def test_predictions_are_the_test_split_and_patients_with_their_gap(run):
         np.testing.assert_allclose(ad["adas_cog11"], parts.loc[ad.index, "adas_cog11"])
 
 
+@pytest.mark.parametrize("cohort", ["HC", "AD"])
+def test_brainage_predict_agrees_with_the_pipeline_on_the_same_scan(run, cohort, capsys):
+    """The command a user runs on one raw scan, with a model the pipeline trained, gives the
+    pipeline's prediction for that subject (to 0.05 y: the training cache holds float16)."""
+    import re
+
+    from brainage.cli import main
+
+    model = run["models"][0]
+    pred = run["predictions"][model]
+    subject = _group(pred, cohort)["participant_id"].iloc[0]
+    t1w = run["work"] / run["participants"].set_index("participant_id").loc[subject, "t1w"]
+    code = main(["predict", "--model", str(run["results"] / "models" / model / "model.pt"), "--t1w", str(t1w),
+                 "--threads", "2"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", out.out).group(1))
+    expected = pred.set_index("participant_id").loc[subject, "predicted_age"]
+    assert predicted == pytest.approx(expected, abs=0.05), subject
+
+
 # --------------------------------------------------------------------------------------------
 # tables against a recomputation from the predictions
 
