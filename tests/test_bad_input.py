@@ -99,7 +99,7 @@ CASES = {
     "predict --age -400": (["predict", "--model", "{model}", "--t1w", "{on_grid}", "--age", "-400"],
                            "--age -400 is outside 0-120 years"),
     "predict --model folder": (["predict", "--model", f"{R}/folder", "--t1w", "{on_grid}"], "no such model file"),
-    "predict hostile model.pt": (["predict", "--model", "{hostile}", "--t1w", "{on_grid}"], "not a brainage model.pt that loads safely"),
+    "predict hostile model.pt": (["predict", "--model", "{hostile}", "--t1w", "{on_grid}"], "refused, not a model.pt that loads safely (it asks to run"),
     "predict --device cuda without GPU": (["predict", "--model", "{model}", "--t1w", "{on_grid}", "--device", "cuda"],
                                           "no CUDA GPU is available here"),
     "predict --device bogus": (["predict", "--model", "{model}", "--t1w", "{on_grid}", "--device", "tpu9"],

@@ -53,6 +53,7 @@ import math
 import pickle
 import platform
 import random
+import re
 import signal
 import sys
 import time
@@ -683,8 +684,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         # weights_only: tensors and plain containers only, so a shared model.pt cannot run code
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise InputError(f"{path}: not a brainage model.pt that loads safely (tensors and plain metadata "
-                         f"only; written by an older version or not by brainage): {str(err).splitlines()[0]}") from None
+        # torch's message is a page long: keep the line naming what was refused
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it asks to run {found.group(1)}" if found else "it holds more than tensors and plain values"
+        raise InputError(f"{path}: refused, not a model.pt that loads safely ({what}); use a model.pt "
+                         f"written by `snakemake train_all` of this version") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
         raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
     meta = blob["meta"]
