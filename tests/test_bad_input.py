@@ -104,6 +104,10 @@ CASES = {
                                           "no CUDA GPU is available here"),
     "predict --device bogus": (["predict", "--model", "{model}", "--t1w", "{on_grid}", "--device", "tpu9"],
                                "is not a device name"),
+    "resources --grids 2,x": (["resources", "--out", f"{R}/res", "--grids", "2,x"], "grid 'x' is not a number"),
+    "resources --out is a file": (["resources", "--out", f"{R}/a_file"], "is a file, not a folder"),
+    "simulate --n-hc -1": (["simulate", "--out", f"{R}/sim", "--n-hc", "-1"], "--n-hc -1 must be 0 or more"),
+    "simulate --voxel-mm 9": (["simulate", "--out", f"{R}/sim", "--voxel-mm", "9"], "--voxel-mm 9 is outside 0.5-4 mm"),
 }
 
 

@@ -127,7 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder, e.g. resources/atlases")
     parser.add_argument("--grids", default="1,2", help="comma-separated grid resolutions in mm (default 1,2)")
     args = parser.parse_args(argv)
-    grids = [float(g) for g in args.grids.split(",") if g.strip()]
+    import sys
+
+    from brainage.grids import check_grids
+    from brainage.io import InputError, check_output_dir
+
+    try:  # every argument before any work
+        grids = check_grids([g.strip() for g in args.grids.split(",") if g.strip()])
+        check_output_dir(args.out, "--out")
+    except InputError as err:
+        print(f"brainage resources: {err}", file=sys.stderr)
+        return 1
     for res, paths in build_resources(args.out, grids).items():
         print(f"res-{res_label(res)}: " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from brainage.io import InputError
+
 #: shape and voxel-to-world affine of the ICBM 2009c nonlinear asymmetric template at 1 mm
 TEMPLATE_SHAPE_1MM: tuple[int, int, int] = (193, 229, 193)
 TEMPLATE_AFFINE_1MM = np.array(
@@ -49,6 +51,28 @@ def template_grid(res: float) -> Grid:
     affine[:3, :3] = np.diag([res] * 3)
     affine[:3, 3] = TEMPLATE_AFFINE_1MM[:3, 3] + (res - 1.0) / 2.0
     return Grid(res=res, shape=shape, affine=affine)  # type: ignore[arg-type]
+
+
+#: template grids (mm) accepted: coarser than 8 mm leaves too few voxels for a brain
+GRID_RANGE_MM = (0.5, 8.0)
+
+
+def check_grids(grids) -> list[float]:
+    """The grids as floats, or InputError naming the bad one (not a number, out of range, repeated)."""
+    out: list[float] = []
+    for g in grids:
+        try:
+            value = float(g)
+        except (TypeError, ValueError):
+            raise InputError(f"grid {g!r} is not a number (template grids in mm, e.g. 1,2)") from None
+        if not (np.isfinite(value) and GRID_RANGE_MM[0] <= value <= GRID_RANGE_MM[1]):
+            raise InputError(f"grid {g!r} mm is outside {GRID_RANGE_MM[0]:g}-{GRID_RANGE_MM[1]:g} mm")
+        if value in out:
+            raise InputError(f"grid {value:g} mm is given twice")
+        out.append(value)
+    if not out:
+        raise InputError("no template grid given (e.g. 1,2)")
+    return out
 
 
 def downsample_from_1mm(volume: np.ndarray, res: float) -> np.ndarray:

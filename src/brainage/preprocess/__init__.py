@@ -42,7 +42,14 @@ import nibabel as nib
 import numpy as np
 
 from brainage import TEMPLATE_SPACE
-from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, downsample_from_1mm, res_label, template_grid
+from brainage.grids import (
+    TEMPLATE_AFFINE_1MM,
+    TEMPLATE_SHAPE_1MM,
+    check_grids,
+    downsample_from_1mm,
+    res_label,
+    template_grid,
+)
 from brainage.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
 # one rule for what a usable scan is, with `brainage manifest --check` (VOXEL_MM_RANGE: a voxel
@@ -310,28 +317,6 @@ def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Pat
                   f"{participant_id}  EXCLUDED: {reason[:120]}", tmp_paths["qc_png"])
         write_json(tmp_paths["qc_json"], metrics)
     return metrics
-
-
-#: template grids (mm) accepted: coarser than 8 mm leaves too few voxels for a brain
-GRID_RANGE_MM = (0.5, 8.0)
-
-
-def check_grids(grids) -> list[float]:
-    """The grids as floats, or InputError naming the bad one (not a number, out of range, repeated)."""
-    out: list[float] = []
-    for g in grids:
-        try:
-            value = float(g)
-        except (TypeError, ValueError):
-            raise InputError(f"grid {g!r} is not a number (template grids in mm, e.g. 1,2)") from None
-        if not (np.isfinite(value) and GRID_RANGE_MM[0] <= value <= GRID_RANGE_MM[1]):
-            raise InputError(f"grid {g!r} mm is outside {GRID_RANGE_MM[0]:g}-{GRID_RANGE_MM[1]:g} mm")
-        if value in out:
-            raise InputError(f"grid {value:g} mm is given twice")
-        out.append(value)
-    if not out:
-        raise InputError("no template grid given (e.g. 1,2)")
-    return out
 
 
 def load_template(resources_root: str | Path | None = None, template: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from brainage.simulate.anatomy import Anatomy, build_anatomy, cached_anatomy
@@ -138,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="seed of every random choice (default 42)")
     parser.add_argument("--voxel-mm", type=float, default=2.0, help="raw voxel size scale in mm (default 2; 1 for realism)")
     args = parser.parse_args(argv)
+    from brainage.io import InputError, check_output_dir
+
+    try:  # every argument before any work
+        for name in ("n_hc", "n_ad", "n_pd", "seed"):
+            if getattr(args, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)} must be 0 or more")
+        if args.n_hc + args.n_ad + args.n_pd < 1:
+            raise InputError("--n-hc, --n-ad and --n-pd are all 0: nothing to simulate")
+        if not 0.5 <= args.voxel_mm <= 4.0:
+            raise InputError(f"--voxel-mm {args.voxel_mm:g} is outside 0.5-4 mm")
+        check_output_dir(args.out, "--out")
+    except InputError as err:
+        print(f"brainage simulate: {err}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     manifest = simulate_cohort(args.out, args.n_hc, args.n_ad, args.n_pd, args.seed, args.voxel_mm)
     print(f"manifest: {manifest}")
