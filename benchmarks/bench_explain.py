@@ -19,7 +19,8 @@ import torch
 
 from brainage.explain import grad_ram
 from brainage.grids import template_grid
-from brainage.infer import iter_batches, predict_ages
+from brainage.infer import predict_ages
+from brainage.models import iter_batches
 from brainage.networks import build_age_model
 
 

@@ -195,7 +195,7 @@ def test_real_ixi_scans(scan, demo_model_4mm, tmp_path, capsys):
     Run in this process (the command's own ``main``), sharing one trained demo model; the
     child-process command line is covered by the failure tests above.
     """
-    from brainage.train import load_model
+    from brainage.models import load_model
 
     assert len(list(IXI.glob("IXI*-T1_ds.nii.gz"))) == 3
     age = _ixi_ages()[scan.split("-")[0]]

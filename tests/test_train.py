@@ -8,7 +8,8 @@ import torch
 
 from brainage.cache import build_cache
 from brainage.splits import make_splits
-from brainage.train import TrainingInterrupted, load_model, train_model
+from brainage.models import load_model
+from brainage.train import TrainingInterrupted, train_model
 from synthetic_volumes import synthetic_cohort
 
 TRAINING = {"augment": {}, "num_workers": 0}

@@ -467,10 +467,9 @@ def run_saliency(
     from brainage.atlases import aal_labels, resource_paths
     from brainage.cache import CachedVolumes
     from brainage.grids import res_label, template_grid
-    from brainage.infer import iter_batches, pick_device
+    from brainage.models import iter_batches, load_model, pick_device
     from brainage.io import write_tsv
     from brainage.splits import read_splits
-    from brainage.train import load_model
 
     effects = read_effects(truth_effects) if truth_effects is not None else None  # bad truth file: fail before the work
     model, meta = load_model(model_path, map_location="cpu")

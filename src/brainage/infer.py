@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from brainage.io import InputError
+from brainage.models import forward_batches, iter_batches, load_model, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -26,37 +26,6 @@ log = logging.getLogger(__name__)
 PREDICTED_SPLITS = ("test", "AD", "PD")
 #: manifest columns carried into the predictions table, after the prediction columns
 CLINICAL_COLUMNS = ("adas_cog11", "updrs3", "hoehn_yahr")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when present, else the CPU (the same code runs on both)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device {device!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InputError(f"device {device!r}: no CUDA GPU is available here; use auto or cpu")
-        if dev.index is not None and dev.index >= count:
-            raise InputError(f"device {device!r}: only {count} CUDA GPU(s) here (cuda:0-cuda:{count - 1})")
-    elif dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device!r}: only auto, cpu, cuda and cuda:N are supported")
-    return dev
-
-
-def iter_batches(
-    ids: Sequence[str], load_volume: Callable[[str], np.ndarray], batch_size: int
-) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Batches of ``(ids, volumes (B, 1, D, H, W) float32)`` read with ``load_volume(id) -> (D, H, W)``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(ids), batch_size):
-        chunk = list(ids[start : start + batch_size])
-        arrays = [np.asarray(load_volume(pid), dtype=np.float32) for pid in chunk]
-        yield chunk, torch.from_numpy(np.stack(arrays))[:, None]
 
 
 @torch.inference_mode()
@@ -68,10 +37,9 @@ def predict_ages(
     model = model.to(device).eval()
     ids: list[str] = []
     ages: list[np.ndarray] = []
-    for chunk, volumes in batches:
-        out = model(volumes.to(device, non_blocking=True)).reshape(len(chunk), -1)[:, 0]
+    for chunk, out in forward_batches(model, batches, device):
         ids += chunk
-        ages.append(out.float().cpu().numpy())
+        ages.append(out.reshape(len(chunk), -1)[:, 0].numpy())
     values = np.concatenate(ages) if ages else np.zeros(0, dtype=np.float32)
     return pd.Series(values.astype(np.float64), index=pd.Index(ids, name="participant_id"), name="predicted_age")
 
@@ -169,7 +137,6 @@ def run_predict_cohort(
     from brainage.cache import CachedVolumes
     from brainage.io import write_json, write_tsv
     from brainage.splits import read_splits
-    from brainage.train import load_model
 
     model, meta = load_model(model_path, map_location="cpu")
     name = meta.get("name") or str(model_path).rstrip("/").split("/")[-2]

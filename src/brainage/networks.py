@@ -12,9 +12,12 @@ encoder with the contrastive loss first and then the head with the encoder froze
 
 from __future__ import annotations
 
+from dataclasses import asdict
 
 import torch
 from torch import nn
+
+from brainage.spec import Architecture
 
 __all__ = ["BACKBONES", "build_encoder", "replace_batchnorm", "group_count", "SFCNEncoder", "AgeModel", "build_age_model", "architecture_of"]
 
@@ -170,20 +173,11 @@ class AgeModel(nn.Module):
 
 def architecture_of(spec: dict) -> dict:
     """The keys of a model's config entry that define its architecture (stored in model.pt)."""
-    return {
-        "backbone": spec["backbone"],
-        "width": float(spec.get("width", 1.0)),
-        "conv1_stride": int(spec.get("conv1_stride", 1)),
-        "norm": spec.get("norm", "batch"),
-    }
+    return asdict(Architecture.of(spec))
 
 
 def build_age_model(architecture: dict, age_mean: float = 0.0, age_sd: float = 1.0) -> AgeModel:
     """``AgeModel`` from :func:`architecture_of` keys (random initialisation: seed before)."""
-    encoder = build_encoder(
-        architecture["backbone"],
-        width=architecture.get("width", 1.0),
-        conv1_stride=architecture.get("conv1_stride", 1),
-        norm=architecture.get("norm", "batch"),
-    )
+    arch = Architecture.of(architecture)
+    encoder = build_encoder(arch.backbone, width=arch.width, conv1_stride=arch.conv1_stride, norm=arch.norm)
     return AgeModel(encoder, nn.Linear(encoder.out_features, 1), age_mean, age_sd)

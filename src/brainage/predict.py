@@ -120,9 +120,8 @@ def predict_scan(
 
     from brainage.cache import normalise_intensity
     from brainage.explain import grad_ram, template_image
-    from brainage.infer import pick_device
+    from brainage.models import load_model, pick_device
     from brainage.io import save_nifti
-    from brainage.train import load_model
 
     t1w, model_path = Path(t1w), Path(model_path)
     if age is not None:

@@ -43,20 +43,14 @@ gathered global batch (brainage.distributed.global_rnc_loss).
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
-import hashlib
+import itertools
 import json
 import logging
 import math
-import pickle
 import platform
-import random
-import re
-import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,65 +62,21 @@ from torch import nn
 
 from brainage.augment import AugmentConfig, augment_volume, sample_params
 from brainage.cache import INTENSITY_NORMALISATION, CachedVolumes
-from brainage.io import InputError, atomic_path, json_text, save_figure, write_json, write_tsv
-from brainage.networks import AgeModel, architecture_of, build_age_model
+from brainage.checkpoint import Checkpoint, StopRequest, fingerprint
+from brainage.io import atomic_path, save_figure, write_json, write_tsv
+from brainage.models import autocast, forward_batches, iter_batches, load_model, save_model, to_device, unwrap
+from brainage.networks import architecture_of, build_age_model
+from brainage.spec import resolve_spec
 from brainage.splits import split_hash
 
 log = logging.getLogger("brainage.train")
 
+# load_model and resolve_spec live in brainage.models and brainage.spec; kept importable here
 __all__ = ["resolve_spec", "train_model", "load_model", "launch_torchrun", "TrainingInterrupted"]
-
-_DEFAULT_OPTIMISER = {
-    "l1": {"name": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "milestones": [], "gamma": 0.1},
-    "rnc": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "milestones": [0.7, 0.8, 0.9], "gamma": 0.1},
-}
-_DEFAULT_HEAD = {
-    "epochs": 100, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-    "milestones": [0.6, 0.75, 0.9], "gamma": 0.2, "batch_size": 32, "select": "best_val",
-}
 
 
 class TrainingInterrupted(RuntimeError):
     """The run stopped early (max_epochs_this_run or SIGTERM) after writing its checkpoint."""
-
-
-# --------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------
-
-
-def resolve_spec(entry: dict) -> dict:
-    """A model's config entry with every default filled in (the study's settings).
-
-    Keys: backbone (resnet18|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc), batch_size,
-    epochs, augment (true: ``training.augment``; false; or a dict overriding keys of
-    ``training.augment`` for this model), patience (epochs without val improvement; null = never stop early),
-    width, conv1_stride, norm (batch|group|instance), optimiser {name adam|sgd, lr, momentum,
-    weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature, chunk_size},
-    head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, patience,
-    select (best_val|last)}, gpus.
-    """
-    spec = copy.deepcopy(dict(entry))
-    loss = spec.setdefault("loss", "l1")
-    if loss not in ("l1", "rnc"):
-        raise ValueError(f"model loss must be l1 or rnc, got {loss!r}")
-    for key in ("backbone", "grid", "batch_size", "epochs"):
-        if key not in spec:
-            raise ValueError(f"model config needs {key!r}")
-    spec.setdefault("augment", True)
-    spec.setdefault("patience", None)
-    spec.setdefault("width", 1.0)
-    spec.setdefault("conv1_stride", 1)
-    spec.setdefault("norm", "batch")
-    spec.setdefault("gpus", 0)
-    spec["optimiser"] = {**_DEFAULT_OPTIMISER[loss], **(spec.get("optimiser") or {})}
-    spec["rnc"] = {"temperature": 2.0, "chunk_size": None, **(spec.get("rnc") or {})}
-    spec["head"] = {**_DEFAULT_HEAD, "patience": None, **(spec.get("head") or {})}
-    return spec
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------
@@ -194,77 +144,74 @@ def _loader(dataset, batches, workers: int, pin: bool):
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoints
+# One run: what every fitting stage reads
 # --------------------------------------------------------------------------------------
 
 
-def _rng_state() -> dict:
-    """Every generator's state in types ``torch.load(weights_only=True)`` reads (tensors, lists)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-class _Stop:
-    """Set by SIGTERM (SLURM preemption): the loop checkpoints at the next step and exits."""
-
-    requested = False
+@dataclass
+class _Run:
+    name: str
+    spec: dict
+    training: dict
+    seed: int
+    rank: int
+    world: int
+    main: bool
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    cache: CachedVolumes
+    sets: dict[str, list[str]]
+    rows: dict[str, np.ndarray]
+    ages: dict[str, np.ndarray]
+    age_mean: float
+    age_sd: float
+    batch_size: int
+    aug_cfg: AugmentConfig | None
+    progress: bool
 
     @classmethod
-    @contextlib.contextmanager
-    def on_sigterm(cls):
-        cls.requested = False
-        try:
-            previous = signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
-        except ValueError:  # not the main thread
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    def setup(cls, name: str, spec: dict, training: dict, splits: pd.DataFrame, volumes, index, seed: int,
+              progress: bool) -> "_Run":
+        from brainage.distributed import init_distributed, is_main_process
 
+        rank, world, device = init_distributed()
+        cuda = device.type == "cuda"
+        # ``augment``: true (training.augment), false, or a dict overriding training.augment for this model
+        augmented = spec["augment"] is not False and spec["augment"] is not None
+        overrides = spec["augment"] if isinstance(spec["augment"], dict) else {}
+        aug_cfg = (AugmentConfig.from_dict({**(training.get("augment") or {}), **overrides})
+                   if augmented or spec["loss"] == "rnc" else None)
+        cache = CachedVolumes(volumes, index)
+        splits = splits.set_index("participant_id", drop=False)
+        sets = {s: splits.index[splits["split"] == s].tolist() for s in ("train", "val", "test")}
+        if len(sets["train"]) < 2 or not sets["val"]:
+            raise ValueError(f"{name}: need >= 2 training and >= 1 validation subjects, got {len(sets['train'])}/{len(sets['val'])}")
+        rows = {s: np.array([cache.row_of(p) for p in ids], dtype=np.int64) for s, ids in sets.items()}
+        ages = {s: splits.loc[ids, "age"].to_numpy(np.float32) for s, ids in sets.items()}
+        batch_size = min(int(spec["batch_size"]), len(rows["train"]))
+        if batch_size % world:
+            raise ValueError(f"{name}: batch_size {batch_size} is not divisible by the {world} processes")
+        return cls(
+            name=name, spec=spec, training=training, seed=seed, rank=rank, world=world, main=is_main_process(),
+            device=device, amp=torch.bfloat16 if (cuda and training.get("amp", True)) else None,
+            channels_last=bool(cuda and training.get("channels_last", True)), cache=cache, sets=sets, rows=rows,
+            ages=ages, age_mean=float(ages["train"].mean()), age_sd=float(ages["train"].std() or 1.0),
+            batch_size=batch_size, aug_cfg=aug_cfg, progress=progress,
+        )
 
-# --------------------------------------------------------------------------------------
-# The engine
-# --------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return "rnc" if self.spec["loss"] == "rnc" else "e2e"
 
+    def fingerprint(self) -> str:
+        return fingerprint(self.spec, self.training, self.seed, {s: split_hash(v) for s, v in self.sets.items()},
+                           list(self.cache.shape), self.world)
 
-def _optimiser(params, cfg: dict) -> torch.optim.Optimizer:
-    if cfg["name"] == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    if cfg["name"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0), weight_decay=cfg.get("weight_decay", 0.0))
-    raise ValueError(f"optimiser name must be adam or sgd, got {cfg['name']!r}")
-
-
-def _scheduler(opt, cfg: dict, epochs: int):
-    # a list, not a set: with few epochs two fractions can round to the same epoch, and
-    # MultiStepLR then applies gamma twice there (the total decay stays gamma ** len(milestones))
-    milestones = sorted(max(1, int(round(f * epochs))) for f in cfg.get("milestones") or [])
-    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.get("gamma", 0.1))
+    def forward(self, model: nn.Module, rows, min_batch: int = 1):
+        """``model`` over cache ``rows`` (un-augmented), batch by batch: the outputs (float32, CPU)."""
+        batches = itertools.takewhile(lambda b: len(b[0]) >= min_batch, iter_batches(rows, self.cache.row, self.batch_size))
+        return [out for _, out in forward_batches(model, batches, self.device, self.channels_last, self.amp)]
 
 
 @torch.no_grad()
@@ -272,18 +219,17 @@ def _predict(model: nn.Module, cache: CachedVolumes, rows, device, batch_size: i
     """Ages (years) predicted for cache ``rows`` without augmentation, in eval mode."""
     was_training = model.training
     model.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        x = torch.stack([torch.from_numpy(cache.row(int(r)))[None] for r in rows[start : start + batch_size]])
-        x = _to_device(x, device, channels_last)
-        with _autocast(device, amp):
-            out.append(model(x).float().cpu())
+    out = [o for _, o in forward_batches(model, iter_batches(rows, cache.row, batch_size), device, channels_last, amp)]
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
+def _predict_rows(run: _Run, model: nn.Module, rows) -> np.ndarray:
+    return _predict(model, run.cache, rows, run.device, run.batch_size, run.channels_last, run.amp)
+
+
 @torch.no_grad()
-def recompute_batchnorm_stats(model: nn.Module, cache: CachedVolumes, rows, device, batch_size: int, channels_last: bool, amp) -> None:
+def recompute_batchnorm_stats(model: nn.Module, run: _Run) -> None:
     """Re-estimate BatchNorm running statistics on un-augmented training volumes ("precise BN").
 
     With small 3D batches and few steps per epoch, the exponential running averages lag far
@@ -303,38 +249,255 @@ def recompute_batchnorm_stats(model: nn.Module, cache: CachedVolumes, rows, devi
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
         m.train()
-    rows = rows[:512]
-    for start in range(0, len(rows), batch_size):
-        x = torch.stack([torch.from_numpy(cache.row(int(r)))[None] for r in rows[start : start + batch_size]])
-        if len(x) < 2:
-            break
-        with _autocast(device, amp):
-            model(_to_device(x, device, channels_last))
+    run.forward(model, run.rows["train"][:512], min_batch=2)  # a batch of one has no batch statistics
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
 
 
+# --------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------
+
+
+def _optimiser(params, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["name"] == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    if cfg["name"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.0), weight_decay=cfg.get("weight_decay", 0.0))
+    raise ValueError(f"optimiser name must be adam or sgd, got {cfg['name']!r}")
+
+
+def _scheduler(opt, cfg: dict, epochs: int):
+    # a list, not a set: with few epochs two fractions can round to the same epoch, and
+    # MultiStepLR then applies gamma twice there (the total decay stays gamma ** len(milestones))
+    milestones = sorted(max(1, int(round(f * epochs))) for f in cfg.get("milestones") or [])
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.get("gamma", 0.1))
+
+
+def _new_state() -> dict[str, Any]:
+    return {"phase": "main", "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0, "best_val": math.inf,
+            "best_state": None, "best_epoch": -1, "bad_epochs": 0, "log": [], "elapsed": 0.0}
+
+
+def _cpu_copy(module: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------
+# Stage 1: end-to-end L1, or the RNC encoder (what differs between the two)
+# --------------------------------------------------------------------------------------
+
+
+class _EndToEnd:
+    """Encoder + head on the L1 of the standardised age; best-validation weights, early stopping."""
+
+    views, log_phase, loss_label = 1, "e2e", "L1 (years)"
+
+    def __init__(self, run: _Run, model: nn.Module, net: nn.Module) -> None:
+        self.run, self.model, self.net = run, model, net
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        run = self.run
+        xb = x[:, 0].contiguous(memory_format=torch.channels_last_3d) if run.channels_last else x[:, 0]
+        with autocast(run.device, run.amp):
+            pred = self.net(xb)
+        loss = F.l1_loss(pred.float(), y)  # in years; same minimiser as L1 on z
+        (loss / run.age_sd).backward()  # gradient of the L1 of the standardised age
+        return loss
+
+    def evaluate(self, state: dict, epoch: int) -> float:
+        run = self.run
+        recompute_batchnorm_stats(unwrap(self.model), run)
+        val_mae = float(np.abs(_predict_rows(run, self.model, run.rows["val"]) - run.ages["val"]).mean())
+        if val_mae < state["best_val"]:
+            state.update(best_val=val_mae, best_epoch=epoch, bad_epochs=0, best_state=_cpu_copy(unwrap(self.model)))
+        else:
+            state["bad_epochs"] += 1
+        return val_mae
+
+    def stops_early(self, state: dict) -> bool:
+        patience = self.run.spec["patience"]
+        return patience is not None and state["bad_epochs"] >= int(patience)
+
+    def finish(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["best_state"])
+        state["phase"] = "done"
+
+
+class _RncEncoder:
+    """The encoder on the Rank-N-Contrast loss of two augmented views per subject."""
+
+    views, log_phase, loss_label = 2, "encoder", "RNC loss"
+
+    def __init__(self, run: _Run, model: nn.Module, net: nn.Module) -> None:
+        import functools
+
+        from brainage.distributed import global_rnc_loss
+        from brainage.gradcache import contrastive_step
+        from brainage.losses import RnCLoss
+
+        self.run, self.model, self.net, self.step = run, model, net, contrastive_step
+        rnc = RnCLoss(temperature=float(run.spec["rnc"]["temperature"]))
+        self.loss_fn = functools.partial(global_rnc_loss, rnc) if run.world > 1 else rnc
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        run = self.run
+        v = torch.cat([x[:, k] for k in range(x.shape[1])])  # (2N, 1, D, H, W): all view-1s, then view-2s
+        if run.channels_last:
+            v = v.contiguous(memory_format=torch.channels_last_3d)
+        return self.step(self.net, v, y.repeat(x.shape[1]), self.loss_fn, run.spec["rnc"]["chunk_size"], run.amp)
+
+    def evaluate(self, state: dict, epoch: int) -> float:
+        return math.nan
+
+    def stops_early(self, state: dict) -> bool:
+        return False
+
+    def finish(self, state: dict) -> None:
+        state["phase"] = "head"
+        state.update(epoch=0, best_val=math.inf, best_state=None, best_epoch=-1, bad_epochs=0)
+
+
+def _fit_stage1(run: _Run, stage, opt, sched, state: dict, ckpt: Checkpoint, max_epochs_this_run: int | None) -> None:
+    """Epochs of stage 1 from ``state``'s position; checkpoint after each (and on SIGTERM)."""
+    epochs = int(run.spec["epochs"])
+    every_steps = int(run.training.get("checkpoint_every_steps", 0) or 0)
+    workers, cuda = int(run.training.get("num_workers", 0)), run.device.type == "cuda"
+    dataset = _Volumes(run.cache, run.rows["train"], run.ages["train"], run.aug_cfg, stage.views, run.seed, 1,
+                       augment_here=not cuda)
+    epochs_this_run = 0
+    for epoch in _progress(range(state["epoch"], epochs), run.progress and run.main, f"{run.name} {run.kind}"):
+        stage.model.train()
+        t0 = time.time()
+        batches = _epoch_batches(len(run.rows["train"]), run.batch_size, run.seed, 1, epoch, run.rank, run.world)
+        loss_sum = torch.tensor(state["loss_sum"], device=run.device)
+        for step, (x, y, params) in enumerate(_loader(dataset, batches[state["step"]:], workers, cuda), start=state["step"]):
+            x = to_device(x, run.device)
+            y = y.to(run.device, non_blocking=True)
+            if params[0] is not None:  # augment on the device
+                x = torch.stack([torch.stack([augment_volume(x[b, 0], p, run.aug_cfg) for p in ps]) for b, ps in enumerate(params)])
+            opt.zero_grad(set_to_none=True)
+            loss = stage.loss(x, y)
+            opt.step()
+            loss_sum += loss.detach()
+            state["step"] = step + 1
+            if StopRequest.requested or (every_steps and state["step"] % every_steps == 0 and state["step"] < len(batches)):
+                state["loss_sum"], state["loss_n"] = float(loss_sum), state["step"]
+                ckpt.save(stage.model, state, opt, sched)
+                if StopRequest.requested:
+                    raise TrainingInterrupted(f"{run.name}: SIGTERM, checkpoint written at epoch {epoch} step {state['step']}")
+        train_loss = float(loss_sum) / max(1, len(batches))
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{run.name}: training loss is {train_loss} at epoch {epoch}; lower optimiser.lr")
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val_mae = stage.evaluate(state, epoch)
+        state["elapsed"] += time.time() - t0
+        state["log"].append({"phase": stage.log_phase, "epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae,
+                             "lr": lr, "seconds": time.time() - t0})
+        log.info("%s epoch %d/%d: train %s %.4f, val MAE %.3f, lr %.3g, %.1fs", run.name, epoch + 1, epochs,
+                 stage.loss_label, train_loss, val_mae, lr, time.time() - t0)
+        state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_n=0)
+        stop_early = stage.stops_early(state)
+        if stop_early or epoch + 1 == epochs:
+            stage.finish(state)
+        ckpt.save(stage.model, state, *((opt, sched) if state["phase"] == "main" else (None, None)))
+        epochs_this_run += 1
+        if stop_early:
+            log.info("%s: early stop at epoch %d (best val MAE %.3f at epoch %d)", run.name, epoch + 1, state["best_val"], state["best_epoch"] + 1)
+            break
+        if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run and state["phase"] != "done":
+            raise TrainingInterrupted(f"{run.name}: stopped after {epochs_this_run} epochs (checkpoint written)")
+
+
+# --------------------------------------------------------------------------------------
+# Stage 2 (RNC): the linear head on the frozen encoder
+# --------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
-def _features(encoder: nn.Module, cache: CachedVolumes, rows, device, batch_size: int, channels_last: bool, amp) -> torch.Tensor:
+def _head_features(run: _Run, encoder: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Standardised features of train and val (and the map: mean, scale) of the frozen encoder.
+
+    Standardised, and divided by sqrt(F) so that a feature vector has unit mean square norm:
+    the study's head lr (0.05, momentum 0.9) then moves the output by ~0.5 sd per step whatever
+    the feature width F (128 on the demo, 2048 for ResNet50).
+    """
+    recompute_batchnorm_stats(encoder, run)
     encoder.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        x = torch.stack([torch.from_numpy(cache.row(int(r)))[None] for r in rows[start : start + batch_size]])
-        with _autocast(device, amp):
-            out.append(encoder(_to_device(x, device, channels_last)).float().cpu())
-    return torch.cat(out)
+    f_train, f_val = (torch.cat(run.forward(encoder, run.rows[s])) for s in ("train", "val"))
+    mu = f_train.mean(0)
+    sd = f_train.std(0).clamp_min(1e-6) * math.sqrt(f_train.shape[1])
+    return ((f_train - mu) / sd).to(run.device), ((f_val - mu) / sd).to(run.device), mu, sd
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
+def _fit_head(run: _Run, model: nn.Module, state: dict, ckpt: Checkpoint, resumed: dict | None) -> None:
+    head_cfg = run.spec["head"]
+    encoder = unwrap(model).encoder
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    z_train, z_val, mu, sd = _head_features(run, encoder)
+    y_train = torch.from_numpy((run.ages["train"] - run.age_mean) / run.age_sd).to(run.device)
+    head = nn.Linear(z_train.shape[1], 1).to(run.device)
+    head_opt = _optimiser(head.parameters(), {**head_cfg, "name": "sgd"})
+    head_sched = _scheduler(head_opt, head_cfg, int(head_cfg["epochs"]))
+    if resumed is not None and resumed["optimiser"] is not None:
+        head.load_state_dict(resumed["state"]["head"])
+        head_opt.load_state_dict(resumed["optimiser"])
+        head_sched.load_state_dict(resumed["scheduler"])
+    hb = min(int(head_cfg["batch_size"]), len(y_train))
+    for epoch in _progress(range(state["epoch"], int(head_cfg["epochs"])), run.progress and run.main, f"{run.name} head"):
+        t0 = time.time()
+        order = torch.from_numpy(np.random.default_rng([run.seed, 2, epoch, 7]).permutation(len(y_train))).to(run.device)
+        loss_sum = torch.zeros((), device=run.device)
+        n_batches = len(y_train) // hb
+        for b in range(n_batches):
+            idx = order[b * hb : (b + 1) * hb]
+            loss = F.l1_loss(head(z_train[idx]).squeeze(-1), y_train[idx])
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            head_opt.step()
+            loss_sum += loss.detach()
+        lr = head_opt.param_groups[0]["lr"]
+        head_sched.step()
+        with torch.no_grad():
+            val_mae = float(((head(z_val).squeeze(-1).float() * run.age_sd + run.age_mean).cpu().numpy() - run.ages["val"]).__abs__().mean())
+        # select "last": every epoch replaces the kept head (the convex head has converged
+        # when its lr has decayed); "best_val": the head of the lowest validation MAE
+        if val_mae < state["best_val"] or head_cfg["select"] == "last":
+            state.update(best_val=val_mae, best_epoch=epoch, bad_epochs=0, best_state=_cpu_copy(head))
+        else:
+            state["bad_epochs"] += 1
+        train_loss = float(loss_sum) / max(1, n_batches) * run.age_sd
+        state["elapsed"] += time.time() - t0
+        state["log"].append({"phase": "head", "epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae,
+                             "lr": lr, "seconds": time.time() - t0})
+        state.update(epoch=epoch + 1, head=_cpu_copy(head))
+        patience = head_cfg.get("patience")
+        done = epoch + 1 == int(head_cfg["epochs"]) or (patience is not None and state["bad_epochs"] >= int(patience))
+        if done:
+            _fold_head(unwrap(model).head, state["best_state"], mu, sd)
+            state["phase"] = "done"
+            log.info("%s: linear head best val MAE %.3f at epoch %d", run.name, state["best_val"], state["best_epoch"] + 1)
+        ckpt.save(model, state, head_opt, head_sched)
+        if done:
+            break
+    for p in encoder.parameters():
+        p.requires_grad_(True)
 
 
-def _autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+@torch.no_grad()
+def _fold_head(target: nn.Linear, best: dict, mu: torch.Tensor, sd: torch.Tensor) -> None:
+    """The feature standardisation folded into the head: w' = w / sd, b' = b - w'.mu."""
+    w = best["weight"] / sd.cpu()
+    target.weight.copy_(w)
+    target.bias.copy_(best["bias"] - (w * mu.cpu()).sum(1))
+
+
+# --------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------
 
 
 def train_model(
@@ -358,280 +521,84 @@ def train_model(
     checkpoint, raising :class:`TrainingInterrupted`) after that many epochs in this process.
     Returns the metrics written to the model card.
     """
-    from brainage.distributed import init_distributed, is_main_process
-
-    spec = resolve_spec(entry)
+    run = _Run.setup(name, resolve_spec(entry), training, splits, volumes, index, seed, progress)
     out_dir = Path(out_dir)
-    rank, world, device = init_distributed()
-    main = is_main_process()
-    cuda = device.type == "cuda"
-    amp = torch.bfloat16 if (cuda and training.get("amp", True)) else None
-    channels_last = bool(cuda and training.get("channels_last", True))
-    workers = int(training.get("num_workers", 0))
-    every_steps = int(training.get("checkpoint_every_steps", 0) or 0)
-    # ``augment``: true (training.augment), false, or a dict overriding training.augment for this model
-    augmented = spec["augment"] is not False and spec["augment"] is not None
-    overrides = spec["augment"] if isinstance(spec["augment"], dict) else {}
-    aug_cfg = AugmentConfig.from_dict({**(training.get("augment") or {}), **overrides}) if augmented or spec["loss"] == "rnc" else None
-
-    cache = CachedVolumes(volumes, index)
-    splits = splits.set_index("participant_id", drop=False)
-    sets = {s: splits.index[splits["split"] == s].tolist() for s in ("train", "val", "test")}
-    if len(sets["train"]) < 2 or not sets["val"]:
-        raise ValueError(f"{name}: need >= 2 training and >= 1 validation subjects, got {len(sets['train'])}/{len(sets['val'])}")
-    rows = {s: np.array([cache.row_of(p) for p in ids], dtype=np.int64) for s, ids in sets.items()}
-    ages = {s: splits.loc[ids, "age"].to_numpy(np.float32) for s, ids in sets.items()}
-    age_mean, age_sd = float(ages["train"].mean()), float(ages["train"].std() or 1.0)
-    batch_size = min(int(spec["batch_size"]), len(rows["train"]))
-    if batch_size % world:
-        raise ValueError(f"{name}: batch_size {batch_size} is not divisible by the {world} processes")
-
-    fingerprint = _fingerprint(spec, training, seed, {s: split_hash(v) for s, v in sets.items()}, list(cache.shape), world)
     torch.manual_seed(seed)
-    model = build_age_model(architecture_of(spec), age_mean, age_sd).to(device)
-    if channels_last:
+    model = build_age_model(architecture_of(run.spec), run.age_mean, run.age_sd).to(run.device)
+    if run.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    kind = "rnc" if spec["loss"] == "rnc" else "e2e"
-    main_epochs = int(spec["epochs"])
-    trainable = model.encoder if kind == "rnc" else model
-    opt = _optimiser(trainable.parameters(), spec["optimiser"])
-    sched = _scheduler(opt, spec["optimiser"], main_epochs)
+    opt = _optimiser((model.encoder if run.kind == "rnc" else model).parameters(), run.spec["optimiser"])
+    sched = _scheduler(opt, run.spec["optimiser"], int(run.spec["epochs"]))
 
-    state: dict[str, Any] = {
-        "phase": "main", "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0, "best_val": math.inf,
-        "best_state": None, "best_epoch": -1, "bad_epochs": 0, "log": [], "elapsed": 0.0,
-    }
-    ckpt_path = out_dir / "checkpoint.pt"
-    head_opt = head_sched = None
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            state = ckpt["state"]
-            if state["phase"] == "main":
-                opt.load_state_dict(ckpt["optimiser"])
-                sched.load_state_dict(ckpt["scheduler"])
-            _set_rng_state(ckpt["rng"])
-            log.info("%s: resumed from %s at phase %s epoch %d step %d", name, ckpt_path, state["phase"], state["epoch"], state["step"])
-            head_ckpt = ckpt if state["phase"] == "head" else None
-        else:
-            log.info("%s: ignoring %s (written for another config)", name, ckpt_path)
-            head_ckpt = None
-    else:
-        head_ckpt = None
+    ckpt = Checkpoint(out_dir / "checkpoint.pt", run.fingerprint(), writer=run.main)
+    resumed = ckpt.load(name)
+    state = _new_state()
+    head_resumed = resumed if resumed is not None and resumed["state"]["phase"] == "head" else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        state = resumed["state"]
+        if state["phase"] == "main":
+            opt.load_state_dict(resumed["optimiser"])
+            sched.load_state_dict(resumed["scheduler"])
 
-    def checkpoint(extra_opt=None, extra_sched=None) -> None:
-        if not main:
-            return
-        o, s = (opt, sched) if state["phase"] == "main" else (extra_opt, extra_sched)
-        _save(
-            {"fingerprint": fingerprint, "model": _unwrap(model).state_dict(), "state": state,
-             "optimiser": o.state_dict() if o is not None else None,
-             "scheduler": s.state_dict() if s is not None else None, "rng": _rng_state()},
-            ckpt_path,
-        )
+    with StopRequest.on_sigterm():
+        if state["phase"] == "main":
+            stage_cls = _RncEncoder if run.kind == "rnc" else _EndToEnd
+            _fit_stage1(run, stage_cls(run, model, _network(run, model)), opt, sched, state, ckpt, max_epochs_this_run)
+        if state["phase"] == "head":
+            _fit_head(run, model, state, ckpt, head_resumed)
+    metrics = _write_outputs(run, model, state, out_dir, preprocess)
+    ckpt.remove()
+    log.info("%s: done %s", name, json.dumps(metrics))
+    return metrics
 
-    epochs_this_run = 0
-    started = time.time()
-    compiled = model
-    if training.get("compile", False) and cuda:
-        compiled = torch.compile(model)
-    net = compiled
-    if world > 1:
+
+def _network(run: _Run, model: nn.Module) -> nn.Module:
+    """What stage 1 runs: the model (e2e) or its encoder (rnc), compiled and DDP-wrapped as asked."""
+    compiled = torch.compile(model) if run.training.get("compile", False) and run.device.type == "cuda" else model
+    trained = compiled.encoder if run.kind == "rnc" else compiled
+    if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(compiled.encoder if kind == "rnc" else compiled, device_ids=[device.index] if cuda else None)
-    elif kind == "rnc":
-        net = compiled.encoder
+        return DDP(trained, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return trained
 
-    with _Stop.on_sigterm():
-        # ---------------- phase 1: end-to-end L1, or the RNC encoder ----------------
-        if state["phase"] == "main":
-            views = 2 if kind == "rnc" else 1
-            dataset = _Volumes(cache, rows["train"], ages["train"], aug_cfg, views, seed, 1, augment_here=not cuda)
-            if kind == "rnc":
-                from brainage.distributed import global_rnc_loss
-                from brainage.gradcache import contrastive_step
-                from brainage.losses import RnCLoss
 
-                rnc = RnCLoss(temperature=float(spec["rnc"]["temperature"]))
-                loss_fn = functools.partial(global_rnc_loss, rnc) if world > 1 else rnc
-            bar = _progress(range(state["epoch"], main_epochs), progress and main, f"{name} {kind}")
-            for epoch in bar:
-                model.train()
-                t0 = time.time()
-                batches = _epoch_batches(len(rows["train"]), batch_size, seed, 1, epoch, rank, world)
-                loss_sum = torch.tensor(state["loss_sum"], device=device)
-                for step, (x, y, params) in enumerate(_loader(dataset, batches[state["step"]:], workers, cuda), start=state["step"]):
-                    x = _to_device(x, device, False)
-                    y = y.to(device, non_blocking=True)
-                    if params[0] is not None:  # augment on the device
-                        x = torch.stack([torch.stack([augment_volume(x[b, 0], p, aug_cfg) for p in ps]) for b, ps in enumerate(params)])
-                    opt.zero_grad(set_to_none=True)
-                    if kind == "rnc":
-                        v = torch.cat([x[:, k] for k in range(x.shape[1])])  # (2N, 1, D, H, W): all view-1s, then view-2s
-                        if channels_last:
-                            v = v.contiguous(memory_format=torch.channels_last_3d)
-                        loss = contrastive_step(net, v, y.repeat(x.shape[1]), loss_fn, spec["rnc"]["chunk_size"], amp)
-                    else:
-                        xb = x[:, 0].contiguous(memory_format=torch.channels_last_3d) if channels_last else x[:, 0]
-                        with _autocast(device, amp):
-                            pred = net(xb)
-                        loss = F.l1_loss(pred.float(), y)  # in years; same minimiser as L1 on z
-                        (loss / age_sd).backward()  # gradient of the L1 of the standardised age
-                    opt.step()
-                    loss_sum += loss.detach()
-                    state["step"] = step + 1
-                    if _Stop.requested or (every_steps and state["step"] % every_steps == 0 and state["step"] < len(batches)):
-                        state["loss_sum"], state["loss_n"] = float(loss_sum), state["step"]
-                        checkpoint()
-                        if _Stop.requested:
-                            raise TrainingInterrupted(f"{name}: SIGTERM, checkpoint written at epoch {epoch} step {state['step']}")
-                train_loss = float(loss_sum) / max(1, len(batches))
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"{name}: training loss is {train_loss} at epoch {epoch}; lower optimiser.lr")
-                lr = opt.param_groups[0]["lr"]
-                sched.step()
-                val_mae = math.nan
-                if kind == "e2e":
-                    recompute_batchnorm_stats(_unwrap(model), cache, rows["train"], device, batch_size, channels_last, amp)
-                    pred = _predict(model, cache, rows["val"], device, batch_size, channels_last, amp)
-                    val_mae = float(np.abs(pred - ages["val"]).mean())
-                    if val_mae < state["best_val"]:
-                        state.update(best_val=val_mae, best_epoch=epoch, bad_epochs=0,
-                                     best_state={k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()})
-                    else:
-                        state["bad_epochs"] += 1
-                state["elapsed"] += time.time() - t0
-                state["log"].append({"phase": "encoder" if kind == "rnc" else "e2e", "epoch": epoch + 1,
-                                     "train_loss": train_loss, "val_mae": val_mae, "lr": lr, "seconds": time.time() - t0})
-                log.info("%s epoch %d/%d: train %s %.4f, val MAE %.3f, lr %.3g, %.1fs", name, epoch + 1, main_epochs,
-                         "RNC loss" if kind == "rnc" else "L1 (years)", train_loss, val_mae, lr, time.time() - t0)
-                state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_n=0)
-                stop_early = kind == "e2e" and spec["patience"] is not None and state["bad_epochs"] >= int(spec["patience"])
-                if stop_early or epoch + 1 == main_epochs:
-                    if kind == "e2e":
-                        _unwrap(model).load_state_dict(state["best_state"])
-                        state["phase"] = "done"
-                    else:
-                        state["phase"] = "head"
-                        state.update(epoch=0, best_val=math.inf, best_state=None, best_epoch=-1, bad_epochs=0)
-                checkpoint()
-                epochs_this_run += 1
-                if stop_early:
-                    log.info("%s: early stop at epoch %d (best val MAE %.3f at epoch %d)", name, epoch + 1, state["best_val"], state["best_epoch"] + 1)
-                    break
-                if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run and state["phase"] != "done":
-                    raise TrainingInterrupted(f"{name}: stopped after {epochs_this_run} epochs (checkpoint written)")
-
-        # ---------------- phase 2 (RNC): frozen encoder, linear head ----------------
-        if state["phase"] == "head":
-            head_cfg = spec["head"]
-            encoder = _unwrap(model).encoder
-            for p in encoder.parameters():
-                p.requires_grad_(False)
-            recompute_batchnorm_stats(encoder, cache, rows["train"], device, batch_size, channels_last, amp)
-            f_train = _features(encoder, cache, rows["train"], device, batch_size, channels_last, amp)
-            f_val = _features(encoder, cache, rows["val"], device, batch_size, channels_last, amp)
-            # standardise, and divide by sqrt(F) so that a feature vector has unit mean square norm:
-            # the study's head lr (0.05, momentum 0.9) then moves the output by ~0.5 sd per step
-            # whatever the feature width F (128 on the demo, 2048 for ResNet50)
-            mu = f_train.mean(0)
-            sd = f_train.std(0).clamp_min(1e-6) * math.sqrt(f_train.shape[1])
-            z_train = ((f_train - mu) / sd).to(device)
-            z_val = ((f_val - mu) / sd).to(device)
-            y_train = torch.from_numpy((ages["train"] - age_mean) / age_sd).to(device)
-            head = nn.Linear(f_train.shape[1], 1).to(device)
-            head_opt = _optimiser(head.parameters(), {**head_cfg, "name": "sgd"})
-            head_sched = _scheduler(head_opt, head_cfg, int(head_cfg["epochs"]))
-            if head_ckpt is not None and head_ckpt["optimiser"] is not None:
-                head.load_state_dict(head_ckpt["state"]["head"])
-                head_opt.load_state_dict(head_ckpt["optimiser"])
-                head_sched.load_state_dict(head_ckpt["scheduler"])
-            hb = min(int(head_cfg["batch_size"]), len(y_train))
-            bar = _progress(range(state["epoch"], int(head_cfg["epochs"])), progress and main, f"{name} head")
-            for epoch in bar:
-                t0 = time.time()
-                order = torch.from_numpy(np.random.default_rng([seed, 2, epoch, 7]).permutation(len(y_train))).to(device)
-                loss_sum = torch.zeros((), device=device)
-                n_batches = len(y_train) // hb
-                for b in range(n_batches):
-                    idx = order[b * hb : (b + 1) * hb]
-                    loss = F.l1_loss(head(z_train[idx]).squeeze(-1), y_train[idx])
-                    head_opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    head_opt.step()
-                    loss_sum += loss.detach()
-                lr = head_opt.param_groups[0]["lr"]
-                head_sched.step()
-                with torch.no_grad():
-                    val_mae = float(((head(z_val).squeeze(-1).float() * age_sd + age_mean).cpu().numpy() - ages["val"]).__abs__().mean())
-                # select "last": every epoch replaces the kept head (the convex head has converged
-                # when its lr has decayed); "best_val": the head of the lowest validation MAE
-                if val_mae < state["best_val"] or head_cfg["select"] == "last":
-                    state.update(best_val=val_mae, best_epoch=epoch, bad_epochs=0,
-                                 best_state={k: v.detach().cpu().clone() for k, v in head.state_dict().items()})
-                else:
-                    state["bad_epochs"] += 1
-                train_loss = float(loss_sum) / max(1, n_batches) * age_sd
-                state["elapsed"] += time.time() - t0
-                state["log"].append({"phase": "head", "epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae,
-                                     "lr": lr, "seconds": time.time() - t0})
-                state.update(epoch=epoch + 1, head={k: v.detach().cpu().clone() for k, v in head.state_dict().items()})
-                patience = head_cfg.get("patience")
-                done = epoch + 1 == int(head_cfg["epochs"]) or (patience is not None and state["bad_epochs"] >= int(patience))
-                if done:
-                    # fold the feature standardisation into the best head: w' = w / sd, b' = b - w'.mu
-                    best = state["best_state"]
-                    w = best["weight"] / sd.cpu()
-                    target = _unwrap(model).head
-                    with torch.no_grad():
-                        target.weight.copy_(w)
-                        target.bias.copy_(best["bias"] - (w * mu.cpu()).sum(1))
-                    state["phase"] = "done"
-                    log.info("%s: linear head best val MAE %.3f at epoch %d", name, state["best_val"], state["best_epoch"] + 1)
-                checkpoint(head_opt, head_sched)
-                if done:
-                    break
-            for p in encoder.parameters():
-                p.requires_grad_(True)
-
-    # ---------------- outputs ----------------
+def _write_outputs(run: _Run, model: nn.Module, state: dict, out_dir: Path, preprocess: dict | None) -> dict:
+    """Test metrics; on the main process model.pt, train_log.tsv, learning_curve.png, model_card.json."""
     model.eval()
     metrics: dict[str, Any] = {"best_val_mae": state["best_val"], "best_epoch": state["best_epoch"] + 1}
-    if len(rows["test"]):
-        pred = _predict(model, cache, rows["test"], device, batch_size, channels_last, amp)
-        metrics["test_mae"] = float(np.abs(pred - ages["test"]).mean())
-        metrics["test_mae_mean_age_baseline"] = float(np.abs(age_mean - ages["test"]).mean())
+    if len(run.rows["test"]):
+        pred = _predict_rows(run, model, run.rows["test"])
+        metrics["test_mae"] = float(np.abs(pred - run.ages["test"]).mean())
+        metrics["test_mae_mean_age_baseline"] = float(np.abs(run.age_mean - run.ages["test"]).mean())
         metrics["test_mae_ratio_to_baseline"] = metrics["test_mae"] / max(metrics["test_mae_mean_age_baseline"], 1e-9)
-        metrics["n_test"] = int(len(rows["test"]))
-    if main:
-        meta = {
-            "name": name, "kind": kind, "architecture": architecture_of(spec), "feature_dim": int(_unwrap(model).encoder.out_features),
-            "grid_res": float(spec["grid"]), "grid_shape": list(cache.shape), "intensity_normalisation": INTENSITY_NORMALISATION,
-            "preprocess": preprocess or {}, "age": {"train_mean": age_mean, "train_sd": age_sd,
-            "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
-            "config": spec, "training": training, "seed": seed, "metrics": metrics,
-        }
-        # metadata reduced to JSON types (no numpy scalars, no tuples): model.pt then loads with
-        # torch.load(weights_only=True), which builds tensors and plain containers and runs no code
-        _save({"state_dict": _unwrap(model).state_dict(), "meta": json.loads(json_text(meta, indent=None))},
-              out_dir / "model.pt")
-        table = pd.DataFrame(state["log"], columns=["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"])
-        write_tsv(out_dir / "train_log.tsv", table)
-        plot_learning_curve(table, name, out_dir / "learning_curve.png")
-        import monai
+        metrics["n_test"] = int(len(run.rows["test"]))
+    if not run.main:
+        return metrics
+    spec, ages = run.spec, run.ages
+    meta = {
+        "name": run.name, "kind": run.kind, "architecture": architecture_of(spec),
+        "feature_dim": int(unwrap(model).encoder.out_features), "grid_res": float(spec["grid"]),
+        "grid_shape": list(run.cache.shape), "intensity_normalisation": INTENSITY_NORMALISATION,
+        "preprocess": preprocess or {}, "age": {"train_mean": run.age_mean, "train_sd": run.age_sd,
+        "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
+        "config": spec, "training": run.training, "seed": run.seed, "metrics": metrics,
+    }
+    save_model(unwrap(model).state_dict(), meta, out_dir / "model.pt")
+    table = pd.DataFrame(state["log"], columns=["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"])
+    write_tsv(out_dir / "train_log.tsv", table)
+    plot_learning_curve(table, run.name, out_dir / "learning_curve.png")
+    import monai
 
-        write_json(out_dir / "model_card.json", {
-            "name": name, "kind": kind, "architecture": meta["architecture"], "grid_res": meta["grid_res"],
-            "data": {s: {"n": len(v), "hash": split_hash(v)} for s, v in sets.items()},
-            "age": meta["age"], "metrics": metrics, "config": spec, "training": training, "seed": seed,
-            "training_seconds": state["elapsed"], "device": str(device), "processes": world,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                         "numpy": np.__version__},
-        })
-        ckpt_path.unlink(missing_ok=True)
-    log.info("%s: done %s", name, json.dumps(metrics))
+    write_json(out_dir / "model_card.json", {
+        "name": run.name, "kind": run.kind, "architecture": meta["architecture"], "grid_res": meta["grid_res"],
+        "data": {s: {"n": len(v), "hash": split_hash(v)} for s, v in run.sets.items()},
+        "age": meta["age"], "metrics": metrics, "config": spec, "training": run.training, "seed": run.seed,
+        "training_seconds": state["elapsed"], "device": str(run.device), "processes": run.world,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+                     "numpy": np.__version__},
+    })
     return metrics
 
 
@@ -671,31 +638,6 @@ def plot_learning_curve(table: pd.DataFrame, name: str, path: str | Path) -> Non
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AgeModel, dict]:
-    """A trained model (eval mode) and its metadata from ``results/models/<name>/model.pt``.
-
-    meta keys: name, kind (e2e|rnc), architecture, feature_dim, grid_res, grid_shape,
-    intensity_normalisation (apply brainage.cache.normalise_intensity), preprocess, age
-    (train_mean, train_sd, train_min, train_max), config, training, seed, metrics.
-    """
-    try:
-        # weights_only: tensors and plain containers only, so a shared model.pt cannot run code
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's message is a page long: keep the line naming what was refused
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"it asks to run {found.group(1)}" if found else "it holds more than tensors and plain values"
-        raise InputError(f"{path}: refused, not a model.pt that loads safely ({what}); use a model.pt "
-                         f"written by `snakemake train_all` of this version") from None
-    if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
-        raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
-    meta = blob["meta"]
-    model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"])
-    model.load_state_dict(blob["state_dict"])
-    model.to(map_location).eval()
-    return model, meta
 
 
 def launch_torchrun(job: dict, splits_path: str, gpus: int) -> None:

@@ -1,0 +1,118 @@
+"""A model's settings and their defaults, defined once: the study's settings.
+
+One model = one entry under ``models:`` in the config. :func:`resolve_spec` fills in every
+default; the trainer (``brainage.train``), the networks (``brainage.networks``) and the config
+schema (``workflow/schemas/config.schema.yaml``, whose ``models`` keys a test compares with the
+fields here) all read them from this module. Torch-free.
+
+Keys: backbone (resnet18|resnet34|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc),
+batch_size, epochs, augment (true: ``training.augment``; false; or a mapping overriding keys of
+``training.augment`` for this model), patience (epochs without val improvement; null = never
+stop early), width, conv1_stride, norm (batch|group|instance), gpus, optimiser {name adam|sgd,
+lr, momentum, weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature,
+chunk_size}, head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, select
+(best_val|last), patience}.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+
+LOSSES = ("l1", "rnc")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What defines a network (stored in model.pt): backbone and its shape."""
+
+    backbone: str
+    width: float = 1.0
+    conv1_stride: int = 1
+    norm: str = "batch"
+
+    @classmethod
+    def of(cls, spec: dict) -> "Architecture":
+        defaults = cls(spec["backbone"])
+        return cls(
+            backbone=spec["backbone"],
+            width=float(spec.get("width", defaults.width)),
+            conv1_stride=int(spec.get("conv1_stride", defaults.conv1_stride)),
+            norm=spec.get("norm", defaults.norm),
+        )
+
+
+@dataclass(frozen=True)
+class Optimiser:
+    name: str
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+
+
+#: end-to-end: Adam lr 1e-3, constant; RNC encoder: SGD lr 0.5, step decay 0.1 at 70/80/90 %
+OPTIMISER = {
+    "l1": Optimiser("adam", 1e-3),
+    "rnc": Optimiser("sgd", 0.5, 0.9, 1e-4, [0.7, 0.8, 0.9], 0.1),
+}
+
+
+@dataclass(frozen=True)
+class Rnc:
+    temperature: float = 2.0
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The linear head on the frozen RNC encoder: SGD lr 0.05, decay 0.2 at 60/75/90 %."""
+
+    epochs: int = 100
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list = field(default_factory=lambda: [0.6, 0.75, 0.9])
+    gamma: float = 0.2
+    batch_size: int = 32
+    select: str = "best_val"
+    patience: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Defaults of the top-level keys (backbone, grid, loss, batch_size, epochs are required)."""
+
+    augment: bool | dict = True
+    patience: int | None = None
+    width: float = Architecture.width
+    conv1_stride: int = Architecture.conv1_stride
+    norm: str = Architecture.norm
+    gpus: int = 0
+
+
+REQUIRED = ("backbone", "grid", "batch_size", "epochs")
+#: every key a model entry may hold (the schema's ``models`` properties)
+KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
+        "optimiser", "rnc", "head")
+#: the keys of each nested mapping
+NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
+               "head": tuple(f.name for f in fields(Head))}
+
+
+def resolve_spec(entry: dict) -> dict:
+    """A model's config entry with every default filled in (the study's settings)."""
+    spec = copy.deepcopy(dict(entry))
+    loss = spec.setdefault("loss", "l1")
+    if loss not in LOSSES:
+        raise ValueError(f"model loss must be l1 or rnc, got {loss!r}")
+    for key in REQUIRED:
+        if key not in spec:
+            raise ValueError(f"model config needs {key!r}")
+    for key, value in asdict(ModelDefaults()).items():
+        spec.setdefault(key, value)
+    spec["optimiser"] = {**asdict(OPTIMISER[loss]), **(spec.get("optimiser") or {})}
+    spec["rnc"] = {**asdict(Rnc()), **(spec.get("rnc") or {})}
+    spec["head"] = {**asdict(Head()), **(spec.get("head") or {})}
+    return spec
