@@ -25,7 +25,8 @@ from scipy import ndimage
 
 from brainage.simulate import SITES, SimulationModel, build_anatomy, plan_subject
 from brainage.simulate.anatomy import HEAD_AFFINE, Anatomy
-from brainage.simulate.cohort import subject_paths, write_subject
+from brainage.paths import simulated_subject_files
+from brainage.simulate.cohort import write_subject
 from brainage.simulate.scan import native_to_mni, raw_grid
 
 DEMO = {"n_subjects": 120, "cores": 2}
@@ -58,7 +59,7 @@ def main() -> None:
         load_s = time.process_time() - t0
         row = plan_subject("sub-hc0001", "HC", SITES["IXI-like"], 42, model, age=70.0)
         row["voxel_mm"] = voxel_mm
-        paths = subject_paths(tmp / "bids", tmp / "truth", "sub-hc0001")
+        paths = simulated_subject_files(tmp / "bids", tmp / "truth", "sub-hc0001")
         sim_s = _best(lambda: write_subject(row, anatomy, 42, model, paths), args.repeats)
         shape, affine = raw_grid(row["dataset"], voxel_mm)
         vox2head = np.linalg.inv(HEAD_AFFINE) @ native_to_mni(row) @ affine

@@ -13,7 +13,7 @@ from monai.networks.nets import resnet18
 from monai.visualize import GradCAM
 from torch import nn
 
-from brainage.atlases import aal_labels
+from brainage.atlases import aal_labels, resource_paths
 from brainage.explain import (
     GroupMeans,
     age_group,
@@ -360,7 +360,7 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     effects, truth_sets = _effects_fixture()
     effects.to_csv(tmp_path / "effects_aal116.tsv", sep="\t", index=False)
     run_saliency(model_path, tmp_path / "participants.tsv", tmp_path / "splits.tsv", tmp_path / "volumes.npy",
-                 tmp_path / "index.tsv", atlas_root, out, hc_splits=["test"], batch_size=3, random_draws=200,
+                 tmp_path / "index.tsv", resource_paths(atlas_root, 4), out, hc_splits=["test"], batch_size=3, random_draws=200,
                  truth_effects=tmp_path / "effects_aal116.tsv", device="cpu")
 
     def load(path):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from brainage import figures, stats, tables
 from brainage.atlases import build_resources, resource_paths
-from brainage.explain import saliency_file
+from brainage.paths import saliency_file
 
 import _stats_fixtures as fx
 
@@ -146,7 +146,7 @@ def test_fig1_fig3_fig6_pred_curves(data, tmp_path, drawn):
 def test_saliency_figures_and_missing_groups(data, tmp_path):
     val = stats.validation_maes(data["paths"]["train_logs"].values())
     models4 = {k: v for k, v in fx.MODELS.items() if v["grid"] == 4}
-    chosen = figures.fig_gradram(models4, val, data["groups"], data["resources"], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+    chosen = figures.fig_gradram(models4, val, data["groups"], [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
                                  ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD")
     assert set(chosen) == {"rnc", "e2e"}
     check_png(tmp_path / "f7.png", (1500, 1800))
@@ -217,7 +217,7 @@ def test_fig7_difference_maps_beside_group_means(data, tmp_path):
         for c in ("AD", "PD"):
             diff = np.asarray(nib.load(str(d / saliency_file("4", group=c))).dataobj) - hc  # signed: +/- both occur
             nib.save(nib.Nifti1Image(diff.astype(np.float32), mean.affine), str(groups[name] / saliency_file("4", group=f"{c}-minus-HC")))
-    chosen = figures.fig_gradram(models4, val, groups, data["resources"], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+    chosen = figures.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
                                  ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD",
                                  differences=figures.DISEASE_DIFFERENCES)
     assert set(chosen) == {"rnc", "e2e"}
@@ -225,7 +225,7 @@ def test_fig7_difference_maps_beside_group_means(data, tmp_path):
     svg = (tmp_path / "f7.svg").read_text()
     assert "Minus age-matched HC" in svg and "Group mean" in svg
     (groups[chosen["rnc"]] / saliency_file("4", group="PD-minus-HC")).unlink()
-    figures.fig_gradram(models4, val, groups, data["resources"], [tmp_path / "g7.svg"], ["rnc", "e2e"], figures.DISEASE_ROWS,
+    figures.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "g7.svg"], ["rnc", "e2e"], figures.DISEASE_ROWS,
                         "x", differences=figures.DISEASE_DIFFERENCES)
     assert "no difference map" in (tmp_path / "g7.svg").read_text()
     with pytest.raises(ValueError, match="difference maps for"):

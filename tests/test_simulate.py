@@ -17,7 +17,8 @@ from scipy import ndimage, stats
 
 from brainage.io import InputError
 from brainage.simulate import SITES, SimulationModel, cached_anatomy, plan_cohort, plan_subject, simulate_scan
-from brainage.simulate.cohort import subject_paths, write_subject
+from brainage.paths import simulated_subject_files
+from brainage.simulate.cohort import write_subject
 from brainage.simulate.model import AD_SITE
 
 VOXEL_MM = 3.0
@@ -209,7 +210,7 @@ def test_stored_affine_brings_raw_scan_back_onto_the_template(anatomy, tmp_path)
     model = SimulationModel()
     for i, site in enumerate(s.name for s in list(SITES.values())[:5]):
         row = _row(f"sub-hca{i}", "HC", SITES[site], 25.0 + 2 * i, model)
-        paths = subject_paths(tmp_path / "bids", tmp_path / "truth", row["participant_id"])
+        paths = simulated_subject_files(tmp_path / "bids", tmp_path / "truth", row["participant_id"])
         write_subject(row, anatomy, SEED, model, paths)
         moving = sitk.ReadImage(str(paths["t1w"]), sitk.sitkFloat32)
         out = sitk.Resample(moving, ref, sitk.ReadTransform(str(paths["xfm_itk"])), sitk.sitkLinear, 0.0)
@@ -237,7 +238,7 @@ def test_same_seed_byte_identical_other_seed_different(anatomy, tmp_path):
 
     def digests(folder, seed):
         row = _row("sub-hc0001", "HC", SITES["IXI-like"], 50.0, model, seed=seed)
-        paths = subject_paths(tmp_path / folder / "bids", tmp_path / folder / "truth", "sub-hc0001")
+        paths = simulated_subject_files(tmp_path / folder / "bids", tmp_path / folder / "truth", "sub-hc0001")
         write_subject(row, anatomy, seed, model, paths)
         return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items()}
 

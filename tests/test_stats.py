@@ -120,10 +120,8 @@ def test_model_roles_from_config():
     assert roles.sfcn == ("sfcn",)
     assert set(roles.rnc) == {"rnc_b16", "rnc_b32", "rnc_g2_b8", "rnc_g2_b24"}
     assert roles.sweeps == (("rnc_g2_b8", "rnc_g2_b24", "rnc_b16", "rnc_b32"),)
-    # list form with `res`; an RNC model with another backbone is no part of the sweep
-    listed = [{"name": n, **{("res" if k == "grid" else k): v for k, v in s.items()}} for n, s in MODELS.items()]
-    listed.append({"name": "rnc_r50", "backbone": "resnet50", "res": 4, "loss": "rnc", "batch_size": 48})
-    roles = stats.model_roles(listed)
+    # an RNC model with another backbone is no part of the sweep
+    roles = stats.model_roles({**MODELS, "rnc_r50": {"backbone": "resnet50", "grid": 4, "loss": "rnc", "batch_size": 48}})
     assert "rnc_r50" in roles.rnc and "rnc_r50" not in roles.sweep_models
     assert stats.model_roles({"a": {"backbone": "resnet18", "loss": "rnc", "batch_size": 8}}).sweeps == ()
 

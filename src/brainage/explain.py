@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -440,7 +440,7 @@ def run_saliency(
     splits_tsv: str | Path,
     cache_volumes: str | Path,
     cache_index: str | Path,
-    resources_root: str | Path,
+    resources: Mapping[str, str | Path],
     out: dict[str, str | Path],
     *,
     hc_splits: Sequence[str] = ("test",),
@@ -455,33 +455,55 @@ def run_saliency(
 ) -> pd.DataFrame:
     """Grad-RAM of every subject of ``hc_splits`` and of AD and PD; group maps and tables.
 
-    ``out`` names the outputs: ``subjects`` and ``groups`` (folders), ``groups_tsv``,
-    ``aal116`` (long table: one row per group and region), ``matches`` (age-matched
-    controls of AD and PD) and ``truth`` (precision at ``top_k`` of each HC, AD and PD group
-    ranking against the regions the simulator changed most, read from ``truth_effects``
-    (results/cohort/truth/effects_aal116.tsv, see :func:`truth_checks`); a real cohort has no
-    truth: None gives a table with the header only).
+    ``resources``: the ``template``, brain ``mask`` and ``aal`` atlas of the model's grid
+    (brainage.atlases.resource_paths). ``out`` names the outputs: ``subjects`` and ``groups``
+    (folders), ``groups_tsv``, ``aal116`` (long table: one row per group and region),
+    ``matches`` (age-matched controls of AD and PD) and ``truth`` (precision at ``top_k`` of
+    each HC, AD and PD group ranking against the regions the simulator changed most, read from
+    ``truth_effects`` (results/cohort/truth/effects_aal116.tsv, see :func:`truth_checks`); a
+    real cohort has no truth: None gives a table with the header only).
     """
-    from tqdm import tqdm
-
-    from brainage.atlases import aal_labels, resource_paths
     from brainage.cache import CachedVolumes
-    from brainage.grids import res_label, template_grid
-    from brainage.models import iter_batches, load_model, pick_device
+    from brainage.grids import template_grid
     from brainage.io import write_tsv
-    from brainage.splits import read_splits
+    from brainage.models import load_model, pick_device
 
     effects = read_effects(truth_effects) if truth_effects is not None else None  # bad truth file: fail before the work
     model, meta = load_model(model_path, map_location="cpu")
     name = meta.get("name") or Path(model_path).parent.name
-    res = float(meta["grid_res"])
-    grid = template_grid(res)
-    label = res_label(res)
+    grid = template_grid(float(meta["grid_res"]))
     dev = pick_device(device)
     model = model.to(dev).eval()
     cache = CachedVolumes(cache_volumes, cache_index)
     if tuple(cache.shape) != grid.shape:
         raise ValueError(f"cache {cache_volumes}: grid {cache.shape} differs from model {name}'s {grid.shape}")
+
+    subjects, groups, matches_table = _saliency_subjects(participants_tsv, splits_tsv, hc_splits)
+    log.info("model %s: Grad-RAM on %s for %d subjects (%s, AD, PD)", name, target_layer, len(subjects), "+".join(hc_splits))
+    means, counts = _subject_maps(model, dev, cache, subjects["participant_id"].tolist(), groups, matches_table,
+                                  grid, target_layer, batch_size, Path(out["subjects"]))
+    for c in ("AD", "PD"):
+        groups.append(Group(f"{c}-minus-HC", f"{c} minus age-matched HC", c))
+    groups_table, aal_table = _group_outputs(name, groups, means, counts, grid, resources, threshold, Path(out["groups"]))
+    if effects is None:
+        truth_table = pd.DataFrame(columns=TRUTH_COLUMNS)
+        log.info("real cohort (no simulator truth): precision at %d not computed", top_k)
+    else:
+        truth_table = truth_checks(aal_table, effects, top_k, random_draws, seed)
+        for _, c in truth_table.iterrows():
+            log.info("%s vs %s: precision@%d %.2f vs random %.2f +- %.2f (p=%.3g)", c["group"], c["effect"], top_k,
+                     c["precision"], c["random_mean"], c["random_sd"], c["p_value"])
+    write_tsv(out["matches"], matches_table)
+    write_tsv(out["aal116"], aal_table)
+    write_tsv(out["truth"], truth_table)
+    write_tsv(out["groups_tsv"], groups_table)
+    return groups_table
+
+
+def _saliency_subjects(participants_tsv, splits_tsv, hc_splits: Sequence[str]) -> tuple[pd.DataFrame, list[Group], pd.DataFrame]:
+    """Subjects of ``hc_splits``, AD and PD (sorted by id), their groups (the age-matched HC
+    groups included) and the table of age-matched controls."""
+    from brainage.splits import read_splits
 
     participants = pd.read_csv(participants_tsv, sep="\t", dtype={"participant_id": str}, na_values=["n/a"])
     split_of = read_splits(splits_tsv).set_index("participant_id")["split"]
@@ -496,17 +518,24 @@ def run_saliency(
         pairs.insert(1, "cohort", pd.Series([cohort] * len(pairs), dtype=object))
         matches.append(pairs)
         groups.append(Group(f"{cohort}-matchedHC", f"HC age-matched to {cohort}", "HC", members=pairs["control_id"].tolist()))
-    matches_table = pd.concat(matches, ignore_index=True)
+    return subjects, groups, pd.concat(matches, ignore_index=True)
 
+
+def _subject_maps(model, dev, cache, ids: list[str], groups: list[Group], matches_table: pd.DataFrame, grid,
+                  target_layer: str, batch_size: int, subjects_dir: Path) -> tuple[dict, dict]:
+    """Each subject's Grad-RAM map written (quantised) and accumulated: group means and counts,
+    including the age-matched HC means and the AD/PD minus matched-HC differences."""
+    from tqdm import tqdm
+
+    from brainage.grids import res_label
+    from brainage.models import iter_batches
+
+    label = res_label(grid.res)
     # matched controls may repeat (with replacement): count each occurrence in the mean
     acc = GroupMeans([g for g in groups if not g.id.endswith("matchedHC")], grid.shape)
     matched_sum = {c: np.zeros(grid.shape, np.float64) for c in ("AD", "PD")}
     uses = {c: matches_table.loc[matches_table["cohort"] == c, "control_id"].value_counts() for c in ("AD", "PD")}
-
-    subjects_dir = Path(out["subjects"])
     subjects_dir.mkdir(parents=True, exist_ok=True)
-    ids = subjects["participant_id"].tolist()
-    log.info("model %s: Grad-RAM on %s for %d subjects (%s, AD, PD)", name, target_layer, len(ids), "+".join(hc_splits))
     for chunk, volumes in tqdm(iter_batches(ids, cache.volume, batch_size), total=-(-len(ids) // batch_size), desc="grad-ram", mininterval=5):
         maps = grad_ram(model, volumes.to(dev), target_layer).cpu().numpy()
         for pid, sal in zip(chunk, maps):
@@ -516,9 +545,7 @@ def run_saliency(
             for c in ("AD", "PD"):
                 if pid in uses[c].index:
                     matched_sum[c] += int(uses[c][pid]) * stored.astype(np.float64)
-
-    means = acc.means()
-    counts = acc.counts()
+    means, counts = acc.means(), acc.counts()
     for c in ("AD", "PD"):
         n = int(uses[c].sum())
         counts[f"{c}-matchedHC"] = n
@@ -526,14 +553,20 @@ def run_saliency(
         diff_ok = means[c] is not None and n
         means[f"{c}-minus-HC"] = (means[c] - means[f"{c}-matchedHC"]) if diff_ok else None
         counts[f"{c}-minus-HC"] = counts[c] if diff_ok else 0
-        groups.append(Group(f"{c}-minus-HC", f"{c} minus age-matched HC", c))
+    return means, counts
 
-    paths = resource_paths(resources_root, res)
-    template = nib.load(str(paths["template"]))
-    atlas = np.asanyarray(nib.load(str(paths["aal"])).dataobj).astype(np.int16)
-    brain_mask = np.asanyarray(nib.load(str(paths["mask"])).dataobj) > 0
+
+def _group_outputs(name: str, groups: list[Group], means: dict, counts: dict, grid, resources: Mapping[str, str | Path],
+                   threshold: float, groups_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each group's mean map (NIfTI and PNG) and AAL116 table: (groups table, long AAL116 table)."""
+    from brainage.atlases import aal_labels
+    from brainage.grids import res_label
+
+    label = res_label(grid.res)
+    template = nib.load(str(resources["template"]))
+    atlas = np.asanyarray(nib.load(str(resources["aal"])).dataobj).astype(np.int16)
+    brain_mask = np.asanyarray(nib.load(str(resources["mask"])).dataobj) > 0
     labels = aal_labels()
-    groups_dir = Path(out["groups"])
     groups_dir.mkdir(parents=True, exist_ok=True)
     rows, tables = [], []
     for g in groups:
@@ -553,17 +586,4 @@ def run_saliency(
         rows.append(row)
     groups_table = pd.DataFrame(rows)
     groups_table["threshold"] = threshold
-    aal_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    if effects is None:
-        truth_table = pd.DataFrame(columns=TRUTH_COLUMNS)
-        log.info("real cohort (no simulator truth): precision at %d not computed", top_k)
-    else:
-        truth_table = truth_checks(aal_table, effects, top_k, random_draws, seed)
-        for _, c in truth_table.iterrows():
-            log.info("%s vs %s: precision@%d %.2f vs random %.2f +- %.2f (p=%.3g)", c["group"], c["effect"], top_k,
-                     c["precision"], c["random_mean"], c["random_sd"], c["p_value"])
-    write_tsv(out["matches"], matches_table)
-    write_tsv(out["aal116"], aal_table)
-    write_tsv(out["truth"], truth_table)
-    write_tsv(out["groups_tsv"], groups_table)
-    return groups_table
+    return groups_table, (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())

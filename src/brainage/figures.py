@@ -438,7 +438,7 @@ def fig_gradram(
     models: Mapping[str, Mapping],
     val_mae: Mapping[str, float],
     groups_dirs: Mapping[str, str | Path],
-    resources_root: str | Path,
+    templates: Sequence[str | Path],
     paths: Sequence[str | Path],
     roles: Sequence[str],
     rows: Sequence[tuple[str, str]],
@@ -451,7 +451,9 @@ def fig_gradram(
     The best model of a role is the one with the lowest validation MAE
     (:func:`brainage.stats.select_best`), as in Tables 3-4 and Figure 6. All models shown must
     share one grid (the rows are drawn on one template). ``differences`` maps a row group to a
-    signed group map drawn beside it (e.g. :data:`DISEASE_DIFFERENCES`). Returns {role: model}.
+    signed group map drawn beside it (e.g. :data:`DISEASE_DIFFERENCES`). ``templates``: the
+    template files of the models' grids (brainage.atlases.resource_paths); the one of the grid
+    drawn is used. Returns {role: model}.
     """
     from brainage.atlases import resource_paths
 
@@ -478,6 +480,10 @@ def fig_gradram(
             diff = (differences or {}).get(group)
             diffs.append(group_map_path(groups_dirs[name], grid, diff) if diff else None)
     who = ", ".join(f"{label_of.get(r, r)}: {n}" for r, n in chosen.items())
-    fig_saliency(maps, resource_paths(resources_root, grid)["template"], paths, f"{title} ({who}, {grid:g} mm)", cut_coords,
+    wanted = resource_paths(".", grid)["template"].name
+    template = next((Path(p) for p in templates if Path(p).name == wanted), None)
+    if template is None:
+        raise ValueError(f"no {grid:g} mm template ({wanted}) among {[str(p) for p in templates]}")
+    fig_saliency(maps, template, paths, f"{title} ({who}, {grid:g} mm)", cut_coords,
                  differences=diffs if differences else None)
     return chosen

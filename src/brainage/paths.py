@@ -1,9 +1,85 @@
-"""File names of outputs shared by the apply side (which writes them) and the report side
-(which reads them). Torch-free: the statistics environment imports it."""
+"""Every output file name, written once: the library writes with these functions and the rules
+declare their inputs and outputs with them (BIDS-derivative names in the template space).
+
+Each function takes folders and ids and returns ``Path``s; called with Snakemake wildcards as
+the id (``"{subject}"``) it returns the rule's patterns. Grids are given in mm (a number) or as
+their BIDS ``res-`` label (a string such as ``"4"`` or ``"{res}"``). Torch-free: every
+environment imports it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterable
+
 from brainage import TEMPLATE_SPACE
+from brainage.grids import res_label
+
+#: the native -> template affine, as written by preprocessing and by the simulator's truth
+XFM = f"from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
+
+
+def _label(res: float | str) -> str:
+    return res if isinstance(res, str) else res_label(res)
+
+
+def raw_t1w(bids_root: str | Path, participant_id: str) -> Path:
+    """A raw scan in a BIDS folder: ``<root>/<sub>/anat/<sub>_T1w.nii.gz``."""
+    return Path(bids_root) / participant_id / "anat" / f"{participant_id}_T1w.nii.gz"
+
+
+def simulated_subject_files(bids_root: str | Path, truth_root: str | Path, participant_id: str) -> dict[str, Path]:
+    """What the simulator writes for one subject: the raw scan and its truth."""
+    truth = Path(truth_root) / participant_id
+    return {
+        "t1w": raw_t1w(bids_root, participant_id),
+        "mask": truth / f"{participant_id}_desc-brain_mask.nii.gz",
+        "xfm_json": truth / f"{participant_id}_{XFM}.json",
+        "xfm_itk": truth / f"{participant_id}_{XFM}.txt",
+        "truth": truth / f"{participant_id}_truth.json",
+    }
+
+
+def simulated_cohort_files(out: str | Path, figure: str | Path | None = None) -> dict[str, Path]:
+    """The simulated cohort's cohort-level files under ``out`` (the layout of ``results/cohort``)."""
+    out = Path(out)
+    return {
+        "manifest": out / "participants.tsv",
+        "bids_participants": out / "bids" / "participants.tsv",
+        "dataset_description": out / "bids" / "dataset_description.json",
+        "subjects": out / "truth" / "subjects.tsv",
+        "effects": out / "truth" / "effects_aal116.tsv",
+        "sites": out / "truth" / "sites.tsv",
+        "model": out / "truth" / "model.json",
+        "figure": Path(figure) if figure else out / "figures" / "simulated_raw_scans.png",
+    }
+
+
+def preprocessed_t1w(out_dir: str | Path, participant_id: str, res: float | str) -> Path:
+    """The preprocessed T1w of a subject on the template grid of ``res``."""
+    return Path(out_dir) / f"{participant_id}_space-{TEMPLATE_SPACE}_res-{_label(res)}_desc-preproc_T1w.nii.gz"
+
+
+def preprocess_outputs(out_dir: str | Path, participant_id: str, grids: Iterable[float | str]) -> dict[str, Path]:
+    """One subject's preprocessing outputs; keys ``res<label>`` per grid (``res4``, ``res1p5``),
+    ``mask``, ``xfm`` (ITK/ANTs), ``xfm_json`` (4 x 4 RAS matrices), ``qc_json``, ``qc_png``."""
+    out_dir = Path(out_dir)
+    sub = participant_id
+    paths = {f"res{_label(r)}": preprocessed_t1w(out_dir, sub, r) for r in grids}
+    paths.update(
+        mask=out_dir / f"{sub}_desc-brain_mask.nii.gz",
+        xfm=out_dir / f"{sub}_{XFM}.mat",
+        xfm_json=out_dir / f"{sub}_{XFM}.json",
+        qc_json=out_dir / f"{sub}_desc-qc.json",
+        qc_png=out_dir / f"{sub}_desc-qc.png",
+    )
+    return paths
+
+
+def cache_files(root: str | Path, res: float | str) -> dict[str, Path]:
+    """The float16 cache of one grid: ``volumes`` (memory-mapped array) and its ``index``."""
+    folder = Path(root) / f"res-{_label(res)}"
+    return {"volumes": folder / "volumes.npy", "index": folder / "index.tsv"}
 
 
 def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None) -> str:

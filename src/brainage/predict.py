@@ -93,13 +93,14 @@ def preprocess_for_model(t1w: Path, meta: dict, grid: Grid, work_dir: Path, thre
     Engine and settings are the ``preprocess`` config section stored in the model; only the
     model's grid is written.
     """
-    from brainage.preprocess import output_paths, preprocess_t1w  # heavy (ANTs, deepbet): only when needed
+    from brainage.paths import preprocessed_t1w
+    from brainage.preprocess import preprocess_t1w  # heavy (ANTs, deepbet): only when needed
 
     settings = dict(meta.get("preprocess") or {})
     engine = settings.get("engine", "native")
     participant_id = "sub-predict"
     qc = preprocess_t1w(t1w, work_dir, participant_id, [grid.res], engine=engine, settings=settings, threads=threads)
-    path = output_paths(work_dir, participant_id, [grid.res])[f"res-{grid.label}"]
+    path = preprocessed_t1w(work_dir, participant_id, grid.res)
     img = nib.load(str(path))
     if tuple(img.shape[:3]) != grid.shape or not np.allclose(img.affine, grid.affine, atol=1e-3):
         raise InputError(f"{t1w}: preprocessing produced {img.shape} instead of {_grid_text(grid)}")

@@ -1,9 +1,11 @@
 """Which code produced an output: hashes of library modules, used as Snakemake params.
 
 Snakemake reruns a job when its script file changes, but not when a library module that
-script imports changes. Each rule therefore passes ``code=code_hash("brainage.losses", ...)``
-as a param: editing ``losses.py`` changes the param of the training rules (and only theirs),
-and ``--rerun-triggers params`` (on by default) reruns them and their downstream.
+script imports changes. Each rule therefore passes ``code=script_code("train_model.py")`` (a
+hash of every library module that script can import, found by reading the imports, see
+:func:`import_closure`) as a param: editing ``losses.py`` changes the param of the training
+rules (and only theirs), and ``--rerun-triggers params`` (on by default) reruns them and their
+downstream.
 """
 
 from __future__ import annotations
@@ -106,3 +108,11 @@ def _parent_is_package(name: str) -> bool:
     except (ImportError, ValueError):
         return False
     return spec is not None and spec.submodule_search_locations is not None
+
+
+@functools.lru_cache(maxsize=None)
+def script_code_hash(script: str | Path) -> str:
+    """:func:`code_hash` of every library module a workflow script can import
+    (:func:`import_closure`): derived from the script, so the list cannot go stale."""
+    library, _ = import_closure(script)
+    return code_hash(*library)

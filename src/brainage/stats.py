@@ -314,19 +314,11 @@ def disease_group(frame: pd.DataFrame, cohort: str) -> pd.DataFrame:
 SWEEP_FREE_KEYS = frozenset({"batch_size", "grid", "chunk_size"})
 
 
-def normalise_models(models: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """Config models as {name: spec}, from a mapping or a list of entries with a ``name``.
-
-    The grid may be given as ``res`` or ``grid`` (mm); it is returned as ``grid`` (float).
-    """
-    if not models:
-        return {}
-    items = models.items() if isinstance(models, Mapping) else ((m["name"], m) for m in models)
+def normalise_models(models: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Config ``models:`` as {name: spec} with the grid (mm) as a float."""
     out = {}
-    for name, spec in items:
-        spec = {k: v for k, v in dict(spec or {}).items() if k != "name"}
-        if "grid" not in spec and "res" in spec:
-            spec["grid"] = spec.pop("res")
+    for name, spec in (models or {}).items():
+        spec = dict(spec or {})
         if "grid" in spec:
             spec["grid"] = float(spec["grid"])
         out[str(name)] = spec

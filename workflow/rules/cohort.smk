@@ -18,19 +18,17 @@ if config["cohort"]["source"] == "simulate":
             mem_mb=4000,
         params:
             voxel_mm=config["cohort"]["simulate"]["voxel_mm"],
-            code=code_hash("brainage.simulate", "brainage.atlases", "brainage.grids"),
+            code=script_code("simulate_anatomy.py"),
         script:
             "../scripts/simulate_anatomy.py"
 
     rule simulate_subject:
         input:
-            anatomy="results/cohort/truth/anatomy.npz",
+            anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
         output:
-            t1w=f"{SIM_BIDS}/{{subject}}/anat/{{subject}}_T1w.nii.gz",
-            mask="results/cohort/truth/{subject}/{subject}_desc-brain_mask.nii.gz",
-            xfm_json="results/cohort/truth/{subject}/{subject}_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.json",
-            xfm_itk="results/cohort/truth/{subject}/{subject}_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt",
-            truth="results/cohort/truth/{subject}/{subject}_truth.json",
+            **patterns(
+                paths.simulated_subject_files(SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}")
+            ),
         log:
             "logs/simulate_subject/{subject}.log",
         wildcard_constraints:
@@ -46,28 +44,28 @@ if config["cohort"]["source"] == "simulate":
             row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
             simulate=SIM_MODEL,
             seed=SEED,
-            code=code_hash("brainage.simulate", "brainage.io"),
+            code=script_code("simulate_subject.py"),
         script:
             "../scripts/simulate_subject.py"
 
     rule simulate_cohort:
         input:
-            anatomy="results/cohort/truth/anatomy.npz",
+            anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
             t1w=expand(rules.simulate_subject.output.t1w, subject=SUBJECTS),
             truth=expand(rules.simulate_subject.output.truth, subject=SUBJECTS),
         output:
-            manifest="results/cohort/participants.tsv",
-            bids_participants=f"{SIM_BIDS}/participants.tsv",
-            dataset_description=f"{SIM_BIDS}/dataset_description.json",
-            subjects="results/cohort/truth/subjects.tsv",
-            effects="results/cohort/truth/effects_aal116.tsv",
-            sites="results/cohort/truth/sites.tsv",
-            model="results/cohort/truth/model.json",
-            figure=report(
-                "results/figures/simulated_raw_scans.png",
-                caption="../report/simulated_raw_scans.rst",
-                category=CAT_QC,
-            ),
+            **{
+                key: (
+                    report(path, caption="../report/simulated_raw_scans.rst", category=CAT_QC)
+                    if key == "figure"
+                    else path
+                )
+                for key, path in patterns(
+                    paths.simulated_cohort_files(
+                        SIM_COHORT, "results/figures/simulated_raw_scans.png"
+                    )
+                ).items()
+            },
         log:
             "logs/simulate_cohort/simulate_cohort.log",
         conda:
@@ -79,7 +77,7 @@ if config["cohort"]["source"] == "simulate":
             simulate=config["cohort"]["simulate"],
             seed=SEED,
             bids_root=SIM_BIDS,
-            code=code_hash("brainage.simulate", "brainage.manifest", "brainage.io"),
+            code=script_code("simulate_cohort.py"),
         script:
             "../scripts/simulate_cohort.py"
 
@@ -96,7 +94,7 @@ else:
             "../../envs/imaging.yaml"
         params:
             schema=PARTICIPANTS_SCHEMA,
-            code=code_hash("brainage.manifest", "brainage.io", "brainage.logs"),
+            code=script_code("participants.py"),
         script:
             "../scripts/participants.py"
 

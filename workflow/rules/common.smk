@@ -1,5 +1,5 @@
 # Helpers shared by the rules: config validation, the participants table, file names.
-# No rules here (STYLE.md); every function is a thin call into the brainage library.
+# No rules here; every function is a thin call into the brainage library.
 import os
 import sys
 from pathlib import Path
@@ -17,8 +17,17 @@ from brainage.atlases import resource_paths
 from brainage.config import ConfigError, check_cohort, check_config, layered
 from brainage.grids import res_label
 from brainage.io import InputError
-from brainage.provenance import code_hash
+from brainage import paths
+from brainage.provenance import code_hash, script_code_hash
 from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
+
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+
+
+def script_code(script):
+    """The `code` param of a rule: a hash of the library modules its script can import."""
+    return script_code_hash(SCRIPTS / script)
+
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # --configfile models replace the demo's whole; nested --config numbers typed as YAML
@@ -65,7 +74,14 @@ def load_participants():
     return read_manifest(config["cohort"]["manifest"])
 
 
-SIM_BIDS = "results/cohort/bids"
+SIM_COHORT = "results/cohort"
+SIM_BIDS = f"{SIM_COHORT}/bids"
+
+
+def patterns(files):
+    """A brainage.paths mapping (built with wildcards such as "{subject}") as rule patterns."""
+    return {key: str(path) for key, path in files.items()}
+
 # The simulation model without the cohort sizes: adding a subject must not re-simulate the others.
 SIM_MODEL = {
     key: value

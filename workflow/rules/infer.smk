@@ -47,9 +47,7 @@ rule predict_cohort:
         batch_size=config["infer"]["batch_size"],
         device=config["infer"]["device"],
         bias_correction=config["infer"]["bias_correction"],
-        code=code_hash(
-            "brainage.infer", "brainage.cache", "brainage.train", "brainage.networks"
-        ),
+        code=script_code("predict_cohort.py"),
     script:
         "../scripts/predict_cohort.py"
 
@@ -72,18 +70,10 @@ rule saliency:
     resources:
         mem_mb=6000,
     params:
-        resources=RESOURCES,
         explain=config["explain"],
         seed=SEED,
         device=config["infer"]["device"],
-        code=code_hash(
-            "brainage.explain",
-            "brainage.infer",
-            "brainage.cache",
-            "brainage.train",
-            "brainage.networks",
-            "brainage.atlases",
-        ),
+        code=script_code("saliency.py"),
     script:
         "../scripts/saliency.py"
 

@@ -4,32 +4,19 @@
 # All logic is in brainage.preprocess; `snakemake preprocess_all` runs this stage alone.
 import shutil
 
-from brainage import TEMPLATE_SPACE
 from brainage.preprocess.minc import MincSettings, minc_script
 
 PREPROCESS = config["preprocess"]
 PP_ENGINE = PREPROCESS["engine"]
 PP_QC = PREPROCESS.get("qc") or {}
-PP_ANAT = "results/preprocess/{subject}/anat/{subject}"
-PP_XFM = f"{PP_ANAT}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
+PP_DIR = "results/preprocess/{subject}/anat"
 # what a subject's outputs depend on (on_fail only acts on the cohort table)
 PP_SETTINGS = {
     k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")
 }
 PP_SETTINGS["qc"] = {k: v for k, v in PP_QC.items() if k != "on_fail"}
-
-
-# the preprocessed T1w on a template grid: "<res>" is the grid's BIDS res- label
-PP_VOLUME = f"{PP_ANAT}_space-{TEMPLATE_SPACE}_res-<res>_desc-preproc_T1w.nii.gz"
-
-PP_OUTPUTS = {
-    **{f"res{res_label(r)}": PP_VOLUME.replace("<res>", res_label(r)) for r in GRIDS},
-    "mask": f"{PP_ANAT}_desc-brain_mask.nii.gz",
-    "xfm": f"{PP_XFM}.mat",
-    "xfm_json": f"{PP_XFM}.json",
-    "qc_json": f"{PP_ANAT}_desc-qc.json",
-    "qc_png": f"{PP_ANAT}_desc-qc.png",
-}
+# mask, affine, QC, and the preprocessed T1w on each grid (res4, res2, ...)
+PP_OUTPUTS = patterns(paths.preprocess_outputs(PP_DIR, "{subject}", GRIDS))
 
 
 if PP_ENGINE == "minc":
@@ -65,7 +52,7 @@ if PP_ENGINE == "minc":
             mem_mb=1000,
             runtime=5,
         params:
-            code=code_hash("brainage.preprocess", "brainage.io"),
+            code=script_code("preprocess_minc_input.py"),
         script:
             "../scripts/preprocess_minc_input.py"
 
@@ -115,12 +102,7 @@ if PP_ENGINE == "minc":
         params:
             grids=GRIDS,
             settings=PP_SETTINGS,
-            code=code_hash(
-                "brainage.preprocess",
-                "brainage.grids",
-                "brainage.atlases",
-                "brainage.io",
-            ),
+            code=script_code("preprocess_minc_finish.py"),
         script:
             "../scripts/preprocess_minc_finish.py"
 
@@ -144,12 +126,7 @@ else:
         params:
             grids=GRIDS,
             settings=PP_SETTINGS,
-            code=code_hash(
-                "brainage.preprocess",
-                "brainage.grids",
-                "brainage.atlases",
-                "brainage.io",
-            ),
+            code=script_code("preprocess_native.py"),
         script:
             "../scripts/preprocess_native.py"
 
@@ -158,7 +135,7 @@ rule qc_table:
     input:
         qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
         volumes=expand(
-            PP_VOLUME.replace("<res>", res_label(max(GRIDS))), subject=SUBJECTS
+            PP_OUTPUTS[f"res{res_label(max(GRIDS))}"], subject=SUBJECTS
         ),
     output:
         table="results/qc/qc.tsv",
@@ -173,7 +150,7 @@ rule qc_table:
         mem_mb=2000,
     params:
         on_fail=PP_QC.get("on_fail", "exclude"),
-        code=code_hash("brainage.preprocess.qc", "brainage.io"),
+        code=script_code("preprocess_qc_table.py"),
     script:
         "../scripts/preprocess_qc_table.py"
 

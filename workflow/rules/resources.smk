@@ -7,6 +7,6 @@ rule resources:
         "../../envs/imaging.yaml"
     params:
         grids=GRIDS,
-        code=code_hash("brainage.atlases", "brainage.grids"),
+        code=script_code("resources.py"),
     script:
         "../scripts/resources.py"

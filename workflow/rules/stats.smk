@@ -7,9 +7,7 @@ from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 from brainage.stats import model_roles, normalise_models
 
 STATS = config["stats"]
-STATS_MODELS = normalise_models(
-    config.get("models") or config.get("train", {}).get("models")
-)
+STATS_MODELS = normalise_models(config.get("models"))
 ROLES = model_roles(STATS_MODELS)
 HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn))
 EXTERNAL = STATS.get("external") or None
@@ -72,7 +70,7 @@ rule fig1_age_distribution:
     conda:
         "../../envs/stats.yaml"
     params:
-        code=code_hash("brainage.figures", "brainage.tables"),
+        code=script_code("fig1_age_distribution.py"),
     script:
         "../scripts/fig1_age_distribution.py"
 
@@ -89,7 +87,7 @@ rule table1:
     conda:
         "../../envs/stats.yaml"
     params:
-        code=code_hash("brainage.tables"),
+        code=script_code("table1.py"),
     script:
         "../scripts/table1.py"
 
@@ -104,7 +102,7 @@ rule fig_qc_montage:
     conda:
         "../../envs/stats.yaml"
     params:
-        code=code_hash("brainage.figures"),
+        code=script_code("fig_qc_montage.py"),
     script:
         "../scripts/fig_qc_montage.py"
 
@@ -121,7 +119,7 @@ rule fig_training_curves:
         "../../envs/stats.yaml"
     params:
         models=list(STATS_MODELS),
-        code=code_hash("brainage.figures"),
+        code=script_code("fig_training_curves.py"),
     script:
         "../scripts/fig_training_curves.py"
 
@@ -140,7 +138,7 @@ rule table2:
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
-        code=code_hash("brainage.tables", "brainage.stats"),
+        code=script_code("table2.py"),
     script:
         "../scripts/table2.py"
 
@@ -163,7 +161,7 @@ rule table3:
         models=STATS_MODELS,
         external=EXTERNAL,
         stats=STATS_PARAMS,
-        code=code_hash("brainage.tables", "brainage.stats"),
+        code=script_code("table3.py"),
     script:
         "../scripts/table3.py"
 
@@ -182,7 +180,7 @@ rule fig3_batch_size:
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
-        code=code_hash("brainage.figures", "brainage.stats"),
+        code=script_code("fig3_batch_size.py"),
     script:
         "../scripts/fig3_batch_size.py"
 
@@ -199,7 +197,7 @@ rule fig_pred_vs_age:
         "../../envs/stats.yaml"
     params:
         models=list(STATS_MODELS),
-        code=code_hash("brainage.figures", "brainage.stats"),
+        code=script_code("fig_pred_vs_age.py"),
     script:
         "../scripts/fig_pred_vs_age.py"
 
@@ -218,16 +216,31 @@ rule study_comparison:
     params:
         models=STATS_MODELS,
         cohort=config["cohort"],
-        code=code_hash("brainage.tables", "brainage.stats"),
+        code=script_code("study_comparison.py"),
     script:
         "../scripts/study_comparison.py"
 
 
+def gradram_inputs(names):
+    """Group maps, training logs (best model by validation MAE) and templates of ``names``."""
+    return dict(groups=saliency_groups(names), logs=train_logs(names), templates=templates(names))
+
+
+def gradram_params(names, roles, rows):
+    return dict(
+        models=STATS_MODELS,
+        candidates=list(names),
+        roles=roles,
+        rows=rows,
+        cut_coords=STATS["cut_coords"],
+        code=script_code("fig_gradram.py"),
+    )
+
+
+# Figures 4, 5 and 7: one rule, used three times (rows: age groups, or AD/PD beside HC)
 rule fig4_gradram_e2e:
     input:
-        groups=saliency_groups(ROLES.e2e),
-        logs=train_logs(ROLES.e2e),
-        templates=templates(ROLES.e2e),
+        **gradram_inputs(ROLES.e2e),
     output:
         png=figure("fig4_gradram_e2e", CAT_SAL),
         svg="results/figures/fig4_gradram_e2e.svg",
@@ -236,39 +249,33 @@ rule fig4_gradram_e2e:
     conda:
         "../../envs/stats.yaml"
     params:
-        models=STATS_MODELS,
-        candidates=list(ROLES.e2e),
-        roles=["e2e"],
-        rows="age",
-        resources=RESOURCES,
-        cut_coords=STATS["cut_coords"],
-        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
+        **gradram_params(ROLES.e2e, ["e2e"], "age"),
     script:
         "../scripts/fig_gradram.py"
 
 
-rule fig5_gradram_rnc:
+use rule fig4_gradram_e2e as fig5_gradram_rnc with:
     input:
-        groups=saliency_groups(ROLES.rnc),
-        logs=train_logs(ROLES.rnc),
-        templates=templates(ROLES.rnc),
+        **gradram_inputs(ROLES.rnc),
     output:
         png=figure("fig5_gradram_rnc", CAT_SAL),
         svg="results/figures/fig5_gradram_rnc.svg",
     log:
         "logs/fig5_gradram_rnc/fig5_gradram_rnc.log",
-    conda:
-        "../../envs/stats.yaml"
     params:
-        models=STATS_MODELS,
-        candidates=list(ROLES.rnc),
-        roles=["rnc"],
-        rows="age",
-        resources=RESOURCES,
-        cut_coords=STATS["cut_coords"],
-        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
-    script:
-        "../scripts/fig_gradram.py"
+        **gradram_params(ROLES.rnc, ["rnc"], "age"),
+
+
+use rule fig4_gradram_e2e as fig7_gradram_disease with:
+    input:
+        **gradram_inputs(ROLES.rnc + ROLES.e2e),
+    output:
+        png=figure("fig7_gradram_disease", CAT_DIS),
+        svg="results/figures/fig7_gradram_disease.svg",
+    log:
+        "logs/fig7_gradram_disease/fig7_gradram_disease.log",
+    params:
+        **gradram_params(ROLES.rnc + ROLES.e2e, ["rnc", "e2e"], "disease"),
 
 
 rule table4:
@@ -285,7 +292,7 @@ rule table4:
     params:
         models=STATS_MODELS,
         stats=STATS_PARAMS,
-        code=code_hash("brainage.tables", "brainage.stats"),
+        code=script_code("table4.py"),
     script:
         "../scripts/table4.py"
 
@@ -303,33 +310,9 @@ rule fig6_bag_violin:
         "../../envs/stats.yaml"
     params:
         models=STATS_MODELS,
-        code=code_hash("brainage.figures", "brainage.tables", "brainage.stats"),
+        code=script_code("fig6_bag_violin.py"),
     script:
         "../scripts/fig6_bag_violin.py"
-
-
-rule fig7_gradram_disease:
-    input:
-        groups=saliency_groups(ROLES.rnc + ROLES.e2e),
-        logs=train_logs(ROLES.rnc + ROLES.e2e),
-        templates=templates(ROLES.rnc + ROLES.e2e),
-    output:
-        png=figure("fig7_gradram_disease", CAT_DIS),
-        svg="results/figures/fig7_gradram_disease.svg",
-    log:
-        "logs/fig7_gradram_disease/fig7_gradram_disease.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        candidates=list(ROLES.rnc + ROLES.e2e),
-        roles=["rnc", "e2e"],
-        rows="disease",
-        resources=RESOURCES,
-        cut_coords=STATS["cut_coords"],
-        code=code_hash("brainage.figures", "brainage.stats", "brainage.explain"),
-    script:
-        "../scripts/fig_gradram.py"
 
 
 def stats_targets():

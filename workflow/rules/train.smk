@@ -2,25 +2,13 @@
 # config `models:` (results/models/<name>/). All logic is in brainage.{splits,cache,train}.
 
 
-def preprocessed_t1w(subject, res):
-    """The preprocessed T1w of ``subject`` on the template grid of ``res`` mm."""
-    return (
-        f"results/preprocess/{subject}/anat/{subject}_space-MNI152NLin2009cAsym"
-        f"_res-{res}_desc-preproc_T1w.nii.gz"
-    )
-
-
 MODELS = list(config.get("models") or {})
 GRID_LABELS = {res_label(g): g for g in GRIDS}
 
 
 def model_grid(wildcards):
     """Cache files of the grid a model trains on."""
-    label = res_label(config["models"][wildcards.model]["grid"])
-    return {
-        "volumes": f"results/cache/res-{label}/volumes.npy",
-        "index": f"results/cache/res-{label}/index.tsv",
-    }
+    return patterns(paths.cache_files("results/cache", float(config["models"][wildcards.model]["grid"])))
 
 
 wildcard_constraints:
@@ -42,7 +30,7 @@ rule splits:
     params:
         seed=SEED,
         splits=config["training"]["splits"],
-        code=code_hash("brainage.splits"),
+        code=script_code("train_splits.py"),
     script:
         "../scripts/train_splits.py"
 
@@ -50,17 +38,18 @@ rule splits:
 rule cache:
     input:
         splits="results/splits.tsv",
-        volumes=lambda w: [preprocessed_t1w(s, w.res) for s in SUBJECTS],
+        volumes=lambda w: [
+            paths.preprocessed_t1w(PP_DIR.format(subject=s), s, w.res) for s in SUBJECTS
+        ],
     output:
-        volumes="results/cache/res-{res}/volumes.npy",
-        index="results/cache/res-{res}/index.tsv",
+        **patterns(paths.cache_files("results/cache", "{res}")),
     log:
         "logs/cache/res-{res}.log",
     conda:
         "../../envs/torch.yaml"
     params:
         subjects=SUBJECTS,
-        code=code_hash("brainage.cache"),
+        code=script_code("train_cache.py"),
     script:
         "../scripts/train_cache.py"
 
@@ -94,16 +83,7 @@ rule train:
         training=config["training"],
         preprocess=config["preprocess"],
         seed=SEED,
-        code=code_hash(
-            "brainage.train",
-            "brainage.networks",
-            "brainage.augment",
-            "brainage.cache",
-            "brainage.splits",
-            "brainage.losses",
-            "brainage.gradcache",
-            "brainage.distributed",
-        ),
+        code=script_code("train_model.py"),
     script:
         "../scripts/train_model.py"
 

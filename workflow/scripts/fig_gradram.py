@@ -16,6 +16,6 @@ with redirect_to_log(snakemake.log[0]):
     p = snakemake.params
     rows, title, differences = ROWS[p.rows]
     groups = {Path(d).parent.name: d for d in snakemake.input.groups}
-    chosen = fig_gradram(p.models, validation_maes(snakemake.input.logs), groups, p.resources,
+    chosen = fig_gradram(p.models, validation_maes(snakemake.input.logs), groups, snakemake.input.templates,
                          [snakemake.output.png, snakemake.output.svg], p.roles, rows, title, p.cut_coords, differences)
     print(f"models shown: {chosen}")

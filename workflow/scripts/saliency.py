@@ -10,7 +10,7 @@ with redirect_to_log(snakemake.log[0]):
         snakemake.input.splits,
         snakemake.input.volumes,
         snakemake.input.index,
-        snakemake.params.resources,
+        {key: snakemake.input[key] for key in ("template", "mask", "aal")},
         dict(snakemake.output.items()),
         # simulated cohort only: the simulator's per-region effects (real cohorts have no truth)
         truth_effects=dict(snakemake.input.items()).get("truth"),

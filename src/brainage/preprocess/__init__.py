@@ -19,7 +19,7 @@ by ``brainage preprocess`` and by the tests. The native engine (:mod:`.native`) 
 The MINC engine (:mod:`.minc`) runs the study's MINC Toolkit chain in a container (Snakemake
 ``container:`` rules) and hands its 1 mm result to :func:`finish_from_base` for the same outputs.
 
-Outputs (BIDS derivatives, under ``out_dir``; see :func:`output_paths`)::
+Outputs (BIDS derivatives, under ``out_dir``; see :func:`brainage.paths.preprocess_outputs`)::
 
     <sub>_space-MNI152NLin2009cAsym_res-<r>_desc-preproc_T1w.nii.gz   one per grid
     <sub>_desc-brain_mask.nii.gz                                      native space
@@ -51,6 +51,7 @@ from brainage.grids import (
     template_grid,
 )
 from brainage.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
+from brainage.paths import preprocess_outputs
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
 # one rule for what a usable scan is, with `brainage manifest --check` (VOXEL_MM_RANGE: a voxel
 # size outside it is a broken header, not a scan)
@@ -60,24 +61,6 @@ log = logging.getLogger("brainage.preprocess")
 
 #: a registration whose affine shrinks or stretches the head beyond these determinants failed
 DETERMINANT_RANGE = (0.2, 5.0)
-
-
-def output_paths(out_dir: str | Path, participant_id: str, grids: list[float]) -> dict[str, Path]:
-    """File names of one subject's outputs; keys ``res-<r>`` per grid, ``mask``, ``xfm``,
-    ``xfm_json``, ``qc_json``, ``qc_png``."""
-    out_dir = Path(out_dir)
-    sub = participant_id
-    paths = {f"res-{res_label(r)}": out_dir / f"{sub}_space-{TEMPLATE_SPACE}_res-{res_label(r)}_desc-preproc_T1w.nii.gz"
-             for r in grids}
-    xfm = f"{sub}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
-    paths.update(
-        mask=out_dir / f"{sub}_desc-brain_mask.nii.gz",
-        xfm=out_dir / f"{xfm}.mat",
-        xfm_json=out_dir / f"{xfm}.json",
-        qc_json=out_dir / f"{sub}_desc-qc.json",
-        qc_png=out_dir / f"{sub}_desc-qc.png",
-    )
-    return paths
 
 
 def settings_from_config(section: dict | None) -> dict[str, Any]:
@@ -192,7 +175,7 @@ def finish_from_base(
     4 x 4; ``native_mask``: bool mask on the raw scan's grid (``native_affine``).
     """
     started = time.perf_counter() if started is None else started
-    paths = output_paths(out_dir, participant_id, grids)
+    paths = preprocess_outputs(out_dir, participant_id, grids)
     volume = _normalise(volume, brain)
     native_to_template = np.linalg.inv(template_to_native)
     summary = affine_summary(native_to_template)
@@ -217,7 +200,7 @@ def finish_from_base(
     metrics.update(passed=not reasons, reasons=reasons, thresholds=asdict(thresholds))
 
     for r in grids:
-        _save_volume(downsample_grid(volume, base_res, r), template_grid(r).affine, paths[f"res-{res_label(r)}"])
+        _save_volume(downsample_grid(volume, base_res, r), template_grid(r).affine, paths[f"res{res_label(r)}"])
     _save_volume(native_mask.astype(np.uint8), native_affine, paths["mask"], dtype=np.uint8, mni=False)
     with atomic_path(paths["xfm"]) as tmp:
         if transform_file is not None:
@@ -229,7 +212,7 @@ def finish_from_base(
     write_json(paths["xfm_json"], {
         "template_to_native_ras": template_to_native,
         "native_to_template_ras": native_to_template,
-        "convention": "RAS+ mm; template_to_native maps an MNI152NLin2009cAsym point to the T1w scanner "
+        "convention": f"RAS+ mm; template_to_native maps an {TEMPLATE_SPACE} point to the T1w scanner "
                       "point resampled onto it (ITK/ANTs file stores the same in LPS)",
     })
     title = (f"{participant_id}  NCC {metrics['ncc']:.3f}  brain {metrics['brain_volume_ml']:.0f} ml  "
@@ -266,7 +249,7 @@ def preprocess_t1w(
         raise ValueError(f"unknown preprocessing engine {engine!r} (native | minc)")
     # every output goes to a temporary folder moved into out_dir at the end, the QC json last:
     # a failure or a kill leaves no partial set that a rerun would take for finished
-    with atomic_dir(out_dir, last=output_paths(out_dir, participant_id, grids)["qc_json"].name) as tmp:
+    with atomic_dir(out_dir, last=preprocess_outputs(out_dir, participant_id, grids)["qc_json"].name) as tmp:
         if engine == "minc":
             from brainage.preprocess.minc import preprocess_t1w_minc
 
@@ -297,7 +280,7 @@ def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Pat
     where the splits leave excluded subjects out), and the QC json with ``passed: false``,
     ``excluded: true`` and the reason (the QC figure shows it). Returns the QC dict."""
     grids = [float(g) for g in grids]
-    paths = output_paths(out_dir, participant_id, grids)
+    paths = preprocess_outputs(out_dir, participant_id, grids)
     finest = template_grid(min(grids))
     metrics = {
         "participant_id": participant_id, "t1w": str(t1w_path), "engine": engine, "passed": False,
@@ -305,10 +288,10 @@ def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Pat
         "affine": None,
     }
     with atomic_dir(out_dir, last=paths["qc_json"].name) as tmp:
-        tmp_paths = output_paths(tmp, participant_id, grids)
+        tmp_paths = preprocess_outputs(tmp, participant_id, grids)
         for r in grids:
             grid = template_grid(r)
-            _save_volume(np.zeros(grid.shape, np.float32), grid.affine, tmp_paths[f"res-{res_label(r)}"])
+            _save_volume(np.zeros(grid.shape, np.float32), grid.affine, tmp_paths[f"res{res_label(r)}"])
         _save_volume(np.zeros(finest.shape, np.uint8), finest.affine, tmp_paths["mask"], dtype=np.uint8)
         write_json(tmp_paths["xfm_json"], {"excluded": reason})
         tmp_paths["xfm"].write_text(f"# {participant_id} excluded, no transform: {reason}\n")

@@ -94,27 +94,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def cohort_outputs(out: str | Path, figure: str | Path | None = None) -> dict[str, Path]:
-    """The cohort-level files under ``out`` (the layout of ``results/cohort``)."""
-    out = Path(out)
-    return {
-        "manifest": out / "participants.tsv",
-        "bids_participants": out / "bids" / "participants.tsv",
-        "dataset_description": out / "bids" / "dataset_description.json",
-        "subjects": out / "truth" / "subjects.tsv",
-        "effects": out / "truth" / "effects_aal116.tsv",
-        "sites": out / "truth" / "sites.tsv",
-        "model": out / "truth" / "model.json",
-        "figure": Path(figure) if figure else out / "figures" / "simulated_raw_scans.png",
-    }
-
-
 def simulate_cohort(out: str | Path, n_hc: int, n_ad: int, n_pd: int, seed: int, voxel_mm: float,
                     **model_params) -> Path:
     """Simulate a whole cohort in this process under ``out``; returns the manifest path."""
     from tqdm import tqdm
 
-    from brainage.simulate.cohort import subject_paths, write_cohort, write_subject
+    from brainage.paths import simulated_cohort_files, simulated_subject_files
+    from brainage.simulate.cohort import write_cohort, write_subject
 
     out = Path(out)
     frame = plan_cohort(n_hc, n_ad, n_pd, voxel_mm, seed, bids_root=out / "bids", **model_params)
@@ -122,9 +108,9 @@ def simulate_cohort(out: str | Path, n_hc: int, n_ad: int, n_pd: int, seed: int,
     anatomy = cached_anatomy(float(voxel_mm))
     truths = []
     for row in tqdm(frame.to_dict("records"), desc="simulate", unit="subject"):
-        paths = subject_paths(out / "bids", out / "truth", row["participant_id"])
+        paths = simulated_subject_files(out / "bids", out / "truth", row["participant_id"])
         truths.append(write_subject(row, anatomy, seed, model, paths))
-    outputs = cohort_outputs(out)
+    outputs = simulated_cohort_files(out)
     write_cohort(frame, truths, anatomy, model, seed, outputs)
     return outputs["manifest"]
 

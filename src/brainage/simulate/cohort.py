@@ -36,23 +36,10 @@ from brainage.simulate.scan import effect_fields, effect_weights, simulate_scan
 
 log = logging.getLogger(__name__)
 
-XFM = f"from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
 #: ages (cohort, years) of the subjects shown in the raw-scan figure
 FIGURE_SUBJECTS: tuple[tuple[str, float], ...] = (("HC", 25.0), ("HC", 55.0), ("HC", 85.0), ("AD", 80.0))
 #: columns of the plan that are per-subject truth (not manifest columns)
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def subject_paths(bids_root: str | Path, truth_root: str | Path, pid: str) -> dict[str, Path]:
-    """The files :func:`write_subject` writes for ``pid``."""
-    truth = Path(truth_root) / pid
-    return {
-        "t1w": Path(bids_root) / pid / "anat" / f"{pid}_T1w.nii.gz",
-        "mask": truth / f"{pid}_desc-brain_mask.nii.gz",
-        "xfm_json": truth / f"{pid}_{XFM}.json",
-        "xfm_itk": truth / f"{pid}_{XFM}.txt",
-        "truth": truth / f"{pid}_truth.json",
-    }
 
 
 def itk_affine_text(native_to_mni: np.ndarray) -> str:

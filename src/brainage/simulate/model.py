@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.io import InputError
+from brainage.paths import raw_t1w
 
 
 @dataclass(frozen=True)
@@ -249,13 +250,9 @@ def plan_cohort(n_hc: int, n_ad: int, n_pd: int, voxel_mm: float, seed: int, bid
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise InputError("config cohort.simulate: n_hc + n_ad + n_pd must be at least 1")
-    frame.insert(5, "t1w", [t1w_path(bids_root, pid) for pid in frame["participant_id"]])
+    frame.insert(5, "t1w", [str(raw_t1w(bids_root, pid)) for pid in frame["participant_id"]])
     frame["voxel_mm"] = float(voxel_mm)
     return frame
-
-
-def t1w_path(bids_root: str | Path, participant_id: str) -> str:
-    return f"{bids_root}/{participant_id}/anat/{participant_id}_T1w.nii.gz"
 
 
 MANIFEST_COLUMNS = ("participant_id", "dataset", "cohort", "age", "sex", "t1w", "adas_cog11", "updrs3", "hoehn_yahr", "session")
