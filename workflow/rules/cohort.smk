@@ -27,7 +27,9 @@ if config["cohort"]["source"] == "simulate":
             anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
         output:
             **patterns(
-                paths.simulated_subject_files(SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}")
+                paths.simulated_subject_files(
+                    SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}"
+                )
             ),
         log:
             "logs/simulate_subject/{subject}.log",
@@ -56,7 +58,11 @@ if config["cohort"]["source"] == "simulate":
         output:
             **{
                 key: (
-                    report(path, caption="../report/simulated_raw_scans.rst", category=CAT_QC)
+                    report(
+                        path,
+                        caption="../report/simulated_raw_scans.rst",
+                        category=CAT_QC,
+                    )
                     if key == "figure"
                     else path
                 )

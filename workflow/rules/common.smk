@@ -82,6 +82,7 @@ def patterns(files):
     """A brainage.paths mapping (built with wildcards such as "{subject}") as rule patterns."""
     return {key: str(path) for key, path in files.items()}
 
+
 # The simulation model without the cohort sizes: adding a subject must not re-simulate the others.
 SIM_MODEL = {
     key: value

@@ -134,9 +134,7 @@ else:
 rule qc_table:
     input:
         qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
-        volumes=expand(
-            PP_OUTPUTS[f"res{res_label(max(GRIDS))}"], subject=SUBJECTS
-        ),
+        volumes=expand(PP_OUTPUTS[f"res{res_label(max(GRIDS))}"], subject=SUBJECTS),
     output:
         table="results/qc/qc.tsv",
         excluded="results/qc/excluded.tsv",

@@ -223,7 +223,11 @@ rule study_comparison:
 
 def gradram_inputs(names):
     """Group maps, training logs (best model by validation MAE) and templates of ``names``."""
-    return dict(groups=saliency_groups(names), logs=train_logs(names), templates=templates(names))
+    return dict(
+        groups=saliency_groups(names),
+        logs=train_logs(names),
+        templates=templates(names),
+    )
 
 
 def gradram_params(names, roles, rows):

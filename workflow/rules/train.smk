@@ -8,7 +8,11 @@ GRID_LABELS = {res_label(g): g for g in GRIDS}
 
 def model_grid(wildcards):
     """Cache files of the grid a model trains on."""
-    return patterns(paths.cache_files("results/cache", float(config["models"][wildcards.model]["grid"])))
+    return patterns(
+        paths.cache_files(
+            "results/cache", float(config["models"][wildcards.model]["grid"])
+        )
+    )
 
 
 wildcard_constraints:
@@ -39,7 +43,8 @@ rule cache:
     input:
         splits="results/splits.tsv",
         volumes=lambda w: [
-            paths.preprocessed_t1w(PP_DIR.format(subject=s), s, w.res) for s in SUBJECTS
+            paths.preprocessed_t1w(PP_DIR.format(subject=s), s, w.res)
+            for s in SUBJECTS
         ],
     output:
         **patterns(paths.cache_files("results/cache", "{res}")),
