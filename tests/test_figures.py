@@ -272,7 +272,9 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
     (wf / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "cohort": {"source": "simulate"}, "models": models, "stats": stats_cfg}))
     (wf / "Snakefile").write_text(
         f'import sys\nsys.path.insert(0, "{REPO / "src"}")\n'
-        "from brainage.atlases import resource_paths\nfrom brainage.provenance import code_hash\n"
+        "from brainage.atlases import resource_paths\nfrom brainage.provenance import script_code_hash\n"
+        f'def script_code(script):\n    return script_code_hash("{REPO / "workflow" / "scripts"}/" + script)\n'
+        "\n"
         'configfile: "config.yaml"\nRESOURCES = "resources/atlases"\nSEED = config["seed"]\n'
         f'include: "{REPO / "workflow" / "rules" / "stats.smk"}"\n'
     )
