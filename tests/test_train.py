@@ -35,6 +35,12 @@ def _equal_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _same_weights(dir_a, dir_b) -> bool:
+    """The two runs' model.pt hold bit-identical weights."""
+    a, b = (torch.load(d / "model.pt", weights_only=False)["state_dict"] for d in (dir_a, dir_b))
+    return _equal_state(a, b)
+
+
 @pytest.mark.slow
 def test_tiny_end_to_end_training_reduces_loss(data, tmp_path):
     splits, vols, index = data
@@ -74,9 +80,7 @@ def test_exact_resume_after_kill(data, tmp_path, kind):
         train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False, max_epochs_this_run=2)
     assert (tmp_path / "b" / "checkpoint.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
     train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False)
-    a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
-    assert _equal_state(a, b)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -103,9 +107,7 @@ def test_resume_mid_epoch_from_step_checkpoint(data, tmp_path):
     proc.wait()
     assert ckpt.exists() and not (tmp_path / "b" / "model.pt").exists()
     train_model("b", entry, training, splits, vols, index, tmp_path / "b", seed=2, progress=False)
-    a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
-    assert _equal_state(a, b)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")
 
 
 @pytest.mark.slow

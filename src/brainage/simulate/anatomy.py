@@ -201,6 +201,32 @@ def _gradient_basis(indicator_1mm: np.ndarray, sigma_mm: float, sign: float) -> 
     return (sign * grad / scale).astype(np.float32), scale
 
 
+def _effect_bases(labels: np.ndarray, sulcal_head: np.ndarray, inside_dist: np.ndarray,
+                  outside_dist: np.ndarray) -> dict[str, np.ndarray]:
+    """Displacement bases of the ageing and disease effects on the 2 mm field grid: gradients of
+    smoothed region masks (ventricles and sulci grow, MTL, temporal and subcortical regions
+    shrink) and the radial contraction of the brain inside a fixed skull."""
+    sulcal_h = sulcal_head | (labels == LABEL_EXTRA_CSF)
+    bases: dict[str, np.ndarray] = {}
+    bases["ventricles"], _ = _gradient_basis(labels == LABEL_VENTRICLES, 5.0, +1.0)
+    bases["sulcal_csf"], _ = _gradient_basis(sulcal_h, 2.0, +1.0)
+    bases["mtl"], _ = _gradient_basis(np.isin(labels, MTL_LABELS), 3.0, -1.0)
+    bases["parahippocampal"], _ = _gradient_basis(np.isin(labels, PARAHIPPOCAMPAL_LABELS), 3.0, -1.0)
+    bases["temporal"], _ = _gradient_basis(np.isin(labels, TEMPORAL_LABELS), 4.0, -1.0)
+    sub = np.isin(labels, SUBCORTICAL_LABELS) | (labels == LABEL_MIDBRAIN)
+    bases["subcortical"], _ = _gradient_basis(sub, 3.0, -1.0)
+    # radial contraction of the brain inside a fixed skull
+    signed = _block_mean((outside_dist - inside_dist).astype(np.float32))
+    s = np.clip((8.0 - signed) / 8.0, 0.0, 1.0)
+    s = s * s * (3 - 2 * s)  # smoothstep: no kink in the displacement
+    Xf, Yf, Zf = _world_coords(FIELD_SHAPE, FIELD_AFFINE)
+    centre = (0.0, -18.0, 10.0)
+    bases["brain_shrink"] = np.stack(
+        [(Xf - centre[0]) * s, (Yf - centre[1]) * s, (Zf - centre[2]) * s]
+    ).astype(np.float32)
+    return bases
+
+
 def build_anatomy(voxel_mm: float) -> Anatomy:
     """Build the head, labels and effect bases (module docstring) for raw scans of ``voxel_mm``."""
     template, brain = load_template_1mm()
@@ -269,26 +295,7 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
     if sigma > 0:
         head = ndimage.gaussian_filter(head, sigma)
 
-    # --- effect bases on the 2 mm field grid
-    pad = _pad_to_head
-    sulcal_h = pad(sulcal) | (labels == LABEL_EXTRA_CSF)
-    bases: dict[str, np.ndarray] = {}
-    bases["ventricles"], _ = _gradient_basis(labels == LABEL_VENTRICLES, 5.0, +1.0)
-    bases["sulcal_csf"], _ = _gradient_basis(sulcal_h, 2.0, +1.0)
-    bases["mtl"], _ = _gradient_basis(np.isin(labels, MTL_LABELS), 3.0, -1.0)
-    bases["parahippocampal"], _ = _gradient_basis(np.isin(labels, PARAHIPPOCAMPAL_LABELS), 3.0, -1.0)
-    bases["temporal"], _ = _gradient_basis(np.isin(labels, TEMPORAL_LABELS), 4.0, -1.0)
-    sub = np.isin(labels, SUBCORTICAL_LABELS) | (labels == LABEL_MIDBRAIN)
-    bases["subcortical"], _ = _gradient_basis(sub, 3.0, -1.0)
-    # radial contraction of the brain inside a fixed skull
-    signed = _block_mean((outside_dist - inside_dist).astype(np.float32))
-    s = np.clip((8.0 - signed) / 8.0, 0.0, 1.0)
-    s = s * s * (3 - 2 * s)  # smoothstep: no kink in the displacement
-    Xf, Yf, Zf = _world_coords(FIELD_SHAPE, FIELD_AFFINE)
-    centre = (0.0, -18.0, 10.0)
-    bases["brain_shrink"] = np.stack(
-        [(Xf - centre[0]) * s, (Yf - centre[1]) * s, (Zf - centre[2]) * s]
-    ).astype(np.float32)
+    bases = _effect_bases(labels, _pad_to_head(sulcal), inside_dist, outside_dist)
     vox_ml = 1e-3
     volumes = {
         "ventricles": float((labels == LABEL_VENTRICLES).sum() * vox_ml),
