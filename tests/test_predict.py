@@ -161,7 +161,8 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
 
     from brainage.cache import CachedVolumes, build_cache
     from brainage.infer import iter_batches, predict_ages
-    from brainage.preprocess import output_paths, preprocess_t1w
+    from brainage.paths import preprocessed_t1w
+    from brainage.preprocess import preprocess_t1w
     from brainage.train import load_model
 
     scan = IXI / "IXI012-HH-1211-T1_ds.nii.gz"
@@ -175,7 +176,7 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
     qc = preprocess_t1w(scan, tmp_path / "pre", pid, [4], settings=settings, threads=2)
     assert qc["passed"], qc["reasons"]
     table = pd.DataFrame({"participant_id": [pid], "age": [_ixi_ages()["IXI012"]], "split": ["test"]})
-    build_cache({pid: output_paths(tmp_path / "pre", pid, [4])["res-4"]}, table, tmp_path / "v.npy", tmp_path / "i.tsv")
+    build_cache({pid: preprocessed_t1w(tmp_path / "pre", pid, 4)}, table, tmp_path / "v.npy", tmp_path / "i.tsv")
     cache = CachedVolumes(tmp_path / "v.npy", tmp_path / "i.tsv")
     by_pipeline = predict_ages(model, iter_batches([pid], cache.volume, 1))[pid]
     assert predicted == pytest.approx(by_pipeline, abs=0.05), (predicted, by_pipeline)

@@ -59,7 +59,8 @@ def test_pipeline_entry_excludes_a_bad_scan_with_its_reason(tmp_path):
 
     import pandas as pd
 
-    from brainage.preprocess import output_paths, preprocess_or_exclude
+    from brainage.paths import preprocess_outputs
+    from brainage.preprocess import preprocess_or_exclude
     from brainage.preprocess.qc import write_cohort_qc
 
     bad = BAD["truncated gzip"][0](tmp_path / "sub-bad_T1w.nii.gz")
@@ -67,12 +68,12 @@ def test_pipeline_entry_excludes_a_bad_scan_with_its_reason(tmp_path):
 
     qc = preprocess_or_exclude(bad, out, "sub-bad", [2, 4])
 
-    paths = output_paths(out, "sub-bad", [2, 4])
+    paths = preprocess_outputs(out, "sub-bad", [2, 4])
     assert all(p.is_file() for p in paths.values())  # every output the rule declares
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())  # no temporary left
     on_disk = json.loads(paths["qc_json"].read_text())
     assert on_disk == qc and on_disk["passed"] is False and on_disk["excluded"] is True
-    assert not np.asarray(nib.load(paths["res-4"]).dataobj).any()  # no data of the subject downstream
+    assert not np.asarray(nib.load(paths["res4"]).dataobj).any()  # no data of the subject downstream
 
     good = tmp_path / "sub-ok.json"
     good.write_text(json.dumps({"participant_id": "sub-ok", "passed": True, "reasons": [], "ncc": 0.8,
