@@ -160,10 +160,11 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
     import yaml
 
     from brainage.cache import CachedVolumes, build_cache
-    from brainage.infer import iter_batches, predict_ages
+    from brainage.infer import predict_ages
+    from brainage.models import iter_batches
     from brainage.paths import preprocessed_t1w
     from brainage.preprocess import preprocess_t1w
-    from brainage.train import load_model
+    from brainage.models import load_model
 
     scan = IXI / "IXI012-HH-1211-T1_ds.nii.gz"
     proc = _run_here(capsys, "--model", str(demo_model_4mm), "--t1w", str(scan), "--threads", "2")

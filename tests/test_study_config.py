@@ -13,7 +13,7 @@ import yaml
 
 from conftest import REPO, make_workdir, planned_jobs
 
-from brainage.train import resolve_spec
+from brainage.spec import resolve_spec
 
 PAPER = REPO / "config" / "paper.yaml"
 

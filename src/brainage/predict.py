@@ -174,7 +174,7 @@ def check_age(age: float) -> float:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before any work (InputError, one line): files, ranges, device, outputs."""
-    from brainage.infer import pick_device
+    from brainage.models import pick_device
     from brainage.io import check_output_dir, check_output_file
 
     if args.age is not None:
