@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from brainage import figures, stats, tables
+from brainage.io import read_participants
 from brainage.atlases import build_resources, resource_paths
 from brainage.paths import saliency_file
 
@@ -92,7 +93,7 @@ def test_fig1_fig3_fig6_pred_curves(data, tmp_path, drawn):
     """Print resolution, and the plotted data read back from each figure: histogram bars are the
     per-group age percentages, scatter points are the subjects' (age, predicted age) and BAG,
     the sweep line is each model's test MAE."""
-    parts = tables.read_participants(data["paths"]["participants"])
+    parts = read_participants(data["paths"]["participants"])
     preds = data["predictions"]
     colours = figures.model_colours(list(fx.MODELS))
     figures.fig1_age_distribution(parts, [tmp_path / "f1.png", tmp_path / "f1.svg"])

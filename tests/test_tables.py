@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from brainage import stats, tables
+from brainage.io import read_participants
 
 import _stats_fixtures as fx
 
@@ -21,7 +22,7 @@ def data(tmp_path_factory):
     paths = fx.write_all(root)
     return {
         "paths": paths,
-        "participants": tables.read_participants(paths["participants"]),
+        "participants": read_participants(paths["participants"]),
         "predictions": tables.load_predictions(paths["predictions"].values()),
         "val": stats.validation_maes(paths["train_logs"].values()),
     }

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainage.io import InputError, nifti_image, save_figure, save_nifti
+from brainage.io import InputError, nifti_image, read_participants, save_figure, save_nifti
 from brainage.paths import saliency_file
 
 log = logging.getLogger(__name__)
@@ -505,7 +505,7 @@ def _saliency_subjects(participants_tsv, splits_tsv, hc_splits: Sequence[str]) -
     groups included) and the table of age-matched controls."""
     from brainage.splits import read_splits
 
-    participants = pd.read_csv(participants_tsv, sep="\t", dtype={"participant_id": str}, na_values=["n/a"])
+    participants = read_participants(participants_tsv)
     split_of = read_splits(splits_tsv).set_index("participant_id")["split"]
     chosen = split_of[split_of.isin(list(hc_splits) + ["AD", "PD"])].index
     subjects = participants[participants["participant_id"].isin(chosen)].sort_values("participant_id").reset_index(drop=True)

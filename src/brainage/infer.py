@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainage.io import read_participants
 from brainage.models import forward_batches, iter_batches, load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def run_predict_cohort(
 
     model, meta = load_model(model_path, map_location="cpu")
     name = meta.get("name") or str(model_path).rstrip("/").split("/")[-2]
-    participants = pd.read_csv(participants_tsv, sep="\t", dtype={"participant_id": str}, na_values=["n/a"])
+    participants = read_participants(participants_tsv)
     cache = CachedVolumes(cache_volumes, cache_index)
     dev = pick_device(device)
     log.info("model %s on %s: predicting %s", name, dev, ", ".join(PREDICTED_SPLITS))

@@ -137,6 +137,23 @@ def write_tsv(path: str | os.PathLike, frame) -> None:
 NIFTI_SPACE_CODES = {"scanner": 1, "mni": 4}
 
 
+#: the columns every participants table has (the manifest's required columns)
+PARTICIPANT_COLUMNS = ("participant_id", "dataset", "cohort", "age", "sex")
+
+
+def read_participants(path: str | os.PathLike):
+    """The study's participants table (results/cohort/participants.tsv, written by
+    brainage.manifest): ids as text, ``n/a`` and empty cells as missing. The one reader of that
+    table; a user's manifest is read and validated by ``brainage.manifest.read_manifest``."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", na_values=["n/a", "NA", ""], dtype={"participant_id": str})
+    missing = [c for c in PARTICIPANT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: participants table lacks column(s) {', '.join(missing)}")
+    return frame
+
+
 def nifti_image(data: np.ndarray, affine: np.ndarray, space: str = "mni"):
     """A NIfTI-1 image whose qform and sform both name ``space`` (mni: MNI152, scanner: native), in mm."""
     import nibabel as nib

@@ -156,14 +156,6 @@ def load_predictions(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     return {Path(p).stem: stats.read_predictions(p) for p in paths}
 
 
-def read_participants(path: str | Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", na_values=["n/a", "NA", ""], dtype={"participant_id": str})
-    missing = [c for c in ("participant_id", "dataset", "cohort", "age", "sex") if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: participants table lacks column(s) {', '.join(missing)}")
-    return frame
-
-
 def train_size(splits: str | Path | None) -> int | None:
     """Number of training subjects in results/splits.tsv (shared by every model trained here)."""
     if splits is None or not Path(splits).exists():

@@ -2,7 +2,7 @@
 
 from brainage.figures import fig1_age_distribution
 from brainage.logs import redirect_to_log
-from brainage.tables import read_participants
+from brainage.io import read_participants
 
 with redirect_to_log(snakemake.log[0]):
     fig1_age_distribution(read_participants(snakemake.input[0]), [snakemake.output.png, snakemake.output.svg])

@@ -1,7 +1,8 @@
 """Table 1: cohort statistics per dataset (brainage.tables)."""
 
 from brainage.logs import redirect_to_log
-from brainage.tables import read_participants, table1_cohort
+from brainage.io import read_participants
+from brainage.tables import table1_cohort
 
 with redirect_to_log(snakemake.log[0]):
     table1_cohort(read_participants(snakemake.input[0])).write(snakemake.output.tsv, snakemake.output.md, snakemake.output.html)

@@ -1,13 +1,11 @@
 """rule splits: participant-level train/val/test of the healthy controls (brainage.splits)."""
 
-import pandas as pd
-
-from brainage.io import write_tsv
+from brainage.io import read_participants, write_tsv
 from brainage.logs import redirect_to_log
 from brainage.splits import make_splits, read_excluded
 
 with redirect_to_log(snakemake.log[0]) as log:
-    participants = pd.read_csv(snakemake.input.participants, sep="\t", dtype={"participant_id": str})
+    participants = read_participants(snakemake.input.participants)
     # subjects that failed preprocessing QC (results/qc/excluded.tsv) never enter a split
     excluded = read_excluded(snakemake.input.excluded)
     cfg = snakemake.params.splits
