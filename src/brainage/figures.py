@@ -372,6 +372,49 @@ def fig_pred_vs_age(
     save(fig, paths)
 
 
+# --------------------------------------------------------------------------- gap recovery
+def fig_gap_recovery(predictions: Mapping[str, pd.DataFrame], colours: Mapping[str, str],
+                     paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
+    """Simulated cohorts: predicted against the simulator's true BAG per model, HC test, AD and
+    PD; identity line; r per group. Returns the points drawn per model (group, true, predicted)."""
+    names = list(predictions)
+    ncols = min(4, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.8 * nrows + 0.3), squeeze=False, sharex=True, sharey=True)
+    values = pd.concat([p[["true_bag", "bag"]] for p in predictions.values()]).to_numpy(float)
+    lim = 5 * math.ceil(np.nanmax(np.abs(values)) / 5) if np.isfinite(values).any() else 10
+    drawn: dict[str, pd.DataFrame] = {}
+    for ax, name in zip(axes.flat, names):
+        points, text = [], []
+        for label, group in stats.gap_groups(predictions[name]):
+            cohort = "HC" if label.startswith("HC") else label
+            style = (dict(color=colours.get(name, "grey"), linewidths=0) if cohort == "HC"
+                     else dict(facecolors="none", edgecolors=COHORT_COLOURS[cohort], linewidths=0.7))
+            ax.scatter(group["true_bag"], group["bag"], s=10, marker=COHORT_MARKERS[cohort], alpha=0.8, label=label, **style)
+            points.append(pd.DataFrame({"group": label, "true_bag": group["true_bag"], "bag": group["bag"]}))
+            g = stats.gap_recovery(group["true_bag"], group["bag"])
+            if g.n:
+                text.append(f"{label}: r {g.r:.2f}" if np.isfinite(g.r) else f"{label}: n {g.n}")
+        ax.plot([-lim, lim], [-lim, lim], color="black", linestyle="--", linewidth=0.8)
+        ax.axhline(0, color="grey", linewidth=0.5), ax.axvline(0, color="grey", linewidth=0.5)
+        ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=7)
+        ax.set_title(name, color=colours.get(name, "black"))
+        ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.spines[["top", "right"]].set_visible(False)
+        drawn[name] = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=["group", "true_bag", "bag"])
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("True BAG (years, simulator)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Predicted BAG (years)")
+    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    save(fig, paths)
+    return drawn
+
+
 # --------------------------------------------------------------------------- training curves
 def fig_training_curves(logs: Mapping[str, str | Path], colours: Mapping[str, str], paths: Sequence[str | Path]) -> None:
     """Per model, from results/models/<name>/train_log.tsv (phase, epoch, train_loss, val_mae, ...):

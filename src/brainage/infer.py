@@ -121,6 +121,20 @@ def predictions_table(
     return table.reset_index(drop=True), info
 
 
+def add_true_gap(table: pd.DataFrame, truth_tsv: str) -> pd.DataFrame:
+    """The simulator's true brain-age gap (biological - chronological age, from
+    results/cohort/truth/subjects.tsv) as column ``true_bag``, after the predicted BAG columns."""
+    truth = pd.read_csv(truth_tsv, sep="\t", dtype={"participant_id": str}, na_values=["n/a"]).set_index("participant_id")
+    missing = sorted(set(table["participant_id"]) - set(truth.index))
+    if missing:
+        raise ValueError(f"{truth_tsv}: no truth for {', '.join(missing[:5])}")
+    true_bag = (truth.loc[table["participant_id"], "biological_age"].to_numpy(float)
+                - truth.loc[table["participant_id"], "age"].to_numpy(float))
+    at = table.columns.get_loc("bag_corrected" if "bag_corrected" in table else "bag") + 1
+    table.insert(at, "true_bag", true_bag)
+    return table
+
+
 def run_predict_cohort(
     model_path: str,
     participants_tsv: str,
@@ -133,8 +147,12 @@ def run_predict_cohort(
     batch_size: int = 8,
     device: str = "auto",
     bias_correction: bool = False,
+    truth_tsv: str | None = None,
 ) -> pd.DataFrame:
-    """Rule ``predict_cohort``: predictions of one model -> ``out_tsv`` (+ ``out_json`` summary)."""
+    """Rule ``predict_cohort``: predictions of one model -> ``out_tsv`` (+ ``out_json`` summary).
+
+    ``truth_tsv`` (simulated cohorts only): the simulator's subjects table; adds ``true_bag``.
+    """
     from brainage.cache import CachedVolumes
     from brainage.io import write_json, write_tsv
     from brainage.splits import read_splits
@@ -149,6 +167,8 @@ def run_predict_cohort(
         model, participants, read_splits(splits_tsv), cache.volume,
         batch_size=batch_size, device=dev, bias_correction=bias_correction, model_name=name,
     )
+    if truth_tsv is not None:
+        table = add_true_gap(table, truth_tsv)
     for split, group in table.groupby("split", sort=False):
         log.info("%s: n=%d, MAE %.2f y, mean BAG %+.2f y", split, len(group), group["bag"].abs().mean(), group["bag"].mean())
     write_tsv(out_tsv, table)

@@ -18,6 +18,15 @@ def model_cache(wildcards):
     }
 
 
+def predict_inputs(wildcards):
+    """As :func:`model_cache`, plus, for a simulated cohort only, the simulator's subjects
+    table (each subject's true brain-age gap goes into the predictions)."""
+    inputs = model_cache(wildcards)
+    if config["cohort"]["source"] == "simulate":
+        inputs["truth"] = "results/cohort/truth/subjects.tsv"
+    return inputs
+
+
 def saliency_inputs(wildcards):
     """As :func:`model_cache`, plus the template, brain mask and AAL116 of the model's grid,
     and, for a simulated cohort only, the simulator's per-region effects (the truth the
@@ -32,7 +41,7 @@ def saliency_inputs(wildcards):
 
 rule predict_cohort:
     input:
-        unpack(model_cache),
+        unpack(predict_inputs),
     output:
         tsv="results/predictions/{model}.tsv",
         json="results/predictions/{model}.json",

@@ -1,0 +1,8 @@
+"""Gap recovery (simulated cohorts): predicted against the simulator's true BAG (brainage.tables)."""
+
+from brainage.logs import redirect_to_log
+from brainage.tables import load_predictions, table_gap_recovery
+
+with redirect_to_log(snakemake.log[0]):
+    table = table_gap_recovery(load_predictions(snakemake.input), snakemake.params.models, snakemake.params.alpha)
+    table.write(snakemake.output.tsv, snakemake.output.md, snakemake.output.html)
