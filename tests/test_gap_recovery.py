@@ -97,3 +97,22 @@ def test_figure_draws_each_groups_points(tmp_path):
     expected = frame[frame["split"] == "test"]
     assert sorted(hc["true_bag"]) == pytest.approx(sorted(expected["true_bag"]))
     assert len(points) == len(frame) - 10  # all but the validation subjects
+
+
+@pytest.mark.slow
+def test_tiny_run_carries_the_truth_into_predictions_table_and_report(tiny_run):
+    """The whole pipeline: each prediction's true BAG is the simulator's biological - chronological
+    age, and the gap-recovery table has one raw row per model and group with its n."""
+    truth = pd.read_csv(tiny_run / "results" / "cohort" / "truth" / "subjects.tsv", sep="\t").set_index("participant_id")
+    table = pd.read_csv(tiny_run / "results" / "tables" / "table_gap_recovery.tsv", sep="\t")
+    predictions = sorted((tiny_run / "results" / "predictions").glob("*.tsv"))
+    assert predictions
+    for path in predictions:
+        pred = pd.read_csv(path, sep="\t")
+        expected = truth.loc[pred["participant_id"], "biological_age"].to_numpy() - truth.loc[pred["participant_id"], "age"].to_numpy()
+        np.testing.assert_allclose(pred["true_bag"], expected, atol=1e-9)
+        rows = table[(table["model"] == path.stem) & (table["bag"] == "raw")].set_index("group")
+        assert rows.loc["HC test", "n"] == int((pred["split"] == "test").sum())
+        assert rows.loc["AD", "n"] == int((pred["split"] == "AD").sum())
+        assert rows.loc["AD", "true_bag_mean"] == pytest.approx(pred.loc[pred["split"] == "AD", "true_bag"].mean())
+    assert (tiny_run / "results" / "figures" / "fig_gap_recovery.png").stat().st_size > 10_000
