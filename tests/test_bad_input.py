@@ -159,6 +159,26 @@ def test_atomic_dir_moves_everything_or_nothing(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "old.txt", "qc.json", "z.png"]
 
 
+def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
+    from brainage.io import atomic_path
+
+    stale = tmp_path / ".volumes.npy.abc123.tmp.npy"  # what SIGKILL left mid-write
+    other = tmp_path / ".index.tsv.def456.tmp.tsv"  # another output's: not touched
+    stale.write_text("half")
+    other.write_text("half")
+    with atomic_path(tmp_path / "volumes.npy") as tmp:
+        tmp.write_text("whole")
+    assert not stale.exists() and other.exists()
+    assert (tmp_path / "volumes.npy").read_text() == "whole"
+
+    out = tmp_path / "anat"
+    (out / ".sub-a_desc-qc.json.x1.tmp").mkdir(parents=True)
+    (out / ".sub-b_desc-qc.json.x2.tmp").mkdir()  # another subject's work in the same folder
+    with atomic_dir(out, last="sub-a_desc-qc.json") as tmp:
+        (tmp / "sub-a_desc-qc.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [".sub-b_desc-qc.json.x2.tmp", "sub-a_desc-qc.json"]
+
+
 def test_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path):
     from brainage.io import InputError
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -62,17 +63,21 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success its files are moved into ``path``.
+    """Yield a temporary folder inside ``path``; on success its files are moved into ``path``.
 
     Each file is renamed into place (atomic on POSIX), the file named ``last`` (whose presence
     says the set is complete) after all the others; on failure the temporary folder is removed and ``path``
-    keeps what it had: never a partial output that a rerun would trust.
+    keeps what it had: never a partial output that a rerun would trust. A temporary folder of the
+    same output left by a killed run (SIGKILL runs no cleanup) is removed first.
     """
     import shutil
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path))
+    prefix = f".{last or path.name}."
+    for stale in path.glob(f"{glob_escape(prefix)}*.tmp"):  # left by a killed run of this same output
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path))
     try:
         yield tmp
         umask = os.umask(0)
@@ -98,6 +103,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    # a temporary of this same file left by a killed run (SIGKILL runs no cleanup): one writer
+    # per output (Snakemake runs one job per output), so it is no one's work in progress
+    for stale in path.parent.glob(f"{glob_escape('.' + path.name + '.')}*.tmp{glob_escape(suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
