@@ -271,7 +271,8 @@ def fig6_bag_violin(
     columns = ["bag"]
     if any(stats.has_corrected_gap(predictions[n]) for n in names):
         columns.append(stats.CORRECTED_BAG)
-    cohorts = ["HC", "AD", "PD"]
+    absent = stats.absent_cohorts([predictions[n] for n in names])
+    cohorts = ["HC"] + [c for c in stats.SEVERITY if c not in absent]
     width = 0.8 / max(1, len(names))
     panel_width = 1.6 + 1.5 * len(cohorts) * max(1, len(names)) / 2
     # the corrected panel goes below the raw one, same axes, so the shift of each violin reads directly
@@ -282,7 +283,7 @@ def fig6_bag_violin(
               stats.CORRECTED_BAG: "Brain-age gap, age-bias corrected (fit on healthy validation subjects)"}
     for ax, column in zip(axes[0], columns):
         _bag_violins(ax, predictions, names, colours, column, cohorts, width)
-        ax.set_title(titles[column])
+        ax.set_title(titles[column] + (f"\n{stats.absent_line(absent)}" if absent else ""), fontsize=9 if absent else None)
     axes[0, 0].set_ylabel("Brain-age gap (years)")
     if len(columns) > 1:
         axes[0, 1].set_ylabel("Corrected brain-age gap (years)")
@@ -341,9 +342,10 @@ def fig_pred_vs_age(
     all_ages = pd.concat([p[["age", "predicted_age"]] for p in predictions.values()])
     lo = 5 * math.floor(min(all_ages.min()) / 5)
     hi = 5 * math.ceil(max(all_ages.max()) / 5)
+    absent = stats.absent_cohorts(list(predictions.values()))
     for ax, name in zip(axes.flat, names):
         pred = predictions[name]
-        for cohort in ("HC", "AD", "PD"):
+        for cohort in ["HC"] + [c for c in stats.SEVERITY if c not in absent]:
             sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
             # HC filled in the model's colour; patients hollow in the cohort colour (never confused
             # with a model colour of the same hue: the marker shape and fill differ)
@@ -368,6 +370,8 @@ def fig_pred_vs_age(
     for ax in axes[:, 0]:
         ax.set_ylabel("Predicted brain age (years)")
     axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+    if absent:
+        fig.suptitle(f"{stats.absent_line(absent)}: healthy test subjects only", fontsize=8)
     fig.tight_layout()
     save(fig, paths)
 
@@ -515,18 +519,35 @@ def fig_gradram(
         chosen = {r: n for r, n in chosen.items() if float(models[n]["grid"]) == keep}
     grid = float(models[next(iter(chosen.values()))]["grid"])
     label_of = {"e2e": "best end-to-end", "rnc": "RNC"}
-    maps, diffs = [], []
+    maps, diffs, without = [], [], []
     for role, name in chosen.items():
         for group, label in rows:
+            path = group_map_path(groups_dirs[name], grid, group)
+            if not path.exists():  # no subject in this group (e.g. no AD in a healthy cohort): no row
+                without.append(label)
+                continue
             row_label = f"{label}\n{name}" if len(chosen) > 1 or role != roles[0] else label
-            maps.append((row_label, group_map_path(groups_dirs[name], grid, group)))
+            maps.append((row_label, path))
             diff = (differences or {}).get(group)
             diffs.append(group_map_path(groups_dirs[name], grid, diff) if diff else None)
     who = ", ".join(f"{label_of.get(r, r)}: {n}" for r, n in chosen.items())
+    title = f"{title} ({who}, {grid:g} mm)"
+    absent = f"No subjects in this cohort for {', '.join(dict.fromkeys(without))}" if without else ""
+    if not maps:
+        note_figure(title, absent, paths)
+        return chosen
     wanted = resource_paths(".", grid)["template"].name
     template = next((Path(p) for p in templates if Path(p).name == wanted), None)
     if template is None:
         raise ValueError(f"no {grid:g} mm template ({wanted}) among {[str(p) for p in templates]}")
-    fig_saliency(maps, template, paths, f"{title} ({who}, {grid:g} mm)", cut_coords,
+    fig_saliency(maps, template, paths, title + (f"\n{absent}: not drawn" if absent else ""), cut_coords,
                  differences=diffs if differences else None)
     return chosen
+
+
+def note_figure(title: str, line: str, paths: Sequence[str | Path]) -> None:
+    """A figure that has nothing to draw: its title and one line saying what is absent."""
+    fig = plt.figure(figsize=(6.6, 1.2))
+    fig.text(0.5, 0.7, title, ha="center", va="center", fontsize=10)
+    fig.text(0.5, 0.3, line, ha="center", va="center", fontsize=9)
+    save(fig, paths)

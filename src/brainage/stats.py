@@ -309,6 +309,16 @@ def disease_group(frame: pd.DataFrame, cohort: str) -> pd.DataFrame:
     return frame[frame["cohort"] == cohort]
 
 
+def absent_cohorts(frames: Sequence[pd.DataFrame]) -> list[str]:
+    """The disease cohorts (AD, PD) with no subject in any of ``frames``: a healthy-only study."""
+    return [c for c in SEVERITY if not any((f["cohort"] == c).any() for f in frames)]
+
+
+def absent_line(absent: Sequence[str]) -> str:
+    """One line naming what a cohort lacks, for tables, figures and the report (empty when nothing is absent)."""
+    return f"No {' or '.join(absent)} subjects in this cohort" if absent else ""
+
+
 # --------------------------------------------------------------------------- model roles
 #: config keys that may differ between the models of one batch-size sweep
 SWEEP_FREE_KEYS = frozenset({"batch_size", "grid", "chunk_size"})

@@ -50,12 +50,13 @@ class Table:
             write_text(html_path, self.html())
 
     def markdown(self) -> str:
-        lines = [f"# {self.title}", "", markdown_table(self.display), ""]
+        # a table without columns (nothing to report) is its notes alone, never an empty grid
+        lines = [f"# {self.title}", "", *([markdown_table(self.display), ""] if len(self.display.columns) else [])]
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
     def html(self) -> str:
-        table = self.display.to_html(index=False, escape=True, border=0, na_rep="")
+        table = self.display.to_html(index=False, escape=True, border=0, na_rep="") if len(self.display.columns) else ""
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return _HTML.format(title=html.escape(self.title), table=table, notes=f"<ul>{notes}</ul>" if notes else "")
 
@@ -190,6 +191,9 @@ def table1_cohort(participants: pd.DataFrame) -> Table:
         }
     )
     notes = ["Age as mean \u00b1 SD (ddof 1); F/M = number of female/male participants."]
+    absent = stats.absent_cohorts([participants])
+    if absent:
+        notes.append(f"{stats.absent_line(absent)}.")
     return Table("Table 1. Cohort statistics per dataset", data, display, notes)
 
 
@@ -472,8 +476,11 @@ def table4_disease(
             )
             rows[-1]["r_ci_low"], rows[-1]["r_ci_high"] = stats.correlation_ci(group["bag"], scores, n_resamples, seed)
     data = pd.DataFrame(rows)
-    if data.empty:
-        raise InputError("table 4: no AD or PD subjects in the predictions")
+    title = "Table 4. Brain-age gap in Alzheimer's and Parkinson's disease"
+    absent = stats.absent_cohorts(list(predictions.values()))
+    if data.empty:  # a healthy-only cohort: the table says so in one line
+        line = f"{stats.absent_line(absent or list(stats.SEVERITY))}: no disease brain-age gap to report."
+        return Table(title, pd.DataFrame(columns=["model", "cohort", "n"]), pd.DataFrame(), [line])
     o = f"{older_than:g}"
     display = pd.DataFrame(
         {
@@ -506,8 +513,9 @@ def table4_disease(
         f"Cohen's d (pooled SD) of BAG against the healthy test split, and against its subjects older than {o}.",
         f"95% CI: BCa bootstrap over subjects, {n_resamples} resamples, seed {seed}.",
         *([CORRECTED_NOTE + " Its marks are the same tests on the corrected BAG."] if with_corrected else []),
+        *([f"{stats.absent_line(absent)}."] if absent else []),
     ]
-    return Table("Table 4. Brain-age gap in Alzheimer's and Parkinson's disease", data, display, notes)
+    return Table(title, data, display, notes)
 
 
 # --------------------------------------------------------------------------- gap recovery
@@ -585,7 +593,9 @@ def study_comparison(
             }
         )
     ad_bag, ad_r = "n/a", "n/a"
-    if rnc in predictions:
+    if "AD" in stats.absent_cohorts(list(predictions.values())):
+        ad_bag = ad_r = f"{stats.absent_line(['AD'])}"
+    elif rnc in predictions:
         ad = stats.disease_group(predictions[rnc], "AD")
         if len(ad):
             bag_mean, bag_sd = stats.gap_summary(ad["bag"])
