@@ -455,13 +455,18 @@ def from_ixi(demographics: str | Path, t1_dir: str | Path, dataset: str = "IXI")
     if problems:
         raise InputError("\n".join(problems))
 
-    rows = []
+    rows, ageless = [], []
     for scan in sorted(t1_dir.iterdir()):
         match = _IXI_T1.fullmatch(scan.name)
         if match is None:
             continue
         pid = parse_participant_id(match.group(1), "IXI")
         entry = demo.get(pid, {"age": np.nan, "sex": np.nan})
+        if _is_missing(entry["age"]):
+            # the official sheet has no age for some scanned people (and no row for a few):
+            # a brain-age study cannot use them, so they are left out, named in one warning
+            ageless.append(pid)
+            continue
         rows.append({
             "participant_id": pid,
             "dataset": dataset,
@@ -471,9 +476,13 @@ def from_ixi(demographics: str | Path, t1_dir: str | Path, dataset: str = "IXI")
             "t1w": str(scan),
             "session": np.nan,
         })
-    _warn_unscanned(dataset, set(demo) - {r["participant_id"] for r in rows}, f"in {t1_dir}")
+    _warn_unscanned(dataset, set(demo) - {r["participant_id"] for r in rows} - set(ageless), f"in {t1_dir}")
+    if ageless:
+        shown = ", ".join(i.removeprefix("sub-") for i in ageless[:10]) + (f" and {len(ageless) - 10} more" if len(ageless) > 10 else "")
+        log.warning("%s: %d T1w scan%s without an age in %s, skipped: %s", dataset, len(ageless),
+                    "s" * (len(ageless) != 1), path, shown)
     if not rows:
-        raise InputError(f"{t1_dir}: no IXI T1 scans (IXI<id>-<site>-<n>-T1.nii.gz) in this folder")
+        raise InputError(f"{t1_dir}: no IXI T1 scans (IXI<id>-<site>-<n>-T1.nii.gz) with an age in {path}")
     return _frame(rows)
 
 
