@@ -15,6 +15,23 @@ from typing import Iterable
 from brainage import TEMPLATE_SPACE
 from brainage.grids import res_label
 
+# --- the pipeline's layout (relative to the working directory) -------------------------------
+RESULTS = Path("results")
+#: the study's participants table (the validated manifest) and the simulated cohort's folder
+PARTICIPANTS = RESULTS / "cohort" / "participants.tsv"
+SIM_COHORT = RESULTS / "cohort"
+#: the simulator's per-subject truth (biological age ...) and per-region effects
+SIM_SUBJECTS = SIM_COHORT / "truth" / "subjects.tsv"
+SIM_EFFECTS = SIM_COHORT / "truth" / "effects_aal116.tsv"
+SPLITS = RESULTS / "splits.tsv"
+QC_TABLE = RESULTS / "qc" / "qc.tsv"
+QC_EXCLUDED = RESULTS / "qc" / "excluded.tsv"
+QC_MONTAGE = RESULTS / "qc" / "qc_montage.png"
+CACHE_ROOT = RESULTS / "cache"
+MODELS_ROOT = RESULTS / "models"
+PREDICTIONS_ROOT = RESULTS / "predictions"
+SALIENCY_ROOT = RESULTS / "saliency"
+
 #: the native -> template affine, as written by preprocessing and by the simulator's truth
 XFM = f"from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
 
@@ -80,6 +97,26 @@ def cache_files(root: str | Path, res: float | str) -> dict[str, Path]:
     """The float16 cache of one grid: ``volumes`` (memory-mapped array) and its ``index``."""
     folder = Path(root) / f"res-{_label(res)}"
     return {"volumes": folder / "volumes.npy", "index": folder / "index.tsv"}
+
+
+def model_files(model_dir: str | Path) -> dict[str, Path]:
+    """What training writes in a model's folder (``results/models/<name>``)."""
+    model_dir = Path(model_dir)
+    return {"model": model_dir / "model.pt", "log_tsv": model_dir / "train_log.tsv",
+            "curve": model_dir / "learning_curve.png", "card": model_dir / "model_card.json",
+            "checkpoint": model_dir / "checkpoint.pt"}
+
+
+def prediction_files(model: str) -> dict[str, Path]:
+    """A model's predictions table and its summary."""
+    return {"tsv": PREDICTIONS_ROOT / f"{model}.tsv", "json": PREDICTIONS_ROOT / f"{model}.json"}
+
+
+def saliency_outputs(model: str) -> dict[str, Path]:
+    """A model's Grad-RAM outputs: subject and group maps (folders) and the tables."""
+    root = SALIENCY_ROOT / model
+    return {"subjects": root / "subjects", "groups": root / "groups", "groups_tsv": root / "groups.tsv",
+            "aal116": root / "aal116.tsv", "matches": root / "matched_controls.tsv", "truth": root / "truth_check.tsv"}
 
 
 def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None) -> str:

@@ -66,6 +66,7 @@ from brainage.checkpoint import Checkpoint, StopRequest, fingerprint
 from brainage.io import atomic_path, save_figure, write_json, write_tsv
 from brainage.models import autocast, forward_batches, iter_batches, load_model, save_model, to_device, unwrap
 from brainage.networks import architecture_of, build_age_model
+from brainage.paths import model_files
 from brainage.spec import resolve_spec
 from brainage.splits import split_hash
 
@@ -530,7 +531,7 @@ def train_model(
     opt = _optimiser((model.encoder if run.kind == "rnc" else model).parameters(), run.spec["optimiser"])
     sched = _scheduler(opt, run.spec["optimiser"], int(run.spec["epochs"]))
 
-    ckpt = Checkpoint(out_dir / "checkpoint.pt", run.fingerprint(), writer=run.main)
+    ckpt = Checkpoint(model_files(out_dir)["checkpoint"], run.fingerprint(), writer=run.main)
     resumed = ckpt.load(name)
     state = _new_state()
     head_resumed = resumed if resumed is not None and resumed["state"]["phase"] == "head" else None
@@ -585,13 +586,14 @@ def _write_outputs(run: _Run, model: nn.Module, state: dict, out_dir: Path, prep
         "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
         "config": spec, "training": run.training, "seed": run.seed, "metrics": metrics,
     }
-    save_model(unwrap(model).state_dict(), meta, out_dir / "model.pt")
+    files = model_files(out_dir)
+    save_model(unwrap(model).state_dict(), meta, files["model"])
     table = pd.DataFrame(state["log"], columns=["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"])
-    write_tsv(out_dir / "train_log.tsv", table)
-    plot_learning_curve(table, run.name, out_dir / "learning_curve.png")
+    write_tsv(files["log_tsv"], table)
+    plot_learning_curve(table, run.name, files["curve"])
     import monai
 
-    write_json(out_dir / "model_card.json", {
+    write_json(files["card"], {
         "name": run.name, "kind": run.kind, "architecture": meta["architecture"], "grid_res": meta["grid_res"],
         "data": {s: {"n": len(v), "hash": split_hash(v)} for s, v in run.sets.items()},
         "age": meta["age"], "metrics": metrics, "config": spec, "training": run.training, "seed": run.seed,

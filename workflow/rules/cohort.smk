@@ -93,7 +93,7 @@ else:
         input:
             manifest=config["cohort"]["manifest"],
         output:
-            "results/cohort/participants.tsv",
+            PARTICIPANTS_TSV,
         log:
             "logs/participants/participants.log",
         conda:
@@ -107,5 +107,5 @@ else:
 
 rule cohort_all:
     input:
-        "results/cohort/participants.tsv",
+        PARTICIPANTS_TSV,
         rules.simulate_cohort.output if config["cohort"]["source"] == "simulate" else [],

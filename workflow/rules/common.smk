@@ -74,8 +74,12 @@ def load_participants():
     return read_manifest(config["cohort"]["manifest"])
 
 
-SIM_COHORT = "results/cohort"
+SIM_COHORT = str(paths.SIM_COHORT)
 SIM_BIDS = f"{SIM_COHORT}/bids"
+# the pipeline's layout, from brainage.paths
+PARTICIPANTS_TSV = str(paths.PARTICIPANTS)
+SPLITS_TSV = str(paths.SPLITS)
+QC_EXCLUDED = str(paths.QC_EXCLUDED)
 
 
 def patterns(files):

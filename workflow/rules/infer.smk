@@ -11,9 +11,9 @@ def infer_models():
 def model_cache(wildcards):
     """The model, manifest, splits and the cache of the model's grid (train.smk's model_grid)."""
     return {
-        "model": f"results/models/{wildcards.model}/model.pt",
-        "participants": "results/cohort/participants.tsv",
-        "splits": "results/splits.tsv",
+        "model": str(paths.model_files(paths.MODELS_ROOT / wildcards.model)["model"]),
+        "participants": PARTICIPANTS_TSV,
+        "splits": SPLITS_TSV,
         **model_grid(wildcards),
     }
 
@@ -23,7 +23,7 @@ def predict_inputs(wildcards):
     table (each subject's true brain-age gap goes into the predictions)."""
     inputs = model_cache(wildcards)
     if config["cohort"]["source"] == "simulate":
-        inputs["truth"] = "results/cohort/truth/subjects.tsv"
+        inputs["truth"] = str(paths.SIM_SUBJECTS)
     return inputs
 
 
@@ -35,7 +35,7 @@ def saliency_inputs(wildcards):
     res = float(config["models"][wildcards.model]["grid"])
     inputs.update({k: str(v) for k, v in resource_paths(RESOURCES, res).items()})
     if config["cohort"]["source"] == "simulate":
-        inputs["truth"] = "results/cohort/truth/effects_aal116.tsv"
+        inputs["truth"] = str(paths.SIM_EFFECTS)
     return inputs
 
 
@@ -43,8 +43,7 @@ rule predict_cohort:
     input:
         unpack(predict_inputs),
     output:
-        tsv="results/predictions/{model}.tsv",
-        json="results/predictions/{model}.json",
+        **patterns(paths.prediction_files("{model}")),
     log:
         "logs/predict_cohort/{model}.log",
     conda:
@@ -65,12 +64,10 @@ rule saliency:
     input:
         unpack(saliency_inputs),
     output:
-        subjects=directory("results/saliency/{model}/subjects"),
-        groups=directory("results/saliency/{model}/groups"),
-        groups_tsv="results/saliency/{model}/groups.tsv",
-        aal116="results/saliency/{model}/aal116.tsv",
-        matches="results/saliency/{model}/matched_controls.tsv",
-        truth="results/saliency/{model}/truth_check.tsv",
+        **{
+            key: directory(path) if key in ("subjects", "groups") else path
+            for key, path in patterns(paths.saliency_outputs("{model}")).items()
+        },
     log:
         "logs/saliency/{model}.log",
     conda:
@@ -89,5 +86,5 @@ rule saliency:
 
 rule infer_all:
     input:
-        expand("results/predictions/{model}.tsv", model=infer_models()),
-        expand("results/saliency/{model}/aal116.tsv", model=infer_models()),
+        [str(paths.prediction_files(m)["tsv"]) for m in infer_models()],
+        [str(paths.saliency_outputs(m)["aal116"]) for m in infer_models()],

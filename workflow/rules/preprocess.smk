@@ -136,9 +136,9 @@ rule qc_table:
         qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
         volumes=expand(PP_OUTPUTS[f"res{res_label(max(GRIDS))}"], subject=SUBJECTS),
     output:
-        table="results/qc/qc.tsv",
-        excluded="results/qc/excluded.tsv",
-        montage="results/qc/qc_montage.png",
+        table=str(paths.QC_TABLE),
+        excluded=QC_EXCLUDED,
+        montage=str(paths.QC_MONTAGE),
     log:
         "logs/qc_table/qc_table.log",
     conda:

@@ -3,6 +3,7 @@
 # (`snakemake fig6_bag_violin`); each asks only for the files it draws from. Which models are
 # "best end-to-end", "RNC", "SFCN" and the batch-size sweep comes from config models via
 # brainage.stats.model_roles (no model names here).
+from brainage import paths
 from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 from brainage.stats import model_roles, normalise_models
 
@@ -11,19 +12,19 @@ STATS_MODELS = normalise_models(config.get("models"))
 ROLES = model_roles(STATS_MODELS)
 HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn))
 EXTERNAL = STATS.get("external") or None
-QC_MONTAGE = "results/qc/qc_montage.png"
+QC_MONTAGE = str(paths.QC_MONTAGE)
 
 
 def predictions(names):
-    return [f"results/predictions/{m}.tsv" for m in names]
+    return [str(paths.prediction_files(m)["tsv"]) for m in names]
 
 
 def train_logs(names):
-    return [f"results/models/{m}/train_log.tsv" for m in names]
+    return [str(paths.model_files(paths.MODELS_ROOT / m)["log_tsv"]) for m in names]
 
 
 def saliency_groups(names):
-    return [f"results/saliency/{m}/groups" for m in names]
+    return [str(paths.saliency_outputs(m)["groups"]) for m in names]
 
 
 def templates(names):
@@ -61,7 +62,7 @@ STATS_PARAMS = dict(
 
 rule fig1_age_distribution:
     input:
-        "results/cohort/participants.tsv",
+        str(paths.PARTICIPANTS),
     output:
         png=figure("fig1_age_distribution", CAT_QC),
         svg="results/figures/fig1_age_distribution.svg",
@@ -77,7 +78,7 @@ rule fig1_age_distribution:
 
 rule table1:
     input:
-        "results/cohort/participants.tsv",
+        str(paths.PARTICIPANTS),
     output:
         tsv="results/tables/table1.tsv",
         md="results/tables/table1.md",
@@ -147,7 +148,7 @@ rule table3:
     input:
         predictions=predictions(HEADLINE),
         logs=train_logs(ROLES.e2e + ROLES.rnc),
-        splits="results/splits.tsv",
+        splits=str(paths.SPLITS),
         external=[EXTERNAL["predictions"]] if EXTERNAL else [],
     output:
         tsv="results/tables/table3.tsv",

@@ -3,6 +3,7 @@
 
 
 MODELS = list(config.get("models") or {})
+MODEL_FILES = patterns(paths.model_files(paths.MODELS_ROOT / "{model}"))
 GRID_LABELS = {res_label(g): g for g in GRIDS}
 
 
@@ -10,7 +11,7 @@ def model_grid(wildcards):
     """Cache files of the grid a model trains on."""
     return patterns(
         paths.cache_files(
-            "results/cache", float(config["models"][wildcards.model]["grid"])
+            paths.CACHE_ROOT, float(config["models"][wildcards.model]["grid"])
         )
     )
 
@@ -23,10 +24,10 @@ wildcard_constraints:
 rule splits:
     input:
         cohort_fills_splits,
-        participants="results/cohort/participants.tsv",
-        excluded="results/qc/excluded.tsv",
+        participants=PARTICIPANTS_TSV,
+        excluded=QC_EXCLUDED,
     output:
-        "results/splits.tsv",
+        SPLITS_TSV,
     log:
         "logs/splits/splits.log",
     conda:
@@ -41,13 +42,13 @@ rule splits:
 
 rule cache:
     input:
-        splits="results/splits.tsv",
+        splits=SPLITS_TSV,
         volumes=lambda w: [
             paths.preprocessed_t1w(PP_DIR.format(subject=s), s, w.res)
             for s in SUBJECTS
         ],
     output:
-        **patterns(paths.cache_files("results/cache", "{res}")),
+        **patterns(paths.cache_files(paths.CACHE_ROOT, "{res}")),
     log:
         "logs/cache/res-{res}.log",
     conda:
@@ -62,17 +63,22 @@ rule cache:
 rule train:
     input:
         unpack(model_grid),
-        splits="results/splits.tsv",
+        splits=SPLITS_TSV,
     output:
-        model="results/models/{model}/model.pt",
-        log_tsv="results/models/{model}/train_log.tsv",
-        curve=report(
-            "results/models/{model}/learning_curve.png",
-            caption="../report/learning_curve.rst",
-            category=CAT_TRAIN,
-            subcategory="{model}",
-        ),
-        card="results/models/{model}/model_card.json",
+        **{
+            key: (
+                report(
+                    path,
+                    caption="../report/learning_curve.rst",
+                    category=CAT_TRAIN,
+                    subcategory="{model}",
+                )
+                if key == "curve"
+                else path
+            )
+            for key, path in patterns(MODEL_FILES).items()
+            if key != "checkpoint"
+        },
     log:
         "logs/train/{model}.log",
     conda:
@@ -95,6 +101,6 @@ rule train:
 
 rule train_all:
     input:
-        expand("results/models/{model}/model.pt", model=MODELS),
-        expand("results/models/{model}/model_card.json", model=MODELS),
-        expand("results/models/{model}/learning_curve.png", model=MODELS),
+        expand(MODEL_FILES["model"], model=MODELS),
+        expand(MODEL_FILES["card"], model=MODELS),
+        expand(MODEL_FILES["curve"], model=MODELS),
