@@ -414,7 +414,7 @@ def fig_gap_recovery(predictions: Mapping[str, pd.DataFrame], colours: Mapping[s
     for ax in axes[:, 0]:
         ax.set_ylabel("Predicted BAG (years)")
     axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
-    fig.tight_layout()
+    fig.tight_layout(w_pad=1.5)  # the panels' end ticks (-lim, lim) would touch
     save(fig, paths)
     return drawn
 
