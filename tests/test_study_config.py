@@ -5,13 +5,14 @@ embedded cohort plans the jobs the study implies (nothing runs)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, make_workdir, planned_jobs
+from conftest import REPO, make_workdir, planned_jobs, snakemake_cmd
 
 from brainage.spec import resolve_spec
 
@@ -97,10 +98,6 @@ def test_paper_config_dry_run_plans_the_studys_jobs(tmp_path):
 
 def test_paper_config_is_checked_against_the_schema(tmp_path):
     """The same dry run refuses a paper config whose batch size is not an integer."""
-    import subprocess
-
-    from conftest import snakemake_cmd
-
     paper = _paper()
     paper["models"]["rnc_highrez"]["batch_size"] = "twenty-four"
     work, path = _paper_workdir(tmp_path, paper)
