@@ -70,3 +70,31 @@ def test_model_keys_are_the_schemas():
     for key, names in spec.NESTED_KEYS.items():
         assert set(entry["properties"][key]["properties"]) == set(names), key
     assert set(entry["required"]) == set(spec.REQUIRED) | {"loss"}
+
+
+def test_script_code_hash_follows_only_what_the_script_can_import(tmp_path):
+    """Editing losses.py changes the code hash of the training script, not of preprocessing or a
+    figure (a package counts by its __init__.py, not by every module inside it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(SRC.parent, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    scripts = REPO / "workflow" / "scripts"
+    names = ("train_model.py", "preprocess_native.py", "fig6_bag_violin.py", "predict_cohort.py")
+    code = ("import sys; from brainage.provenance import script_code_hash; "
+            f"print(*(script_code_hash('{scripts}/' + n) for n in sys.argv[1:]))")
+
+    def hashes():
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+        out = subprocess.run([sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, check=True)
+        return dict(zip(names, out.stdout.split()))
+
+    before = hashes()
+    losses = tmp_path / "src" / "brainage" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# edited\n")
+    after = hashes()
+    assert after["train_model.py"] != before["train_model.py"]
+    for name in names[1:]:
+        assert after[name] == before[name], f"editing losses.py changed the code hash of {name}"

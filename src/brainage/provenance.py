@@ -112,7 +112,16 @@ def _parent_is_package(name: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def script_code_hash(script: str | Path) -> str:
-    """:func:`code_hash` of every library module a workflow script can import
-    (:func:`import_closure`): derived from the script, so the list cannot go stale."""
+    """A short hash of the source of every library module a workflow script can import
+    (:func:`import_closure`): derived from the script, so the list cannot go stale.
+
+    Each module counts by its own file: a package by its ``__init__.py`` only (the closure
+    lists the submodules it reaches), so editing ``losses.py`` changes the hash of the scripts
+    that can import it and of no other."""
     library, _ = import_closure(script)
-    return code_hash(*library)
+    digest = hashlib.sha256()
+    for module in library:
+        origin = importlib.util.find_spec(module).origin
+        digest.update(module.encode())
+        digest.update(Path(origin).read_bytes())
+    return digest.hexdigest()[:16]
