@@ -36,7 +36,8 @@ import argparse
 import logging
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -621,6 +622,48 @@ def from_ppmi(table_path: str | Path, t1_dir: str | Path, visit: str = "V08",
     return _frame(rows)
 
 
+@dataclass(frozen=True)
+class Importer:
+    """One source kind of ``brainage manifest``: its command-line options and how to read it.
+
+    ``table`` and ``folder`` name the two options that go together (the demographics table and
+    the folder of scans; BIDS has one folder, repeatable); ``options`` are extra options
+    ``(flag, default, help)``; ``read(args)`` returns ``[(label, thunk)]``, one per source given.
+    Adding a source kind is one ``from_*`` function and one entry in :data:`IMPORTERS`.
+    """
+
+    name: str
+    table: tuple[str, str]
+    folder: tuple[str, str] | None
+    options: tuple[tuple[str, str | None, str], ...]
+    read: Callable[[argparse.Namespace], list[tuple[str, Callable[[], pd.DataFrame]]]]
+
+    def given(self, args: argparse.Namespace) -> bool:
+        return bool(getattr(args, _dest(self.table[0])))
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+IMPORTERS: tuple[Importer, ...] = (
+    Importer("BIDS", ("--bids", "a BIDS dataset (repeatable)"), None,
+             (("--bids-session", None, "BIDS session to take (default: first)"),),
+             lambda a: [(f"BIDS {root}", lambda root=root: from_bids(Path(root).resolve(), session=a.bids_session))
+                        for root in a.bids]),
+    Importer("IXI", ("--ixi-demographics", "IXI.xls or a CSV of it"), ("--ixi-t1", "folder of IXI*-T1.nii.gz scans"), (),
+             lambda a: [("IXI", lambda: from_ixi(a.ixi_demographics, a.ixi_t1))]),
+    Importer("ADNI", ("--adni", "ADNIMERGE-style table"), ("--adni-t1", "folder of ADNI T1 scans"),
+             (("--adni-viscode", "m24", "ADNI visit (default: m24)"),
+              ("--adni-pattern", ADNI_PATTERN, "glob of one ADNI scan under --adni-t1")),
+             lambda a: [("ADNI", lambda: from_adni(a.adni, a.adni_t1, a.adni_viscode, a.adni_pattern))]),
+    Importer("PPMI", ("--ppmi", "PPMI table (status, age at visit, sex, NP3TOT, NHY)"), ("--ppmi-t1", "folder of PPMI T1 scans"),
+             (("--ppmi-visit", "V08", "PPMI visit (default: V08 = 48 months)"),
+              ("--ppmi-pattern", PPMI_PATTERN, "glob of one PPMI scan under --ppmi-t1")),
+             lambda a: [("PPMI", lambda: from_ppmi(a.ppmi, a.ppmi_t1, a.ppmi_visit, a.ppmi_pattern))]),
+)
+
+
 def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Several manifests as one (manifest columns first, in order; extra columns kept after)."""
     frames = [f for f in frames if f is not None]
@@ -807,18 +850,15 @@ def _parser() -> argparse.ArgumentParser:
         f"{PPMI_PATTERN!r}; placeholders {{patno}}, {{visit}}), globs under the T1 folder.",
     )
     src = parser.add_argument_group("sources (any number, concatenated)")
-    src.add_argument("--bids", action="append", default=[], metavar="DIR", help="a BIDS dataset (repeatable)")
-    src.add_argument("--bids-session", metavar="LABEL", help="BIDS session to take (default: first)")
-    src.add_argument("--ixi-demographics", metavar="FILE", help="IXI.xls or a CSV of it")
-    src.add_argument("--ixi-t1", metavar="DIR", help="folder of IXI*-T1.nii.gz scans")
-    src.add_argument("--adni", metavar="CSV", help="ADNIMERGE-style table")
-    src.add_argument("--adni-t1", metavar="DIR", help="folder of ADNI T1 scans")
-    src.add_argument("--adni-viscode", default="m24", help="ADNI visit (default: m24)")
-    src.add_argument("--adni-pattern", default=ADNI_PATTERN, help="glob of one ADNI scan under --adni-t1")
-    src.add_argument("--ppmi", metavar="CSV", help="PPMI table (status, age at visit, sex, NP3TOT, NHY)")
-    src.add_argument("--ppmi-t1", metavar="DIR", help="folder of PPMI T1 scans")
-    src.add_argument("--ppmi-visit", default="V08", help="PPMI visit (default: V08 = 48 months)")
-    src.add_argument("--ppmi-pattern", default=PPMI_PATTERN, help="glob of one PPMI scan under --ppmi-t1")
+    for imp in IMPORTERS:
+        flag, text = imp.table
+        if imp.folder is None:  # a folder source, repeatable (BIDS)
+            src.add_argument(flag, action="append", default=[], metavar="DIR", help=text)
+        else:
+            src.add_argument(flag, metavar="FILE", help=text)
+            src.add_argument(imp.folder[0], metavar="DIR", help=imp.folder[1])
+        for option, default, text in imp.options:
+            src.add_argument(option, default=default, help=text)
     parser.add_argument("--out", metavar="TSV", help="manifest to write")
     parser.add_argument("--check", metavar="TSV", help="validate an existing manifest (with its files) instead")
     parser.add_argument("--no-check-files", action="store_true", help="do not open the T1w files")
@@ -829,14 +869,14 @@ def main(argv: list[str] | None = None) -> int:
     """``brainage manifest``: exit 0 and write ``--out``, or exit 1 with one problem per line."""
     parser = _parser()
     args = parser.parse_args(argv)
-    for a, b in (("ixi_demographics", "ixi_t1"), ("adni", "adni_t1"), ("ppmi", "ppmi_t1")):
-        if bool(getattr(args, a)) != bool(getattr(args, b)):
-            parser.error(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} go together")
-    has_source = bool(args.bids or args.ixi_demographics or args.adni or args.ppmi)
+    for imp in IMPORTERS:
+        if imp.folder is not None and imp.given(args) != bool(getattr(args, _dest(imp.folder[0]))):
+            parser.error(f"{imp.table[0]} and {imp.folder[0]} go together")
+    has_source = any(imp.given(args) for imp in IMPORTERS)
     if args.check and (has_source or args.out):
         parser.error("--check validates an existing manifest; give it alone")
     if not args.check and not (has_source and args.out):
-        parser.error("give at least one source (--bids, --ixi-*, --adni*, --ppmi*) and --out")
+        parser.error(f"give at least one source ({', '.join(imp.table[0] for imp in IMPORTERS)}) and --out")
 
     if args.out:
         try:
@@ -863,14 +903,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.check}: valid, {summary(frame)}")
         return 0
 
-    jobs = [(f"BIDS {root}", lambda root=root: from_bids(Path(root).resolve(), session=args.bids_session))
-            for root in args.bids]
-    if args.ixi_demographics:
-        jobs.append(("IXI", lambda: from_ixi(args.ixi_demographics, args.ixi_t1)))
-    if args.adni:
-        jobs.append(("ADNI", lambda: from_adni(args.adni, args.adni_t1, args.adni_viscode, args.adni_pattern)))
-    if args.ppmi:
-        jobs.append(("PPMI", lambda: from_ppmi(args.ppmi, args.ppmi_t1, args.ppmi_visit, args.ppmi_pattern)))
+    jobs = [job for imp in IMPORTERS if imp.given(args) for job in imp.read(args)]
     frames, errors = [], []
     for _, job in jobs:  # every source is read, so that all their problems show at once
         try:
