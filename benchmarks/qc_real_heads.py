@@ -28,7 +28,6 @@ Everything it writes goes to ``--out`` (default ``/tmp/qc_real_heads``), never t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -79,22 +78,6 @@ def run_all(scans: dict[str, Path], out: Path, settings: dict, jobs: int) -> Non
         for i, fut in enumerate(as_completed(futures), 1):
             sub, seconds = fut.result()
             print(f"  [{i}/{len(todo)}] {sub} {seconds:.0f} s", flush=True)
-
-
-def judged_table(out: Path, subs: list[str], thresholds) -> pd.DataFrame:
-    """The cohort QC table of ``subs``, passed/reason re-judged against ``thresholds``."""
-    from brainage.preprocess.qc import qc_failures, read_qc_jsons
-
-    jsons = [outputs(out, s)["qc_json"] for s in subs]
-    table = read_qc_jsons(jsons).set_index("participant_id")
-    for path in jsons:
-        q = json.loads(path.read_text())
-        if not q.get("excluded"):
-            reasons = qc_failures(q, thresholds)
-            table.loc[q["participant_id"], ["passed", "reason"]] = [not reasons, "; ".join(reasons) or "n/a"]
-    table = table.reset_index()
-    table["passed"] = table["passed"].astype(bool)
-    return table
 
 
 def misregistered_ncc(out: Path, subs: list[str]) -> pd.DataFrame:
@@ -202,8 +185,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from brainage.preprocess import settings_from_config
-    from brainage.preprocess.qc import qc_montage
-    from brainage.io import write_tsv
+    from brainage.preprocess.qc import write_cohort_qc
 
     settings = yaml.safe_load(args.config.read_text())["preprocess"]
     thresholds = settings_from_config(settings)["qc"]
@@ -221,11 +203,9 @@ def main() -> int:
     print(f"\nconfig {args.config}: preprocess.qc = {settings.get('qc')}")
     for label, (out, scans) in sets.items():
         subs = sorted(scans)
-        table = judged_table(out, subs, thresholds)
-        write_tsv(out / "qc.tsv", table)
-        write_tsv(out / "excluded.tsv", table.loc[~table["passed"], ["participant_id", "reason"]])
-        qc_montage(table, [outputs(out, s)["qc_json"] for s in subs], [outputs(out, s)["res2"] for s in subs],
-                   out / "qc_montage.png")
+        # the pipeline's cohort QC, every subject judged against --config's thresholds
+        table = write_cohort_qc([outputs(out, s)["qc_json"] for s in subs], out / "qc.tsv", out / "excluded.tsv",
+                                out / "qc_montage.png", [outputs(out, s)["res2"] for s in subs], thresholds=thresholds)
         where = ", ".join(d.name for d in args.data) if label == "real" else str(args.simulated)
         moved[label] = misregistered_ncc(out, subs)
         summary(table, moved[label], f"{label} heads ({where})")

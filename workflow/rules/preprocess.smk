@@ -10,11 +10,14 @@ PREPROCESS = config["preprocess"]
 PP_ENGINE = PREPROCESS["engine"]
 PP_QC = PREPROCESS.get("qc") or {}
 PP_DIR = "results/preprocess/{subject}/anat"
-# what a subject's outputs depend on (on_fail only acts on the cohort table)
+# what a subject's outputs depend on. The QC thresholds are not: the cohort table (rule
+# qc_table) judges every subject against them, so thresholds set from a cohort's measured heads
+# apply without preprocessing anyone again (each subject's QC json and figure keep the verdict
+# of the thresholds at the time it ran, read from config by the script).
 PP_SETTINGS = {
     k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")
 }
-PP_SETTINGS["qc"] = {k: v for k, v in PP_QC.items() if k != "on_fail"}
+PP_THRESHOLDS = {k: v for k, v in PP_QC.items() if k != "on_fail"}
 # mask, affine, QC, and the preprocessed T1w on each grid (res4, res2, ...)
 PP_OUTPUTS = patterns(paths.preprocess_outputs(PP_DIR, "{subject}", GRIDS))
 
@@ -148,6 +151,7 @@ rule qc_table:
         mem_mb=2000,
     params:
         on_fail=PP_QC.get("on_fail", "exclude"),
+        thresholds=PP_THRESHOLDS,
         code=script_code("preprocess_qc_table.py"),
     script:
         "../scripts/preprocess_qc_table.py"

@@ -14,5 +14,5 @@ with redirect_to_log(snakemake.log[0]):
         Path(snakemake.output.qc_json).parent,
         snakemake.wildcards.subject,
         snakemake.params.grids,
-        settings=snakemake.params.settings,
+        settings={**snakemake.params.settings, "qc": snakemake.config["preprocess"].get("qc")},
     )

@@ -13,6 +13,6 @@ with redirect_to_log(snakemake.log[0]):
         snakemake.wildcards.subject,
         snakemake.params.grids,
         engine="native",
-        settings=snakemake.params.settings,
+        settings={**snakemake.params.settings, "qc": snakemake.config["preprocess"].get("qc")},
         threads=snakemake.threads,
     )

@@ -1,7 +1,7 @@
 """Cohort preprocessing QC: qc.tsv, excluded.tsv (failed thresholds, with reason) and a montage."""
 
 from brainage.logs import redirect_to_log
-from brainage.preprocess.qc import write_cohort_qc
+from brainage.preprocess.qc import QCThresholds, write_cohort_qc
 
 with redirect_to_log(snakemake.log[0]) as log:
     table = write_cohort_qc(
@@ -11,5 +11,6 @@ with redirect_to_log(snakemake.log[0]) as log:
         montage_png=snakemake.output.montage,
         volumes=snakemake.input.volumes,
         on_fail=snakemake.params.on_fail,
+        thresholds=QCThresholds(**snakemake.params.thresholds),
     )
     log.info("%d subjects, %d passed QC", len(table), int(table["passed"].sum()))

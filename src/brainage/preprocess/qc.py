@@ -125,16 +125,37 @@ def read_qc_jsons(paths: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("participant_id", kind="stable").reset_index(drop=True)
 
 
+def judge_qc(table: pd.DataFrame, qc_jsons: list[str | Path], thresholds: QCThresholds) -> pd.DataFrame:
+    """``table`` (:func:`read_qc_jsons`) with ``passed`` and ``reason`` judged again from each
+    json's metrics against ``thresholds``; subjects excluded as bad input stay excluded.
+
+    The cohort table is the verdict: a threshold changed after preprocessing (set from what a
+    cohort's heads measure) applies without preprocessing any subject again.
+    """
+    table = table.set_index("participant_id")
+    for path in qc_jsons:
+        q = json.loads(Path(path).read_text())
+        if not q.get("excluded"):
+            reasons = qc_failures(q, thresholds)
+            table.loc[q["participant_id"], ["passed", "reason"]] = [not reasons, "; ".join(reasons) or "n/a"]
+    table = table.reset_index()
+    table["passed"] = table["passed"].astype(bool)
+    return table
+
+
 def write_cohort_qc(qc_jsons: list[str | Path], qc_tsv: str | Path, excluded_tsv: str | Path,
                     montage_png: str | Path | None = None, volumes: list[str | Path] | None = None,
-                    on_fail: str = "exclude") -> pd.DataFrame:
+                    on_fail: str = "exclude", thresholds: QCThresholds | None = None) -> pd.DataFrame:
     """Cohort QC: ``qc.tsv``, ``excluded.tsv`` (participant_id, reason) and an optional montage.
 
     ``volumes``: each subject's registered volume (any template grid), in the order of
-    ``qc_jsons``, for the montage. ``on_fail="stop"`` raises after writing the tables when any
-    subject failed, so the run stops before later stages use the cohort.
+    ``qc_jsons``, for the montage. ``thresholds``: judge every subject against these
+    (:func:`judge_qc`; None: the verdict each json recorded). ``on_fail="stop"`` raises after
+    writing the tables when any subject failed, so the run stops before later stages use the cohort.
     """
     table = read_qc_jsons(qc_jsons)
+    if thresholds is not None:
+        table = judge_qc(table, qc_jsons, thresholds)
     write_tsv(qc_tsv, table)
     excluded = table.loc[~table["passed"], ["participant_id", "reason"]]
     write_tsv(excluded_tsv, excluded)
