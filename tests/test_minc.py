@@ -28,7 +28,7 @@ needs_minc = pytest.mark.skipif(
 def _minc_workdir(tmp_path: Path) -> Path:
     config = tiny_config()
     config["preprocess"]["engine"] = "minc"
-    config["preprocess"]["grids"] = [1, 2]
+    config["preprocess"]["grids"] = [1, 2, 4]  # the study grids, and the tiny models' 4 mm
     return make_workdir(tmp_path / "work", config)
 
 

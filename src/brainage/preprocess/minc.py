@@ -106,7 +106,7 @@ def minc_script(t1w: str, brain_1mm: str, mask: str, xfm: str, settings: MincSet
 def write_ras_input(t1w_path: str | Path, out: str | Path, participant_id: str) -> None:
     """Check the raw scan (:func:`brainage.preprocess.load_t1w`) and write it reoriented to RAS+."""
     from brainage.io import save_nifti
-    from brainage.preprocess import load_t1w
+    from brainage.preprocess.finish import load_t1w
 
     img = nib.as_closest_canonical(load_t1w(t1w_path, participant_id))
     save_nifti(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine), out)
@@ -134,7 +134,7 @@ def finish_minc(brain_1mm: str | Path, mask: str | Path, xfm: str | Path, t1w_pa
                 template: str | Path | None = None, started: float | None = None) -> dict:
     """The MINC chain's products -> the pipeline's outputs and QC (same names as the native engine)."""
     from brainage.grids import resample_image, template_grid
-    from brainage.preprocess import finish_from_base, load_template, settings_from_config
+    from brainage.preprocess.finish import finish_from_base, load_template, settings_from_config
 
     started = time.perf_counter() if started is None else started
     cfg = settings_from_config(settings)

@@ -21,11 +21,16 @@ import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from brainage.grids import TEMPLATE_AFFINE_1MM, template_grid
+from brainage.io import InputError
+from brainage.preprocess.finish import base_resolution, finish_from_base, load_t1w, load_template, settings_from_config
 
 log = logging.getLogger("brainage.preprocess")
 
@@ -354,3 +359,77 @@ def normalise_in_brain(volume: np.ndarray, brain: np.ndarray, low_pct: float = 0
     out = np.clip((volume - lo) / scale, 0.0, 1.0).astype(np.float32)
     out[~brain] = 0.0
     return out
+
+
+# --------------------------------------------------------------------------------------
+# The engine: the steps above on one scan, finished by brainage.preprocess.finish
+
+
+def run_native(t1w_path, out_dir, participant_id, grids, resources_root, settings, threads, template) -> dict:
+    """The native engine on one scan, its outputs written into ``out_dir`` (see
+    :func:`brainage.preprocess.preprocess_t1w`); returns the QC dict."""
+    from scipy import ndimage
+
+    started = time.perf_counter()
+    set_threads(threads)
+    cfg = settings_from_config(settings)
+    img = load_t1w(t1w_path, participant_id)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    mask = brain_mask_deepbet(img)
+    timings["brain_mask"] = time.perf_counter() - t
+    if mask.sum() * abs(np.linalg.det(img.affine[:3, :3])) < 100_000:  # < 100 ml: no brain found
+        raise InputError(f"{participant_id}: {t1w_path}: brain extraction found no brain "
+                         f"({mask.sum()} voxels); is this a T1w head scan?")
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = data - min(0.0, float(data.min()))  # N4 works on positive intensities
+    image = ants_image(data, img.affine)
+    mask_img = ants_image(mask.astype(np.float32), img.affine)
+    head_box, mask_box = crop_to_mask(image, mask_img)
+
+    t = time.perf_counter()
+    corrected, n4_info = n4_in_mask(head_box, mask_box, cfg["n4"])
+    brain = corrected * mask_box
+    timings["n4"] = time.perf_counter() - t
+
+    tpl, tpl_mask = load_template(resources_root, template)
+    tpl_img = ants_image(tpl, TEMPLATE_AFFINE_1MM)
+    # a 5 mm rim around the template brain lets the brain outline drive the fit
+    reg_mask = ndimage.binary_dilation(tpl_mask, iterations=5)
+    reg_mask_img = ants_image(reg_mask.astype(np.float32), TEMPLATE_AFFINE_1MM)
+    voxel_mm = float(max(np.linalg.norm(img.affine[:3, :3], axis=0)))
+    base_res = base_resolution(grids, voxel_mm)
+    base_grid = template_grid(base_res)
+    base_img = ants_image(np.zeros(base_grid.shape, np.float32), base_grid.affine)
+
+    with tempfile.TemporaryDirectory(prefix="brainage-reg-") as work:
+        t = time.perf_counter()
+        try:
+            reg = register_affine_to_template(brain, tpl_img, reg_mask_img, cfg["registration"], workdir=work)
+        except RuntimeError as err:
+            raise InputError(f"{participant_id}: {t1w_path}: registration failed ({err})") from None
+        if not np.isfinite(reg.template_to_native).all():
+            raise InputError(f"{participant_id}: {t1w_path}: registration failed (non-finite affine)")
+        timings["registration"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        volume = resample_to_template(brain, base_img, reg.transform_file, "bSpline")
+        brain_base = resample_to_template(mask_box, base_img, reg.transform_file, "linear") >= 0.5
+        timings["resample"] = time.perf_counter() - t
+        extra = {
+            "engine": "native",
+            "n4": n4_info,
+            "registration": {"metric": cfg["registration"].metric, "levels_mm": reg.levels_mm,
+                             "init": cfg["registration"].init},
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        }
+        metrics = finish_from_base(
+            volume, brain_base, base_res, reg.template_to_native, mask, img.affine, participant_id, t1w_path,
+            out_dir, grids, tpl, tpl_mask, cfg["qc"], extra, transform_file=reg.transform_file, started=started,
+        )
+    log.info("%s: NCC %.3f, brain %.0f ml, %s in %.1f s", participant_id, metrics["ncc"],
+             metrics["brain_volume_ml"], "passed" if metrics["passed"] else "FAILED QC", metrics["runtime_s"])
+    return metrics
+
