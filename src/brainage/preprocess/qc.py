@@ -203,6 +203,10 @@ def qc_montage(table: pd.DataFrame, qc_jsons: list, volumes: list, path: str | P
         ax.imshow(np.rot90(data[:, :, z]), cmap="gray", interpolation="nearest")
         ax.contour(np.rot90(outlines[data.shape][:, :, z].astype(float)), levels=[0.5], colors="red", linewidths=0.4)
         ax.set_title(sid, fontsize=5, color="black" if passed.get(sid, True) else "red")
-    fig.suptitle("preprocessing QC: axial z=18 with template brain outline (red titles: excluded)", fontsize=7, y=1.0 + 0.12 / rows)
+    # the grid fills the figure (matplotlib's default top margin left a band of white above it)
+    height = 1.5 * rows
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - 0.35 / height, wspace=0.05, hspace=0.3)
+    fig.suptitle("preprocessing QC: axial z=18 with template brain outline (red titles: excluded)", fontsize=7,
+                 y=1.0 - 0.08 / height)
     save_figure(fig, path)
     plt.close(fig)
