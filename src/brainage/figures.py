@@ -329,6 +329,25 @@ def _bag_violins(ax: plt.Axes, predictions: Mapping[str, pd.DataFrame], names: S
 
 
 # --------------------------------------------------------------------------- predicted vs age
+def _square_panel(ax: plt.Axes, title: str, colour: str, lo: float, hi: float) -> None:
+    """One model's panel of a predicted-against-truth grid: title, equal square limits."""
+    ax.set_title(title, color=colour)
+    ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _label_panels(axes: np.ndarray, used: int, xlabel: str, ylabel: str) -> None:
+    """Hide the unused panels of a grid, label its outer axes, and put the legend in the first."""
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+
+
 def fig_pred_vs_age(
     predictions: Mapping[str, pd.DataFrame],
     colours: Mapping[str, str],
@@ -359,17 +378,8 @@ def fig_pred_vs_age(
             mae, sd = stats.mean_absolute_error(test["age"], test["predicted_age"])
             ax.text(0.03, 0.97, f"HC: MAE {mae:.2f} \u00b1 {sd:.2f} y\nR$^2$ {stats.r_squared(test['age'], test['predicted_age']):.2f}",
                     transform=ax.transAxes, va="top", fontsize=7)
-        ax.set_title(name, color=colours.get(name, "black"))
-        ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
-        ax.set_aspect("equal")
-        ax.spines[["top", "right"]].set_visible(False)
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("Chronological age (years)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("Predicted brain age (years)")
-    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+        _square_panel(ax, name, colours.get(name, "black"), lo, hi)
+    _label_panels(axes, len(names), "Chronological age (years)", "Predicted brain age (years)")
     if absent:
         fig.suptitle(f"{stats.absent_line(absent)}: healthy test subjects only", fontsize=8)
     fig.tight_layout()
@@ -402,18 +412,9 @@ def fig_gap_recovery(predictions: Mapping[str, pd.DataFrame], colours: Mapping[s
         ax.plot([-lim, lim], [-lim, lim], color="black", linestyle="--", linewidth=0.8)
         ax.axhline(0, color="grey", linewidth=0.5), ax.axvline(0, color="grey", linewidth=0.5)
         ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=7)
-        ax.set_title(name, color=colours.get(name, "black"))
-        ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.spines[["top", "right"]].set_visible(False)
+        _square_panel(ax, name, colours.get(name, "black"), -lim, lim)
         drawn[name] = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=["group", "true_bag", "bag"])
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("True BAG (years, simulator)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("Predicted BAG (years)")
-    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
+    _label_panels(axes, len(names), "True BAG (years, simulator)", "Predicted BAG (years)")
     fig.tight_layout(w_pad=1.5)  # the panels' end ticks (-lim, lim) would touch
     save(fig, paths)
     return drawn
