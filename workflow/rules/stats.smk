@@ -237,6 +237,7 @@ def gradram_params(names, roles, rows):
         candidates=list(names),
         roles=roles,
         rows=rows,
+        hc_splits=(config.get("explain") or {}).get("hc_splits", ["test"]),
         cut_coords=STATS["cut_coords"],
         code=script_code("fig_gradram.py"),
     )

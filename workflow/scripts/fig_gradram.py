@@ -8,13 +8,15 @@ from brainage.stats import validation_maes
 
 # rows, title, difference map beside each row (Figure 7: patients minus age-matched controls)
 ROWS = {
-    "age": (AGE_GROUP_ROWS, "Grad-RAM by age group, healthy test subjects", None),
+    "age": (AGE_GROUP_ROWS, "Grad-RAM by age group, healthy subjects ({splits})", None),
     "disease": (DISEASE_ROWS, "Grad-RAM in AD and PD", DISEASE_DIFFERENCES),
 }
 
 with redirect_to_log(snakemake.log[0]):
     p = snakemake.params
     rows, title, differences = ROWS[p.rows]
+    # the healthy subjects whose maps enter the age groups: config explain.hc_splits
+    title = title.format(splits=f"{'/'.join(p.hc_splits)} split{'s' * (len(p.hc_splits) > 1)}")
     groups = {Path(d).parent.name: d for d in snakemake.input.groups}
     chosen = fig_gradram(p.models, validation_maes(snakemake.input.logs), groups, snakemake.input.templates,
                          [snakemake.output.png, snakemake.output.svg], p.roles, rows, title, p.cut_coords, differences)
