@@ -25,14 +25,16 @@ class QCThresholds:
     """A subject passes QC when every metric lies within these bounds (config ``preprocess.qc``).
 
     Scales are the singular values of the native-to-template affine (template size over head
-    size per principal axis): adult heads lie within about 0.8-1.25 of the template.
+    size per principal axis). Measured on 89 real IXI heads (benchmarks/qc_real_heads.py):
+    NCC 0.51-0.61 for correct registrations, 0.31-0.42 for the same brains moved 8 mm or turned
+    10 degrees; scales 0.96-1.33; brain volume 1164-1748 ml (numbers in config/config.yaml).
     """
 
-    min_ncc: float = 0.5
+    min_ncc: float = 0.45
     min_brain_volume_ml: float = 800.0
     max_brain_volume_ml: float = 2200.0
     min_scale: float = 0.7
-    max_scale: float = 1.4
+    max_scale: float = 1.5
 
 
 def ncc(volume: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
