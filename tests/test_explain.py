@@ -414,3 +414,45 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     top10 = means.sort_values(ascending=False).index[:10].map(hc_table["name"])
     assert check.at["HC", "precision"] == pytest.approx(len(set(top10) & set(truth)) / 10)
     assert check.at["AD", "effect"] == "AD" and "AD-matchedHC" not in check.index and "PD" not in check.index
+
+
+@pytest.mark.parametrize("backbone, stride, res, expected", [
+    ("resnet18", 2, 4.0, "layer2"),  # the demo's 4 mm models: layer4 would be 2 x 2 x 2
+    ("resnet18", 1, 2.0, "layer4"),  # the study's 2 mm grid keeps layer4 (6 x 8 x 6)
+])
+def test_auto_target_layer_keeps_six_voxels_per_axis(backbone, stride, res, expected):
+    from brainage.explain import auto_target_layer, block_shapes
+    from brainage.grids import template_grid
+    from brainage.networks import build_age_model
+
+    model = build_age_model({"backbone": backbone, "width": 0.125, "conv1_stride": stride})
+    shape = template_grid(res).shape
+    # independent expectation: ResNet halves the grid (ceil) at conv1 (if stride 2), the max-pool,
+    # and layers 2-4
+    size = lambda n, halvings: n if halvings == 0 else size(-(-n // 2), halvings - 1)  # noqa: E731
+    first = (stride == 2) + 1
+    expected_shapes = {f"layer{k}": tuple(size(n, first + max(0, k - 1)) for n in shape) for k in range(1, 5)}
+    assert dict(block_shapes(model, shape)) == expected_shapes
+    assert auto_target_layer(model, shape) == expected
+    deeper = f"layer{int(expected[-1]) + 1}"
+    assert min(expected_shapes[expected]) >= 6 and (deeper not in expected_shapes or min(expected_shapes[deeper]) < 6)
+
+
+def test_truth_checks_holm_corrects_across_groups():
+    from statsmodels.stats.multitest import multipletests
+
+    from brainage.explain import truth_checks
+
+    regions = [f"R{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in ("HC_20-40", "HC_60-80", "AD"):
+        means = rng.random(30)
+        ranks = (-means).argsort().argsort() + 1
+        rows += [{"group": g, "n": 5, "index": i + 1, "name": r, "mean": float(v), "rank": int(k)}
+                 for i, (r, v, k) in enumerate(zip(regions, means, ranks))]
+    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "volume_change_pct": -10 * float(rng.random())}
+                            for e in ("ageing", "AD", "PD") for i, r in enumerate(regions)])
+    table = truth_checks(pd.DataFrame(rows), effects, k=5, draws=200, seed=1)
+    assert len(table) == 3
+    np.testing.assert_allclose(table["p_holm"], multipletests(table["p_value"], method="holm")[1])

@@ -62,6 +62,44 @@ def find_layer(model: nn.Module, target_layer: str) -> nn.Module:
     raise ValueError(f"no layer {target_layer!r} in {type(model).__name__}; candidates: {', '.join(names[:20])}")
 
 
+#: ``explain.target_layer: auto`` picks the deepest block whose map has at least this many
+#: voxels along every axis: at layer4 a 4 mm demo grid leaves 2 x 2 x 2 voxels, which can only
+#: draw a ramp, not localise a region
+MIN_MAP_VOXELS = 6
+
+
+def block_shapes(model: nn.Module, shape: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, spatial shape)`` of each candidate block's output, in the order the forward pass
+    runs them, for one input volume of ``shape``: the residual stages ``layerN`` (ResNets) and the
+    ``features.K`` blocks and ``layer4`` (SFCN), named relative to ``model.encoder``."""
+    import re
+
+    encoder = getattr(model, "encoder", model)
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    handles = [module.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape[2:]))))
+               for name, module in encoder.named_modules() if re.fullmatch(r"layer\d+|features\.\d+", name)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros((1, 1, *shape), device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return seen
+
+
+def auto_target_layer(model: nn.Module, shape: Sequence[int], min_voxels: int = MIN_MAP_VOXELS) -> str:
+    """The deepest block whose map keeps ``min_voxels`` voxels along every axis (for inputs of
+    ``shape``); when none does, the block with the largest map."""
+    shapes = block_shapes(model, shape)
+    if not shapes:
+        raise ValueError(f"no layerN or features.K blocks in {type(model).__name__} to take Grad-RAM from")
+    fine = [name for name, s in shapes if min(s) >= min_voxels]
+    return fine[-1] if fine else max(shapes, key=lambda item: min(item[1]))[0]
+
+
 def grad_ram(model: nn.Module, volumes: torch.Tensor, target_layer: str = "layer4") -> torch.Tensor:
     """Grad-RAM maps of a batch: ``volumes (B, 1, D, H, W)`` -> ``(B, D, H, W)`` in [0, 1].
 
@@ -305,7 +343,8 @@ TRUTH_EFFECT = {"HC": "ageing", "AD": "AD", "PD": "PD"}
 #: tissue, and a CNN sees local tissue change, not where the tissue was moved from.
 TRUTH_MEASURE = "volume_change_pct"
 
-TRUTH_COLUMNS = ["group", "n", "effect", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "top", "relevant"]
+TRUTH_COLUMNS = ["group", "n", "effect", "k", "n_relevant", "precision", "random_mean", "random_sd", "p_value", "p_holm",
+                 "top", "relevant"]
 
 
 def read_effects(path: str | Path) -> pd.DataFrame:
@@ -341,7 +380,8 @@ def truth_checks(aal_table: pd.DataFrame, effects: pd.DataFrame, k: int = 10, dr
     each group is compared with the top-``k`` regions of its effect (:data:`TRUTH_EFFECT` by
     the group's cohort: HC age and sex groups -> ``ageing``; ``AD``, ``AD-minus-HC`` -> ``AD``;
     ``PD``, ``PD-minus-HC`` -> ``PD``). Age-matched control groups are not checked (they are
-    the difference maps' baseline). One row per group, columns :data:`TRUTH_COLUMNS`.
+    the difference maps' baseline). One row per group, columns :data:`TRUTH_COLUMNS`;
+    ``p_holm`` is ``p_value`` Holm-corrected across the groups checked.
     """
     rows = []
     if aal_table.empty:
@@ -358,7 +398,13 @@ def truth_checks(aal_table: pd.DataFrame, effects: pd.DataFrame, k: int = 10, dr
         check = truth_check(table, relevant, k, draws, seed)
         n = int(table["n"].iloc[0]) if "n" in table else np.nan
         rows.append({"group": group, "n": n, "effect": effect, **check, "relevant": ";".join(relevant)})
-    return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    table = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    if len(table):
+        # every group's ranking is one test: Holm's step-down over all of them (familywise error)
+        from brainage.stats import holm
+
+        table["p_holm"] = holm(table["p_value"])
+    return table
 
 
 # --------------------------------------------------------------------------------------
@@ -478,6 +524,10 @@ def run_saliency(
     if tuple(cache.shape) != grid.shape:
         raise ValueError(f"cache {cache_volumes}: grid {cache.shape} differs from model {name}'s {grid.shape}")
 
+    if target_layer == "auto":
+        target_layer = auto_target_layer(model, grid.shape)
+        log.info("model %s: target layer %s (maps of %s voxels on the %g mm grid)", name, target_layer,
+                 "x".join(map(str, dict(block_shapes(model, grid.shape))[target_layer])), grid.res)
     subjects, groups, matches_table = _saliency_subjects(participants_tsv, splits_tsv, hc_splits)
     log.info("model %s: Grad-RAM on %s for %d subjects (%s, AD, PD)", name, target_layer, len(subjects), "+".join(hc_splits))
     means, counts = _subject_maps(model, dev, cache, subjects["participant_id"].tolist(), groups, matches_table,

@@ -120,7 +120,7 @@ def predict_scan(
     import torch
 
     from brainage.cache import normalise_intensity
-    from brainage.explain import grad_ram, template_image
+    from brainage.explain import auto_target_layer, grad_ram, template_image
     from brainage.models import load_model, pick_device
     from brainage.io import save_nifti
 
@@ -152,7 +152,8 @@ def predict_scan(
     x = torch.from_numpy(normalise_intensity(volume))[None, None].to(dev)
     model = model.to(dev).eval()
     if saliency is not None:
-        maps = grad_ram(model, x)  # one forward + one backward; the age comes from a no-grad pass below
+        # the block the pipeline's `explain.target_layer: auto` takes; one forward + one backward
+        maps = grad_ram(model, x, auto_target_layer(model, x.shape[2:]))  # the age: a no-grad pass below
         save_nifti(template_image(maps[0].cpu().numpy(), grid.affine), saliency)
         result["saliency"] = str(saliency)
     with torch.inference_mode():

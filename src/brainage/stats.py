@@ -431,6 +431,20 @@ def select_best(candidates: Sequence[str], val_mae: Mapping[str, float]) -> tupl
 
 
 # --------------------------------------------------------------------------- helpers
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (familywise error over the finite ones; NaN stays NaN):
+    sorted ascending, p_(i) * (m - i + 1), made monotone, capped at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if len(ok):
+        order = ok[np.argsort(p[ok], kind="stable")]
+        m = len(order)
+        adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+        out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
 def _paired_arrays(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:

@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 from brainage import stats
 from brainage.io import InputError, write_text, write_tsv
@@ -268,7 +267,7 @@ def table2_accuracy(
     data["compared_with"] = best
     data["t_vs_best"] = [tests[n].statistic if n in tests else math.nan for n in names]
     data["p_vs_best"] = [tests[n].pvalue if n in tests else math.nan for n in names]
-    data["p_holm"] = _holm(data["p_vs_best"].to_numpy())
+    data["p_holm"] = stats.holm(data["p_vs_best"].to_numpy())
     o = f"{older_than:g}"
     display = pd.DataFrame(
         {
@@ -300,14 +299,6 @@ def table2_accuracy(
         f"Columns >{o}: healthy test subjects older than {o} years (the disease cohorts' age range).",
     ]
     return Table("Table 2. Accuracy of every model on the healthy test split", data, display, notes)
-
-
-def _holm(pvalues: np.ndarray) -> np.ndarray:
-    out = np.full(len(pvalues), np.nan)
-    ok = np.isfinite(pvalues)
-    if ok.any():
-        out[ok] = multipletests(pvalues[ok], method="holm")[1]
-    return out
 
 
 # --------------------------------------------------------------------------- Table 3
