@@ -34,15 +34,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from brainage.models import autocast
+
 __all__ = ["contrastive_step"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +126,7 @@ def contrastive_step(
     device = views.device
 
     if chunk_size is None or chunk_size >= n:
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             embeddings = encoder(views)
         loss = loss_fn(_at_least_float32(embeddings), labels)
         loss.backward()
@@ -142,7 +138,7 @@ def contrastive_step(
     # Pass 1: embeddings without a graph; record each chunk's RNG state before it runs.
     rng_states: list[_RngState] = []
     cached: list[torch.Tensor] = []
-    with torch.no_grad(), _frozen_running_stats(encoder), _autocast(device, autocast_dtype):
+    with torch.no_grad(), _frozen_running_stats(encoder), autocast(device, autocast_dtype):
         for chunk in chunks:
             rng_states.append(_RngState(device))
             cached.append(_at_least_float32(encoder(chunk)))
@@ -156,7 +152,7 @@ def contrastive_step(
     # Pass 3: one chunk's graph at a time, back-propagating the cached gradient.
     for i, (chunk, grad) in enumerate(zip(chunks, embedding_grad.split(chunk_size))):
         with rng_states[i].replay(), _no_sync(encoder, last=i == len(chunks) - 1):
-            with _autocast(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 out = encoder(chunk)
             _at_least_float32(out).backward(grad)
     return loss.detach()

@@ -64,7 +64,7 @@ from brainage.augment import AugmentConfig, augment_volume, sample_params
 from brainage.cache import INTENSITY_NORMALISATION, CachedVolumes
 from brainage.checkpoint import Checkpoint, StopRequest, fingerprint
 from brainage.io import atomic_path, save_figure, write_json, write_tsv
-from brainage.models import autocast, forward_batches, iter_batches, load_model, save_model, to_device, unwrap
+from brainage.models import autocast, forward_batches, iter_batches, save_model, to_device, unwrap
 from brainage.networks import architecture_of, build_age_model
 from brainage.paths import model_files
 from brainage.spec import resolve_spec
@@ -72,8 +72,7 @@ from brainage.splits import split_hash
 
 log = logging.getLogger("brainage.train")
 
-# load_model and resolve_spec live in brainage.models and brainage.spec; kept importable here
-__all__ = ["resolve_spec", "train_model", "load_model", "launch_torchrun", "TrainingInterrupted"]
+__all__ = ["train_model", "launch_torchrun", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(RuntimeError):
