@@ -145,6 +145,13 @@ def check_cohort(participants, config: Mapping, where: str) -> list[str]:
     n_hc = int((participants["cohort"] == "HC").sum()) if len(participants) else 0
     if n_hc == 0:
         return [f"config {where}: no healthy controls (HC); the models train on healthy controls only"]
+    if splits_cfg.get("scheme", "fixed") == "kfold":
+        folds = int(splits_cfg.get("folds", 5))
+        per_fold = n_hc // folds
+        if per_fold < 2:
+            return [f"config {where}: {n_hc} healthy controls for {folds}-fold cross-validation leave "
+                    f"{per_fold} per fold (needs 2); add healthy controls or lower training.splits.folds"]
+        return []
     table = make_splits(participants, int(config.get("seed", 0)), None, fractions,
                         float(splits_cfg.get("age_bin_years", 10)))
     counts = table["split"].value_counts()

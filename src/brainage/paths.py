@@ -107,6 +107,22 @@ def model_files(model_dir: str | Path) -> dict[str, Path]:
             "checkpoint": model_dir / "checkpoint.pt"}
 
 
+def fold_splits(fold: str) -> Path:
+    """The splits table of one cross-validation fold (``r0f3``: repeat 0, fold 3)."""
+    return RESULTS / "splits" / f"{fold}.tsv"
+
+
+def model_dir(model: str, fold: str | None = None) -> Path:
+    """A model's folder: ``results/models/<model>``, or one fold's ``results/models/<model>/cv/<fold>``."""
+    return MODELS_ROOT / model if fold is None else MODELS_ROOT / model / "cv" / fold
+
+
+def fold_prediction_files(model: str, fold: str) -> dict[str, Path]:
+    """One fold's predictions (merged into :func:`prediction_files` by brainage.cv)."""
+    root = PREDICTIONS_ROOT / "cv" / model
+    return {"tsv": root / f"{fold}.tsv", "json": root / f"{fold}.json"}
+
+
 def prediction_files(model: str) -> dict[str, Path]:
     """A model's predictions table and its summary."""
     return {"tsv": PREDICTIONS_ROOT / f"{model}.tsv", "json": PREDICTIONS_ROOT / f"{model}.json"}

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage import stats
+from brainage import cv, stats
 from brainage.io import InputError, write_text, write_tsv
 
 PM = "\u00b1"
@@ -258,6 +258,7 @@ def table2_accuracy(
                 f"mae_over{older_than:g}": acc_old.mae,
                 f"mae_sd_over{older_than:g}": acc_old.mae_sd,
                 f"r2_over{older_than:g}": acc_old.r2,
+                **_fold_summary(predictions[name]),
             }
         )
     data = pd.DataFrame(rows)
@@ -291,7 +292,15 @@ def table2_accuracy(
             f"R2 >{o}": data[f"r2_over{o}"].map(fmt),
         }
     )
+    cv_notes = [n for n in (cv.pooled_note(predictions[m]) for m in names) if n]
+    if cv_notes:
+        at = display.columns.get_loc("MAE 95% CI") + 1
+        display.insert(at, "MAE folds (years)", [fmt_pm(m, s) for m, s in zip(data["mae_folds_mean"], data["mae_folds_sd"])])
+        display.insert(at + 1, "R2 folds", [fmt_pm(m, s) for m, s in zip(data["r2_folds_mean"], data["r2_folds_sd"])])
+        cv_notes = [cv_notes[0] + " MAE and R2 are pooled over all healthy subjects; "
+                    "'folds' columns: mean \u00b1 SD of each fold's MAE and R2."]
     notes = [
+        *cv_notes,
         f"Healthy test split; MAE \u00b1 SD of the absolute errors; R2 = 1 - SS_res/SS_tot; BAG = predicted - chronological age.",
         f"* p < {alpha:g}, two-sided paired t-test on absolute errors against {best} (lowest test MAE); "
         "p (Holm): Holm-corrected over the comparisons.",
@@ -299,6 +308,15 @@ def table2_accuracy(
         f"Columns >{o}: healthy test subjects older than {o} years (the disease cohorts' age range).",
     ]
     return Table("Table 2. Accuracy of every model on the healthy test split", data, display, notes)
+
+
+def _fold_summary(frame: pd.DataFrame) -> dict[str, float]:
+    """Number of folds and mean +- SD over folds of MAE and R2 (nan for a fixed split)."""
+    folds = cv.fold_accuracy(frame)
+    sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan)
+    return {"n_folds": len(folds), "mae_folds_mean": float(folds["mae"].mean()) if len(folds) else math.nan,
+            "mae_folds_sd": sd(folds["mae"]), "r2_folds_mean": float(folds["r2"].mean()) if len(folds) else math.nan,
+            "r2_folds_sd": sd(folds["r2"])}
 
 
 # --------------------------------------------------------------------------- Table 3

@@ -20,6 +20,7 @@ from brainage.io import InputError
 from brainage import paths
 from brainage.provenance import code_hash, script_code_hash
 from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
+from brainage.splits import fold_names
 
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
@@ -80,6 +81,25 @@ SIM_BIDS = f"{SIM_COHORT}/bids"
 PARTICIPANTS_TSV = str(paths.PARTICIPANTS)
 SPLITS_TSV = str(paths.SPLITS)
 QC_EXCLUDED = str(paths.QC_EXCLUDED)
+# Cross-validation (training.splits.scheme: kfold): one model per fold r<repeat>f<fold>; the
+# first fold's model stands for the model where one is needed (saliency, learning curves).
+SPLITS_CFG = config["training"]["splits"]
+FOLDS = (
+    fold_names(SPLITS_CFG["folds"], SPLITS_CFG.get("repeats", 1))
+    if SPLITS_CFG.get("scheme", "fixed") == "kfold"
+    else []
+)
+REP_FOLD = FOLDS[0] if FOLDS else None
+
+
+def model_dir(model):
+    """The folder of ``model`` (of its first fold when cross-validated)."""
+    return paths.model_dir(model, REP_FOLD)
+
+
+def model_splits():
+    """The splits table the model of :func:`model_dir` was trained with."""
+    return str(paths.fold_splits(REP_FOLD)) if REP_FOLD else SPLITS_TSV
 
 
 def patterns(files):

@@ -9,11 +9,15 @@ def infer_models():
 
 
 def model_cache(wildcards):
-    """The model, manifest, splits and the cache of the model's grid (train.smk's model_grid)."""
+    """The model (its first fold's when cross-validated), manifest, the splits it was trained
+    with and the cache of the model's grid (train.smk's model_grid)."""
+    fold = getattr(wildcards, "fold", REP_FOLD)
     return {
-        "model": str(paths.model_files(paths.MODELS_ROOT / wildcards.model)["model"]),
+        "model": str(
+            paths.model_files(paths.model_dir(wildcards.model, fold))["model"]
+        ),
         "participants": PARTICIPANTS_TSV,
-        "splits": SPLITS_TSV,
+        "splits": str(paths.fold_splits(fold)) if fold else SPLITS_TSV,
         **model_grid(wildcards),
     }
 
@@ -58,6 +62,36 @@ rule predict_cohort:
         code=script_code("predict_cohort.py"),
     script:
         "../scripts/predict_cohort.py"
+
+
+if FOLDS:
+
+    # Cross-validation: each fold's model predicts its test fold, the patients and its val
+    # subjects; predict_oof merges the folds into the model's predictions table (brainage.cv).
+    use rule predict_cohort as predict_fold with:
+        output:
+            **patterns(paths.fold_prediction_files("{model}", "{fold}")),
+        log:
+            "logs/predict_cohort/{model}/{fold}.log",
+
+    rule predict_oof:
+        input:
+            lambda w: [
+                str(paths.fold_prediction_files(w.model, f)["tsv"]) for f in FOLDS
+            ],
+        output:
+            **patterns(paths.prediction_files("{model}")),
+        log:
+            "logs/predict_cohort/{model}.log",
+        conda:
+            "../../envs/stats.yaml"
+        params:
+            folds=FOLDS,
+            code=script_code("predict_oof.py"),
+        script:
+            "../scripts/predict_oof.py"
+
+    ruleorder: predict_oof > predict_cohort
 
 
 rule saliency:

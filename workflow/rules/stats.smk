@@ -20,7 +20,7 @@ def predictions(names):
 
 
 def train_logs(names):
-    return [str(paths.model_files(paths.MODELS_ROOT / m)["log_tsv"]) for m in names]
+    return [str(paths.model_files(model_dir(m))["log_tsv"]) for m in names]
 
 
 def saliency_groups(names):

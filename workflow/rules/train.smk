@@ -18,6 +18,7 @@ def model_grid(wildcards):
 
 wildcard_constraints:
     model="|".join(MODELS) if MODELS else "NO_MODEL",
+    fold="|".join(FOLDS) if FOLDS else "NO_FOLD",
     res="|".join(GRID_LABELS),
 
 
@@ -27,7 +28,8 @@ rule splits:
         participants=PARTICIPANTS_TSV,
         excluded=QC_EXCLUDED,
     output:
-        SPLITS_TSV,
+        splits=SPLITS_TSV,
+        folds=[str(paths.fold_splits(f)) for f in FOLDS],
     log:
         "logs/splits/splits.log",
     conda:
@@ -81,6 +83,8 @@ rule train:
         },
     log:
         "logs/train/{model}.log",
+    benchmark:
+        "logs/train/{model}.benchmark.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -99,8 +103,36 @@ rule train:
         "../scripts/train_model.py"
 
 
+# Cross-validation: the same job for each fold, on the fold's splits, in the fold's folder.
+use rule train as train_fold with:
+    input:
+        unpack(model_grid),
+        splits=str(paths.fold_splits("{fold}")),
+    output:
+        **{
+            key: path
+            for key, path in patterns(
+                paths.model_files(paths.model_dir("{model}", "{fold}"))
+            ).items()
+            if key != "checkpoint"
+        },
+    log:
+        "logs/train/{model}/{fold}.log",
+    benchmark:
+        "logs/train/{model}/{fold}.benchmark.tsv"
+
+
+def trained_models(key):
+    """File ``key`` of every model (of every fold of every model when cross-validated)."""
+    return [
+        str(paths.model_files(paths.model_dir(m, f))[key])
+        for m in MODELS
+        for f in (FOLDS or [None])
+    ]
+
+
 rule train_all:
     input:
-        expand(MODEL_FILES["model"], model=MODELS),
-        expand(MODEL_FILES["card"], model=MODELS),
-        expand(MODEL_FILES["curve"], model=MODELS),
+        trained_models("model"),
+        trained_models("card"),
+        [str(paths.model_files(model_dir(m))["curve"]) for m in MODELS],
