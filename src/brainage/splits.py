@@ -132,6 +132,8 @@ def make_cv_splits(
         train_ids = base.loc[~test & (base["cohort"] == "HC"), "participant_id"]
         rest = make_splits(participants[participants["participant_id"].isin(train_ids)],
                            seed + 1000 * (r + 1) + k, None, (1 - val_fraction, val_fraction, 0.0), age_bin_years)
+        if not (rest["split"] == "val").any():  # a small cohort: still one subject to validate on
+            rest.loc[rest.index[np.random.default_rng([seed, r, k]).integers(len(rest))], "split"] = "val"
         table = base.copy()
         inner = table["participant_id"].map(rest.set_index("participant_id")["split"])
         table["split"] = inner.where(inner.notna(), table["split"].where(~test, "test"))

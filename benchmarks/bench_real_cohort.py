@@ -1,0 +1,204 @@
+"""Real brains, cross-validated: every model kind against the mean-age baseline on a real cohort.
+
+    python benchmarks/bench_real_cohort.py --data ../shared/data/ixi_dev [--grid 4] [--folds 5]
+        [--repeats 1] [--workdir /tmp/bench_real_cohort] [--models classical,resnet18_e2e,...]
+        [--demo-models DIR] [--cores 2] [--reuse]
+
+Runs the pipeline itself (this repository's Snakefile, ``config/ixi.yaml`` layered over the
+demo config, ``training.splits.scheme: kfold``) on the IXI-style folder ``--data`` (scans and a
+``demographics.csv`` with IXI_ID, AGE, SEX_ID; ``brainage manifest`` reads it), in
+``--workdir`` (kept: a rerun reuses the preprocessing and every fold already trained), up to
+each model's out-of-fold predictions. The models are ``config/ixi.yaml``'s (an end-to-end
+ResNet18 with augmentation, the RNC encoder + linear head, the classical PCA baseline) plus
+the same ResNet18 without augmentation and an SFCN, all on the ``--grid`` mm grid. Prints one
+line per model: pooled out-of-fold MAE and R2, their mean +- SD over folds, the ratio to the
+mean-age baseline (each fold predicting its training subjects' mean age), and the wall time
+of its training jobs (Snakemake's ``benchmark:`` files, all folds summed).
+
+``--demo-models DIR``: the ``results/models`` folder of a demo run (models trained on the
+simulated cohort); each is applied to every real subject (the simulation-to-real gap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def bench_models(grid: float) -> dict[str, dict]:
+    """config/ixi.yaml's models plus ResNet18 without augmentation and an SFCN, on ``grid``."""
+    models = copy.deepcopy(yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())["models"])
+    e2e = next(name for name, m in models.items() if m.get("loss", "l1") == "l1" and m["backbone"] == "resnet18")
+    models[f"{e2e}_noaug"] = {**models[e2e], "augment": False}
+    models["sfcn"] = {k: v for k, v in models[e2e].items() if k not in ("conv1_stride",)} | {"backbone": "sfcn"}
+    for entry in models.values():
+        entry["grid"] = grid
+    return models
+
+
+def write_config(work: Path, data: Path, args, models: dict) -> Path:
+    """The benchmark's config (layered over config/config.yaml and config/ixi.yaml)."""
+    grids = sorted({2.0, float(args.grid)})
+    config = {
+        "cohort": {"source": "manifest", "manifest": str(work / "participants.tsv")},
+        "preprocess": {"grids": grids},
+        "training": {"splits": {"scheme": "kfold", "folds": args.folds, "repeats": args.repeats}},
+        "infer": {"models": None},
+        "models": models,
+    }
+    path = work / "bench_real_cohort.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool) -> float:
+    """Snakemake up to every model's out-of-fold predictions; returns the wall time (s)."""
+    from brainage import paths
+
+    targets = [str(paths.prediction_files(m)["tsv"]) for m in models]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", str(cores),
+           "--configfile", str(REPO / "config" / "ixi.yaml"), str(config),
+           *(["--rerun-triggers", "mtime"] if reuse else []), *targets]
+    started = time.perf_counter()
+    with open(work / "bench_real_cohort.log", "a") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"bench_real_cohort: the pipeline failed; see {work / 'bench_real_cohort.log'}")
+    return time.perf_counter() - started
+
+
+def mean_age_baseline(work: Path) -> pd.DataFrame:
+    """Each fold predicts its training (train + val) subjects' mean age for its test subjects."""
+    from brainage.splits import read_splits
+
+    rows = []
+    for path in sorted((work / "results" / "splits").glob("r*f*.tsv")):
+        table = read_splits(path)
+        fit = table[table["split"].isin(["train", "val"])]["age"].mean()
+        test = table[table["split"] == "test"]
+        rows.append({"fold": path.stem, "participant_id": test["participant_id"], "age": test["age"], "pred": fit})
+    frame = pd.concat([pd.DataFrame(r) for r in rows], ignore_index=True)
+    return frame
+
+
+def summary_row(name: str, age: np.ndarray, pred: np.ndarray, folds: pd.DataFrame, wall: float | None) -> dict:
+    from brainage.stats import mean_absolute_error, r_squared
+
+    return {"model": name, "n": len(age), "mae": mean_absolute_error(age, pred)[0], "r2": r_squared(age, pred),
+            "mae_folds": folds["mae"].mean(), "mae_folds_sd": folds["mae"].std(ddof=1),
+            "r2_folds": folds["r2"].mean(), "r2_folds_sd": folds["r2"].std(ddof=1), "train_wall_s": wall}
+
+
+def model_rows(work: Path, models: dict) -> list[dict]:
+    from brainage import paths
+    from brainage.cv import fold_accuracy
+    from brainage.stats import read_predictions
+
+    rows = []
+    for name in models:
+        pred = read_predictions(work / paths.prediction_files(name)["tsv"])
+        hc = pred[pred["split"] == "test"]
+        walls = [pd.read_csv(p, sep="\t")["s"].iloc[0] for p in (work / "logs" / "train" / name).glob("*.benchmark.tsv")]
+        rows.append(summary_row(name, hc["age"].to_numpy(float), hc["predicted_age"].to_numpy(float),
+                                fold_accuracy(pred), float(np.sum(walls)) if walls else None))
+    return rows
+
+
+def baseline_row(work: Path) -> dict:
+    from brainage.stats import mean_absolute_error, r_squared
+
+    base = mean_age_baseline(work)
+    folds = pd.DataFrame([{"mae": mean_absolute_error(g["age"], g["pred"])[0], "r2": r_squared(g["age"], g["pred"])}
+                          for _, g in base.groupby("fold")])
+    return summary_row("mean_age", base["age"].to_numpy(float), base["pred"].to_numpy(float), folds, 0.0)
+
+
+def demo_rows(work: Path, demo_models: Path, grid: float) -> list[dict]:
+    """Models trained on the simulated demo cohort, applied to every real subject."""
+    from brainage.cache import CachedVolumes
+    from brainage.grids import res_label
+    from brainage.infer import predict_ages
+    from brainage.models import iter_batches, load_model, pick_device
+    from brainage.paths import cache_files
+    from brainage.splits import read_splits
+    from brainage.stats import mean_absolute_error, r_squared
+
+    files = cache_files(work / "results" / "cache", res_label(grid))
+    cache = CachedVolumes(str(files["volumes"]), str(files["index"]))
+    people = read_splits(work / "results" / "splits.tsv")
+    people = people[people["cohort"] == "HC"]
+    rows = []
+    for model_pt in sorted(demo_models.glob("*/model.pt")):
+        model, meta = load_model(model_pt, map_location="cpu")
+        if float(meta.get("grid", grid)) != grid:
+            continue
+        ids = people["participant_id"].tolist()
+        pred = predict_ages(model, iter_batches(ids, cache.volume, 8), pick_device("cpu")).loc[ids].to_numpy(float)
+        age = people["age"].to_numpy(float)
+        rows.append({"model": f"demo:{model_pt.parent.name}", "n": len(age), "mae": mean_absolute_error(age, pred)[0],
+                     "r2": r_squared(age, pred), "bag_mean": float(np.mean(pred - age))})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="IXI-style folder: scans + demographics.csv")
+    parser.add_argument("--grid", type=float, default=4.0, help="template grid of every model (mm): 4 or 2")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_real_cohort"))
+    parser.add_argument("--models", help="comma-separated subset of the benchmark's models (default: all)")
+    parser.add_argument("--demo-models", type=Path, help="results/models of a demo run (simulated cohort)")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--reuse", action="store_true",
+                        help="rerun only missing or older outputs (keeps preprocessing made by an earlier code version)")
+    args = parser.parse_args(argv)
+
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    models = bench_models(args.grid)
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - set(models))
+        if unknown:
+            sys.exit(f"bench_real_cohort: unknown model(s) {', '.join(unknown)}; known: {', '.join(models)}")
+        models = {m: models[m] for m in wanted}
+    if not (work / "participants.tsv").exists():
+        subprocess.run([sys.executable, "-m", "brainage.cli", "manifest", "--ixi-demographics",
+                        str(args.data / "demographics.csv"), "--ixi-t1", str(args.data), "--out",
+                        str(work / "participants.tsv")], check=True)
+    config = write_config(work, args.data, args, models)
+    wall = run_pipeline(work, config, models, args.cores, args.reuse)
+    rows = [baseline_row(work), *model_rows(work, models)]
+    base_mae = rows[0]["mae"]
+    n = rows[0]["n"]
+    print(f"bench_real_cohort: {args.data} (real brains), n={n} healthy, {args.folds}-fold x {args.repeats} "
+          f"cross-validation, {args.grid:g} mm grid; pipeline wall {wall / 60:.1f} min this run")
+    print(f"{'model':24s} {'MAE pooled':>10s} {'MAE folds':>14s} {'R2 pooled':>9s} {'R2 folds':>13s} "
+          f"{'/ mean-age':>10s} {'train wall':>10s}")
+    for r in rows:
+        wall_s = "n/a" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.1f} min"
+        print(f"{r['model']:24s} {r['mae']:10.2f} {r['mae_folds']:7.2f} +- {r['mae_folds_sd']:4.2f} {r['r2']:9.2f} "
+              f"{r['r2_folds']:6.2f} +- {r['r2_folds_sd']:4.2f} {r['mae'] / base_mae:10.2f} {wall_s:>10s}")
+    if args.demo_models:
+        for r in demo_rows(work, args.demo_models, args.grid):
+            print(f"simulation-to-real: {r['model']} (trained on simulated heads) on the {r['n']} real heads: "
+                  f"MAE {r['mae']:.2f} y, R2 {r['r2']:.2f}, mean BAG {r['bag_mean']:+.2f} y "
+                  f"(mean-age baseline {base_mae:.2f} y)")
+    (work / "bench_real_cohort.json").write_text(json.dumps(rows, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Real brains through the real-cohort path, as a user runs it: ten real IXI heads
+(tests/data/ixi_cohort, CC BY-SA 3.0) -> ``brainage manifest`` -> preprocessing with QC ->
+a small network in 3-fold cross-validation -> out-of-fold predictions -> Table 2.
+
+Ten people cannot judge a model's accuracy (benchmarks/bench_real_cohort.py does that on the
+86-subject development cohort); this checks what must hold on any real cohort: every head
+passes QC, every subject is predicted exactly once by a model that never trained on it, and
+Table 2's per-fold figures are those of the folds' own subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import mean_absolute_error
+
+from conftest import REPO, make_workdir, snakemake_cmd, tiny_config
+
+DATA = REPO / "tests" / "data" / "ixi_cohort"
+
+
+def _config() -> dict:
+    """config/config.yaml + config/ixi.yaml as a user layers them, with a tiny model, 3 folds."""
+    config = tiny_config()
+    ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())
+    for key in ("cohort", "preprocess", "explain"):
+        config[key] = {**config[key], **ixi[key]}
+    config["training"]["splits"] = {**ixi["training"]["splits"], "folds": 3}
+    config["models"] = {"resnet18_e2e": {**ixi["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
+    return config
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    work = make_workdir(tmp_path_factory.mktemp("real_cohort") / "work", _config())
+    made = subprocess.run([sys.executable, "-m", "brainage.cli", "manifest", "--ixi-demographics",
+                           str(DATA / "demographics.csv"), "--ixi-t1", str(DATA), "--out",
+                           str(work / "participants.tsv")], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    out = subprocess.run(snakemake_cmd(work, "--cores", "2", "table2"), capture_output=True, text=True,
+                         timeout=1800)
+    (work / "snakemake.log").write_text(out.stdout + out.stderr)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    return work
+
+
+def test_every_real_head_is_imported_with_its_age_and_passes_qc(real_run):
+    sheet = pd.read_csv(DATA / "demographics.csv")
+    people = pd.read_csv(real_run / "results" / "cohort" / "participants.tsv", sep="\t")
+    expected = dict(zip("sub-" + sheet["IXI_ID"], sheet["AGE"]))
+    assert dict(zip(people["participant_id"], people["age"])) == pytest.approx(expected)
+    qc = pd.read_csv(real_run / "results" / "qc" / "qc.tsv", sep="\t")
+    assert len(qc) == 10 and qc["passed"].astype(str).str.lower().eq("true").all(), qc.to_string()
+    # a real head's brain: adult brain volumes, a registration that matches the template
+    assert qc["brain_volume_ml"].between(900, 2000).all()
+    assert (qc["ncc"] > 0.45).all()
+
+
+def test_each_subject_is_predicted_once_by_the_fold_model_that_never_trained_on_it(real_run):
+    from brainage.splits import read_splits, split_hash
+
+    pred = pd.read_csv(real_run / "results" / "predictions" / "resnet18_e2e.tsv", sep="\t")
+    assert sorted(pred["participant_id"]) == sorted("sub-" + pd.read_csv(DATA / "demographics.csv")["IXI_ID"])
+    assert (pred["split"] == "test").all() and np.isfinite(pred["predicted_age"]).all()
+    for fold, group in pred.groupby("fold_r0"):
+        splits = read_splits(real_run / "results" / "splits" / f"{fold}.tsv").set_index("participant_id")["split"]
+        assert set(group["participant_id"]) == set(splits.index[splits == "test"])
+        card = json.loads((real_run / "results" / "models" / "resnet18_e2e" / "cv" / fold / "model_card.json").read_text())
+        train_ids = splits.index[splits == "train"]
+        assert card["data"]["train"]["hash"] == split_hash(train_ids)   # the model saw exactly these
+        assert not set(group["participant_id"]) & set(train_ids)
+    assert pred["fold_r0"].nunique() == 3
+
+
+def test_table2_gives_the_folds_mean_and_sd_of_the_real_subjects(real_run):
+    pred = pd.read_csv(real_run / "results" / "predictions" / "resnet18_e2e.tsv", sep="\t")
+    per_fold = [mean_absolute_error(g["age"], g["predicted_age"]) for _, g in pred.groupby("fold_r0")]
+    row = pd.read_csv(real_run / "results" / "tables" / "table2.tsv", sep="\t").iloc[0]
+    assert row["n_test"] == 10 and row["n_folds"] == 3
+    assert row["mae_folds_mean"] == pytest.approx(np.mean(per_fold))
+    assert row["mae_folds_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert row["mae"] == pytest.approx(mean_absolute_error(pred["age"], pred["predicted_age"]))
+    assert "3-fold cross-validation" in (real_run / "results" / "tables" / "table2.md").read_text()
