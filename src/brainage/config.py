@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from brainage.io import InputError
+from brainage.spec import entry_problems
 
 #: smallest number of healthy controls in each split (batch norm needs two to train)
 MIN_SPLIT_SIZES: dict[str, int] = {"train": 2, "val": 1, "test": 1}
@@ -104,6 +105,8 @@ def cross_key_problems(config: Mapping) -> list[str]:
     grids = [float(g) for g in preprocess.get("grids") or [] if isinstance(g, (int, float))]
     models = config.get("models") or {}
     for name, entry in models.items():
+        if isinstance(entry, Mapping) and "backbone" in entry:
+            lines += entry_problems(name, entry)  # a network's training keys, a classical model's none
         grid = (entry or {}).get("grid") if isinstance(entry, Mapping) else None
         if isinstance(grid, (int, float)) and not any(abs(float(grid) - g) < 1e-9 for g in grids):
             lines.append(f"config models.{name}.grid: {grid:g} mm is not in preprocess.grids "

@@ -6,9 +6,11 @@ model never imports the trainer. Torch is needed here; the report side (statisti
 figures) never imports this module.
 
 A model file (``results/models/<name>/model.pt``) holds ``{"state_dict", "meta"}``; meta keys:
-name, kind (e2e|rnc), architecture, feature_dim, grid_res, grid_shape, intensity_normalisation
+name, kind (e2e|rnc|classical), architecture (networks), feature_dim, grid_res, grid_shape, intensity_normalisation
 (apply brainage.cache.normalise_intensity), preprocess, age (train_mean, train_sd, train_min,
-train_max), config, training, seed, metrics.
+train_max), config, training, seed, metrics; a classical model (brainage.classical) holds
+arrays in ``state_dict`` and its settings and scalars in ``meta["classical"]``, and loads as a
+``ClassicalAgeModel`` module that maps volumes to ages like a network.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
         raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
     meta = blob["meta"]
+    if meta.get("kind") == "classical":  # brainage.classical: arrays, not a network
+        from brainage.classical import ClassicalAgeModel
+
+        return ClassicalAgeModel.from_blob(blob["state_dict"], meta), meta
     model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"])
     model.load_state_dict(blob["state_dict"])
     model.to(map_location).eval()

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.io import InputError
+from brainage.spec import is_classical
 
 
 def _sps():
@@ -343,13 +344,15 @@ class ModelRoles:
     rnc: Rank-N-Contrast models (loss rnc), candidates for "the RNC model";
     sfcn: SFCN baselines trained here;
     sweeps: groups of RNC models identical but for batch size and grid (Figure 3), each sorted
-    by (grid, batch_size); only groups with at least two batch sizes count.
+    by (grid, batch_size); only groups with at least two batch sizes count;
+    classical: classical baselines (brainage.classical, no network: no saliency), never e2e.
     """
 
     e2e: tuple[str, ...]
     rnc: tuple[str, ...]
     sfcn: tuple[str, ...]
     sweeps: tuple[tuple[str, ...], ...]
+    classical: tuple[str, ...] = ()
 
     @property
     def sweep_models(self) -> tuple[str, ...]:
@@ -359,11 +362,13 @@ class ModelRoles:
 def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
     """Sort the config ``models:`` entries (name -> backbone, grid, loss, batch_size, ...) by role."""
     models = normalise_models(models)
-    e2e, rnc, sfcn = [], [], []
+    e2e, rnc, sfcn, classical = [], [], [], []
     for name, spec in models.items():
         backbone = str(spec.get("backbone", "")).lower()
         loss = str(spec.get("loss", "l1")).lower()
-        if backbone == "sfcn":
+        if is_classical(spec):
+            classical.append(name)
+        elif backbone == "sfcn":
             sfcn.append(name)
         elif loss == "rnc":
             rnc.append(name)
@@ -377,7 +382,7 @@ def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
     for names in groups.values():
         if len({models[n].get("batch_size") for n in names}) >= 2:
             sweeps.append(tuple(sorted(names, key=lambda n: (float(models[n].get("grid", 0)), int(models[n].get("batch_size", 0))))))
-    return ModelRoles(tuple(e2e), tuple(rnc), tuple(sfcn), tuple(sweeps))
+    return ModelRoles(tuple(e2e), tuple(rnc), tuple(sfcn), tuple(sweeps), tuple(classical))
 
 
 def _sweep_key(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -330,7 +330,8 @@ class External:
 
 
 def headline_models(models: Mapping[str, Mapping[str, Any]], val_mae: Mapping[str, float]) -> tuple[dict[str, str], list[str]]:
-    """{role: model} for the best e2e, the best RNC and each SFCN model, and how they were chosen.
+    """{role: model} for the best e2e, the best RNC, each SFCN and each classical model (PCA + GP,
+    brainage.classical), and how they were chosen.
 
     "Best" is the lowest validation MAE (never the test MAE, which the tables report), so the
     tables, Figure 6 and the saliency figures all pick the same models from the same files.
@@ -344,8 +345,9 @@ def headline_models(models: Mapping[str, Mapping[str, Any]], val_mae: Mapping[st
             chosen[role] = name
             if len(candidates) > 1:
                 notes.append(f"{role}: {name}, {why} among {', '.join(candidates)}.")
-    for i, name in enumerate(roles.sfcn):
-        chosen["SFCN baseline" + (f" {i + 1}" if len(roles.sfcn) > 1 else "")] = name
+    for label, names in (("SFCN baseline", roles.sfcn), ("classical baseline", roles.classical)):
+        for i, name in enumerate(names):
+            chosen[label + (f" {i + 1}" if len(names) > 1 else "")] = name
     return chosen, notes
 
 
@@ -359,11 +361,13 @@ def table3_baselines(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Table:
-    """The best end-to-end model and the RNC model against the baselines (SFCN, external)."""
+    """The best end-to-end model and the RNC model against the baselines (SFCN, classical, external)."""
     chosen, notes = headline_models(models, val_mae)
     entries = [(role, name, predictions[name], n_train) for role, name in chosen.items() if name in predictions]
     if not any(role.startswith("SFCN") for role in chosen):
         notes.append("No SFCN model configured (config models: backbone sfcn): SFCN row skipped.")
+    if not any(role.startswith("classical") for role in chosen):
+        notes.append("No classical model configured (config models: backbone pca_gpr): classical row skipped.")
     if external is not None:
         entries.append(("external", external.name, external.predictions, external.train_size))
     else:

@@ -1,11 +1,12 @@
 """The training engine: end-to-end L1 models and Rank-N-Contrast encoders with a linear head.
 
 One model = one entry under ``models:`` in the config (see :func:`resolve_spec` for the keys and
-their defaults). Two kinds:
+their defaults). Three kinds:
 
 - ``loss: l1`` (end-to-end): encoder + linear head trained together on the L1 loss of the
   standardised age, Adam (lr 1e-3), validation MAE every epoch, early stopping after
   ``patience`` epochs without improvement, the best-validation weights kept.
+- ``backbone: pca_gpr``: the classical baseline, no network (brainage.classical).
 - ``loss: rnc``: the encoder trained with ``RnCLoss`` on two augmented views per subject, SGD
   (lr 0.5, momentum 0.9, weight decay 1e-4) with step decay: the lr is multiplied by ``gamma``
   (0.1) at the fractions ``milestones`` (0.7, 0.8, 0.9) of the epochs, as in the Rank-N-Contrast
@@ -67,7 +68,7 @@ from brainage.io import atomic_path, save_figure, write_json, write_tsv
 from brainage.models import autocast, forward_batches, iter_batches, save_model, to_device, unwrap
 from brainage.networks import architecture_of, build_age_model
 from brainage.paths import model_files
-from brainage.spec import resolve_spec
+from brainage.spec import is_classical, resolve_spec
 from brainage.splits import split_hash
 
 log = logging.getLogger("brainage.train")
@@ -521,6 +522,10 @@ def train_model(
     checkpoint, raising :class:`TrainingInterrupted`) after that many epochs in this process.
     Returns the metrics written to the model card.
     """
+    if is_classical(entry):  # no network, no epochs: brainage.classical fits it in one go
+        from brainage.classical import train_classical
+
+        return train_classical(name, resolve_spec(entry), splits, volumes, index, out_dir, seed, training, preprocess)
     run = _Run.setup(name, resolve_spec(entry), training, splits, volumes, index, seed, progress)
     out_dir = Path(out_dir)
     torch.manual_seed(seed)

@@ -3,9 +3,13 @@
 # region (results/saliency/<model>/). All logic is in brainage.infer and brainage.explain.
 
 
-def infer_models():
-    """Models to run: ``infer.models`` if given, else every model of config ``models:``."""
-    return list(config["infer"].get("models") or MODELS)
+def infer_models(saliency=False):
+    """Models to run: ``infer.models`` if given, else every model of config ``models:``; with
+    ``saliency``, only those Grad-RAM applies to (networks, not a classical model)."""
+    from brainage.spec import has_saliency
+
+    names = list(config["infer"].get("models") or MODELS)
+    return [m for m in names if not saliency or has_saliency(config["models"][m])]
 
 
 def model_cache(wildcards):
@@ -121,4 +125,4 @@ rule saliency:
 rule infer_all:
     input:
         [str(paths.prediction_files(m)["tsv"]) for m in infer_models()],
-        [str(paths.saliency_outputs(m)["aal116"]) for m in infer_models()],
+        [str(paths.saliency_outputs(m)["aal116"]) for m in infer_models(saliency=True)],

@@ -10,7 +10,7 @@ from brainage.stats import model_roles, normalise_models
 STATS = config["stats"]
 STATS_MODELS = normalise_models(config.get("models"))
 ROLES = model_roles(STATS_MODELS)
-HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn))
+HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn + ROLES.classical))
 EXTERNAL = STATS.get("external") or None
 QC_MONTAGE = str(paths.QC_MONTAGE)
 
