@@ -6,8 +6,6 @@ fits depends on test, validation or patient volumes; the soft tissue maps find t
 three-level volume.
 """
 
-import warnings
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -20,11 +18,10 @@ from brainage.classical import fit_classical, tissue_maps
 from brainage.infer import predictions_table
 from brainage.models import load_model
 from brainage.spec import has_saliency, resolve_spec
-from brainage.splits import make_splits
 from brainage.stats import model_roles
 from brainage.train import train_model
 from conftest import REPO
-from synthetic_volumes import synthetic_cohort
+from synthetic_volumes import synthetic_cache
 
 SETTINGS = {**resolve_spec({"backbone": "pca_gpr", "grid": 4})["classical"], "restarts": 1}
 ENTRY = {"backbone": "pca_gpr", "grid": 4, "classical": {"restarts": 1}}
@@ -34,23 +31,31 @@ ENTRY = {"backbone": "pca_gpr", "grid": 4, "classical": {"restarts": 1}}
 def data(tmp_path_factory):
     """60 synthetic heads (ventricles grow with age) and their cache, split 80/10/10."""
     root = tmp_path_factory.mktemp("classical")
-    participants, paths = synthetic_cohort(root / "vols", n_hc=60, n_ad=3, shape=(16, 18, 16))
-    splits = make_splits(participants, seed=0)
-    build_cache(paths, splits, root / "cache" / "volumes.npy", root / "cache" / "index.tsv")
-    cache = CachedVolumes(root / "cache" / "volumes.npy", root / "cache" / "index.tsv")
-    return participants, paths, splits, cache, root
+    participants, paths, splits, volumes, index = synthetic_cache(root, 60, 3, (16, 18, 16))
+    return participants, paths, splits, CachedVolumes(volumes, index), root
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """The classical model trained by the train rule's function on ``data``: (metrics, folder)."""
+    _, _, splits, _, root = data
+    out = tmp_path_factory.mktemp("trained") / "pca"
+    metrics = train_model("pca", ENTRY, {}, splits, root / "cache" / "volumes.npy", root / "cache" / "index.tsv", out,
+                          seed=0, progress=False)
+    return metrics, out
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    """The same model fitted in memory (a second, independent run with the same seed)."""
+    _, _, splits, cache, _ = data
+    x_train, y_train = _arrays(cache, splits, "train")
+    return fit_classical(x_train, y_train, resolve_spec(ENTRY)["classical"], 4.0, seed=0)[0]
 
 
 def _arrays(cache, splits, split):
     part = splits[splits["split"] == split]
     return np.stack([cache.volume(p) for p in part["participant_id"]]), part["age"].to_numpy(float)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scikit-learn's bound warnings of the GP optimiser
-        yield
 
 
 def test_recovers_age_from_an_age_pattern_and_not_from_shuffled_ages(data):
@@ -81,21 +86,32 @@ def test_predictions_are_scikit_learns(data, kernel):
     np.testing.assert_allclose(model.predict(x_test), expected, rtol=1e-10, atol=1e-8)
 
 
-def test_saved_model_loads_safely_and_predicts_as_fitted(data, tmp_path):
+def test_saved_model_loads_safely_and_predicts_as_fitted(data, trained, fitted):
     participants, _, splits, cache, root = data
-    metrics = train_model("pca", ENTRY, {}, splits, root / "cache" / "volumes.npy", root / "cache" / "index.tsv",
-                          tmp_path / "pca", seed=0, progress=False)
-    blob = torch.load(tmp_path / "pca" / "model.pt", weights_only=True)  # arrays and plain values only
+    metrics, out = trained
+    blob = torch.load(out / "model.pt", weights_only=True)  # arrays and plain values only
     assert blob["meta"]["kind"] == "classical" and metrics["test_mae"] < 0.5 * metrics["test_mae_mean_age_baseline"]
-    model, meta = load_model(tmp_path / "pca" / "model.pt")
-    x_train, y_train = _arrays(cache, splits, "train")
-    fitted, _ = fit_classical(x_train, y_train, resolve_spec(ENTRY)["classical"], 4.0, seed=0)
+    model, meta = load_model(out / "model.pt")
     table, _ = predictions_table(model, participants, splits, cache.volume, batch_size=3, bias_correction=True)
     x = np.stack([cache.volume(p) for p in table["participant_id"]])
     np.testing.assert_allclose(table["predicted_age"], fitted.predict(x).astype(np.float32), rtol=0, atol=0)
-    log = pd.read_csv(tmp_path / "pca" / "train_log.tsv", sep="\t")
-    assert len(log) == 1 and (tmp_path / "pca" / "learning_curve.png").stat().st_size > 0
-    assert (tmp_path / "pca" / "model_card.json").exists()
+    log = pd.read_csv(out / "train_log.tsv", sep="\t")
+    assert len(log) == 1 and (out / "learning_curve.png").stat().st_size > 0
+    assert (out / "model_card.json").exists()
+
+
+def test_saliency_refuses_a_classical_model(data, trained, tmp_path):
+    from brainage.explain import run_saliency
+    from brainage.io import InputError
+    from brainage.predict import predict_scan
+
+    _, paths, _, _, root = data
+    cache = (root / "cache" / "volumes.npy", root / "cache" / "index.tsv")
+    model = trained[1] / "model.pt"
+    with pytest.raises(InputError, match="classical model"):
+        predict_scan(model, next(iter(paths.values())), saliency=tmp_path / "map.nii.gz")
+    with pytest.raises(InputError, match="classical model"):
+        run_saliency(model, "participants.tsv", "splits.tsv", *cache, {}, {})
 
 
 def test_nothing_fitted_depends_on_held_out_subjects(data, tmp_path):
@@ -119,12 +135,11 @@ def test_nothing_fitted_depends_on_held_out_subjects(data, tmp_path):
     assert a["meta"]["metrics"]["test_mae"] != b["meta"]["metrics"]["test_mae"]  # the test set did change
 
 
-def test_fit_is_deterministic_given_the_seed(data):
-    _, _, splits, cache, _ = data
-    x, y = _arrays(cache, splits, "train")
-    a, _ = fit_classical(x, y, {**SETTINGS, "restarts": 2}, 4.0, seed=3)
-    b, _ = fit_classical(x, y, {**SETTINGS, "restarts": 2}, 4.0, seed=3)
-    assert all(np.array_equal(a.state()[k], b.state()[k]) for k in a.state())
+def test_fit_is_deterministic_given_the_seed(trained, fitted):
+    """Two runs with the same seed (the train rule's and an in-memory fit) hold equal arrays."""
+    saved = torch.load(trained[1] / "model.pt", weights_only=True)["state_dict"]
+    state = fitted.state()
+    assert saved.keys() == state.keys() and all(np.array_equal(saved[k].numpy(), state[k]) for k in state)
 
 
 def test_tissue_maps_find_three_intensity_classes():

@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.cache import build_cache
-from brainage.splits import make_splits
 from brainage.models import load_model
 from brainage.train import TrainingInterrupted, train_model
-from synthetic_volumes import synthetic_cohort
+from synthetic_volumes import synthetic_cache
 
 TRAINING = {"augment": {}, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    participants, paths = synthetic_cohort(root / "vols", n_hc=30, n_ad=2, shape=(20, 24, 20))
-    splits = make_splits(participants, seed=0)
-    build_cache(paths, splits, root / "cache" / "volumes.npy", root / "cache" / "index.tsv")
-    return splits, root / "cache" / "volumes.npy", root / "cache" / "index.tsv"
+    _, _, splits, volumes, index = synthetic_cache(tmp_path_factory.mktemp("train"), 30, 2, (20, 24, 20))
+    return splits, volumes, index
 
 
 def _entry(**kw):

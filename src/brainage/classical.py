@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-__all__ = ["tissue_maps", "voxel_features", "brain_mask", "ClassicalModel", "ClassicalAgeModel", "fit_classical",
-           "kernel_matrix", "train_classical", "KIND"]
+__all__ = ["tissue_maps", "feature_maps", "voxel_features", "brain_mask", "ClassicalModel", "ClassicalAgeModel",
+           "fit_classical", "fit_features", "kernel_matrix", "train_classical", "KIND"]
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,18 @@ def tissue_maps(volume: np.ndarray, iterations: int = 20) -> np.ndarray:
     return out
 
 
-def voxel_features(volume: np.ndarray, mask: np.ndarray, features: str, sigma_vox: float) -> np.ndarray:
-    """One subject's feature vector: its smoothed maps (tissue probabilities or intensities) in ``mask``."""
+def feature_maps(volume: np.ndarray, features: str, sigma_vox: float) -> np.ndarray:
+    """One subject's smoothed maps (M, D, H, W): tissue probabilities (M = 3) or intensities (1)."""
     volume = np.asarray(volume, dtype=np.float64)
     maps = tissue_maps(volume) if features == "tissue" else volume[None]
     if sigma_vox > 0:
         maps = np.stack([ndimage.gaussian_filter(m, sigma_vox, mode="constant") for m in maps])
-    return np.concatenate([m[mask] for m in maps])
+    return maps
+
+
+def voxel_features(volume: np.ndarray, mask: np.ndarray, features: str, sigma_vox: float) -> np.ndarray:
+    """One subject's feature vector (M * mask voxels): its :func:`feature_maps` in ``mask``."""
+    return np.concatenate([m[mask] for m in feature_maps(volume, features, sigma_vox)])
 
 
 def brain_mask(volumes: np.ndarray, fraction: float) -> np.ndarray:
@@ -191,15 +197,22 @@ def fit_classical(volumes, ages, settings: dict, grid_mm: float, seed: int) -> t
 
     Everything fitted (mask, scaling, PCA, kernel hyper-parameters) sees these subjects only.
     """
+    volumes = np.asarray(volumes, dtype=np.float32)
+    mask = brain_mask(volumes, float(settings["mask_fraction"]))
+    sigma = float(settings["smooth_mm"]) / float(grid_mm)
+    feats = np.stack([voxel_features(v, mask, settings["features"], sigma) for v in volumes])
+    return fit_features(feats, ages, mask, settings, grid_mm, seed)
+
+
+def fit_features(feats: np.ndarray, ages, mask: np.ndarray, settings: dict, grid_mm: float,
+                 seed: int) -> tuple[ClassicalModel, object]:
+    """:func:`fit_classical` from the training subjects' features (N, F) in ``mask`` (benchmarks
+    reuse the features of every subject across folds)."""
     from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
 
-    volumes = np.asarray(volumes, dtype=np.float32)
     ages = np.asarray(ages, dtype=np.float64)
-    mask = brain_mask(volumes, float(settings["mask_fraction"]))
-    probe = ClassicalModel(settings, float(grid_mm), mask, np.zeros(0), 1.0, np.zeros((0, 0)), np.zeros((0, 0)),
-                           np.zeros(0), np.zeros(0), 0.0, 1.0)
-    feats = probe.features(volumes)
     mean = feats.mean(axis=0)
     scale = float(np.sqrt(((feats - mean) ** 2).sum(axis=1).mean())) or 1.0
     k = settings["components"]
@@ -209,7 +222,11 @@ def fit_classical(volumes, ages, settings: dict, grid_mm: float, seed: int) -> t
     age_mean, age_sd = float(ages.mean()), float(ages.std() or 1.0)
     gp = GaussianProcessRegressor(_gp_kernel(settings["kernel"], scores), normalize_y=False,
                                   n_restarts_optimizer=int(settings["restarts"]), random_state=seed)
-    gp.fit(scores, (ages - age_mean) / age_sd)
+    with warnings.catch_warnings():
+        # a noise level at its lower bound is expected: in many PCA dimensions the RBF's own
+        # diagonal takes the part of the noise; the fitted values go to the model card
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp.fit(scores, (ages - age_mean) / age_sd)
     # pca.mean_ (~0: the features are centred) folded into the feature mean: scores() == pca.transform()
     model = ClassicalModel(settings, float(grid_mm), mask, mean + scale * pca.mean_, scale,
                            pca.components_.astype(np.float64),

@@ -517,6 +517,8 @@ def run_saliency(
     effects = read_effects(truth_effects) if truth_effects is not None else None  # bad truth file: fail before the work
     model, meta = load_model(model_path, map_location="cpu")
     name = meta.get("name") or Path(model_path).parent.name
+    if meta.get("kind") == "classical":
+        raise InputError(f"{model_path}: {name} is a classical model (no layers): Grad-RAM does not apply")
     grid = template_grid(float(meta["grid_res"]))
     dev = pick_device(device)
     model = model.to(dev).eval()

@@ -137,6 +137,8 @@ def predict_scan(
     except Exception as err:
         raise InputError(f"{model_path}: cannot load the model ({type(err).__name__}: {err})") from None
     name = meta.get("name", model_path.parent.name)
+    if saliency is not None and meta.get("kind") == "classical":
+        raise InputError(f"{model_path}: {name} is a classical model (no layers): no Grad-RAM saliency")
     grid = model_grid(meta)
     result: dict = {"model": name, "grid_mm": grid.res, "t1w": str(t1w)}
     if check_grid(t1w, img, grid, name):
