@@ -135,6 +135,24 @@ def test_nothing_fitted_depends_on_held_out_subjects(data, tmp_path):
     assert a["meta"]["metrics"]["test_mae"] != b["meta"]["metrics"]["test_mae"]  # the test set did change
 
 
+def test_leave_one_out_predictions_are_refits_without_the_subject(data, fitted):
+    """The closed form equals predicting each training subject from a GP fitted without it
+    (same hyper-parameters, same PCA scores)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    _, _, splits, cache, _ = data
+    ages = _arrays(cache, splits, "train")[1]
+    c, length, noise = np.exp(fitted.theta)
+    y = (ages - fitted.age_mean) / fitted.age_sd
+    for i in (0, 7):
+        keep = np.arange(len(ages)) != i
+        gp = GaussianProcessRegressor(ConstantKernel(c) * RBF(length) + WhiteKernel(noise), optimizer=None)
+        gp.fit(fitted.train_scores[keep], y[keep])
+        expected = gp.predict(fitted.train_scores[i : i + 1])[0] * fitted.age_sd + fitted.age_mean
+        assert fitted.loo_predict(ages)[i] == pytest.approx(expected, abs=1e-6)
+
+
 def test_fit_is_deterministic_given_the_seed(trained, fitted):
     """Two runs with the same seed (the train rule's and an in-memory fit) hold equal arrays."""
     saved = torch.load(trained[1] / "model.pt", weights_only=True)["state_dict"]
