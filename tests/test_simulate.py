@@ -299,11 +299,13 @@ def test_full_true_map_lands_in_the_true_mask_and_best_affine_absorbs_brain_shri
     # the pose alone misses the brain's shrinkage: more template brain falls outside the mask
     assert inside(pose[:3, :3] @ inner + pose[:3, 3:4]) < inside(full)
     best, residual = best_affine_template_to_native(old, anatomy, SEED, _template_brain_points())
-    assert np.linalg.det(best[:3, :3]) < 0.97 * np.linalg.det(pose[:3, :3])
+    # the documented shrinkage at 88 years (brain_shrink_80 0.005 x load 1.4: ~2 % of volume,
+    # plus the sulci widening the brain's outline inwards) is small since it was fitted to IXI
+    assert np.linalg.det(best[:3, :3]) < 0.99 * np.linalg.det(pose[:3, :3])
     assert 0.1 < residual < 3.0
 
-    # no deformation at all (20 years, no ventricle offset, no warp): best affine == pose, exactly
-    flat_model = SimulationModel(warp_sd_mm=0.0)
+    # no deformation at all (20 years, no ventricle or sulcal offset, no warp): best affine == pose, exactly
+    flat_model = SimulationModel(warp_sd_mm=0.0, sulcal_sd=0.0)
     young = {**_row("sub-hcyoung", "HC", SITES["IXI-like"], 20.0, flat_model), "biological_age": 20.0,
              "ventricle_offset": 0.0}
     best, residual = best_affine_template_to_native(young, anatomy, SEED, _template_brain_points(), flat_model)

@@ -19,19 +19,34 @@ Healthy ageing. Biological age ``b`` = age + N(0, ``bio_age_sd`` [3 y]) (+ the d
 increment below). Ageing load ``L(b) = 0.5 (b-20)/60 + 0.5 (max(b-ageing_onset, 0)/(80-ageing_onset))^1.5``
 (``ageing_onset`` [60]): 0 at 20 y, 1 at 80 y, accelerating after the onset. At load ``L``:
 ventricles grow by log-volume ``ventricle_growth_80`` x L [1.2, about x2 at 80 net of the
-brain's own shrinkage]; sulcal CSF widens (``sulcal_widening_80`` [0.3]); the brain shrinks
-radially inside a fixed skull by ``brain_shrink_80`` x L [0.04, ~11 % of brain volume at
-80; capped at 0.08], widening the extra-cerebral CSF; hippocampus and amygdala lose log-volume
-``mtl_atrophy_80`` x L [0.15]; WM signal drops by ``wm_darkening_80`` x L [0.08] and GM
-signal rises by ``gm_brightening_80`` x L [0.03] (lower GM/WM contrast).
+brain's own shrinkage]; sulcal CSF widens (``sulcal_widening_80`` [0.6]); the brain shrinks
+radially inside a fixed skull by ``brain_shrink_80`` x L [0.005, ~1.5 % of brain volume at
+80; capped at 0.08], widening the extra-cerebral CSF (small: in the real IXI heads the volume of
+a deepbet mask hardly falls with age, -14 ml a decade, r -0.17; the tissue lost becomes CSF
+inside the mask, i.e. sulci and ventricles); hippocampus and amygdala lose log-volume
+``mtl_atrophy_80`` x L [0.15]; the prefrontal cortex (AAL frontal gyri, orbital and medial
+parts) loses log-volume ``frontal_thinning_80`` x L [0.12; it thins fastest, Raz et al. 2005,
+Fjell et al. 2009]; WM signal drops by ``wm_darkening_80`` x L [0.02] and GM
+signal rises by ``gm_brightening_80`` x L [0.01] (lower GM/WM contrast; small: in the real IXI heads the upper intensity
+percentiles over the median rise with age, r +0.31, as CSF replaces tissue, and a global
+contrast change reads age off the histogram). Every atrophy weight
+of ageing (ventricles, sulci, shrinkage, MTL, prefrontal) is multiplied by the individual
+ageing rate exp(N(0, ``atrophy_rate_sd`` [0.3])), so that people of one age differ in how far
+they have aged.
 
 Individual variation independent of age. Ventricle log-volume offset N(0, ``ventricle_sd``
 [0.12]); a random smooth displacement field (SD ``warp_sd_mm`` [1 mm] per component,
 Gaussian width ``warp_smoothness_mm`` [30 mm]); linear head size ``head_scale_mean`` [0.93,
 relative to the ICBM 2009c template, whose 1886 ml brain mask is larger than an average
-adult's] x (1 + N(0, ``head_scale_sd`` [0.035]) +- ``head_scale_male``/2 [0.035: males
+adult's] x (1 + N(0, ``head_scale_sd`` [0.03]) +- ``head_scale_male``/2 [0.035: males
 larger]); global intensity scale
-exp(N(0, ``intensity_scale_sd`` [0.1])).
+exp(N(0, ``intensity_scale_sd`` [0.1])); sulcal CSF weight offset N(0, ``sulcal_sd`` [0.08]);
+tissue contrast: GM signal x exp(N(0, ``gm_signal_sd`` [0.01])), CSF signal x
+exp(N(0, ``csf_signal_sd`` [0.05])), and a non-linear intensity scale (signal relative to WM
+raised to exp(N(0, ``gamma_sd`` [0.03]))). The individual SDs were fitted with
+``benchmarks/bench_realism.py`` (:mod:`brainage.realism`) to the 86 real IXI heads of the
+development cohort: the spread at a given age of tissue peaks, intensity percentiles, CSF
+fraction, brain and ventricle volume.
 
 Disease. Latent severity ~ Beta(``severity_beta`` [2, 2]). AD: hippocampus + amygdala
 (``ad_mtl_atrophy`` [0.35]), parahippocampal gyrus (``ad_parahippocampal_atrophy`` [0.25]),
@@ -62,8 +77,8 @@ multiplicative bias field (random quadratic) within ``bias_range`` [0.7, 1.3]; R
 fields) are composed into one resampling of the head per subject (:mod:`.scan`).
 
 Registration truth. The stated ``native_to_mni`` is the pose alone; the deformations have an
-affine part of their own (above all the brain's shrinkage inside the skull: ~13 % of brain
-volume at 88 years), which a 12-dof registration of the brain rightly absorbs. The fair
+affine part of their own (the brain's shrinkage inside the skull and the widening of its
+sulci: ~3 % of brain volume at 88 years), which a 12-dof registration of the brain rightly absorbs. The fair
 reference for an affine registration is :func:`.scan.best_affine_template_to_native`, the
 least-squares affine of the full map (:func:`.scan.true_template_to_native`) over the brain.
 

@@ -15,13 +15,16 @@ the central box connected to the lateral ventricles; sulcal CSF is the remaining
 brain mask plus a 2.5 mm layer of extra-cerebral CSF around it. Outside that, by distance
 from the brain mask: inner table of the skull (1 mm, bone: dark), diploe (3 mm, marrow:
 bright), outer table (1.5 mm), galea/temporal muscle (2 mm), subcutaneous fat (4 mm,
-bright), skin (1.5 mm); below the brain a neck and lower face of soft tissue with fat
-texture, and two eyes (dark vitreous in bright orbital fat).
+bright), skin (1.5 mm); below the brain a neck and lower face (with a nose) of soft tissue
+with fat texture under a subcutaneous fat layer, two eyes (dark vitreous in bright orbital
+fat), the airway and maxillary sinuses (air), the cervical spine (marrow in cortical bone) and
+the spinal canal (CSF around the cord).
 
 Labels (int16): 1-116 AAL116; 150 ventricles (lateral and third); 151 midbrain (an
 ellipsoid around MNI (0, -26, -10) mm in the unlabelled brain stem); 152 other brain
 (white matter, deep CSF and brain-mask voxels without AAL label); 200 extra-cerebral CSF,
-201 bone, 202 marrow, 203 muscle, 204 fat, 205 skin, 206 neck/face soft tissue, 207 eye.
+201 bone, 202 marrow, 203 muscle, 204 fat, 205 skin, 206 neck/face soft tissue, 207 eye,
+208 air (airway, sinuses), 209 spinal cord, 210 spinal CSF.
 The true brain mask is ``1 <= label < 200``.
 
 Effect bases (each a displacement field (3, 108, 126, 128) in mm per unit weight, used as
@@ -30,8 +33,8 @@ a Gaussian-smoothed region indicator, normalised so that a weight ``w`` changes 
 of its region by about ``w`` to first order (``-mean(div u) = w`` over the region):
 ``ventricles`` and ``sulcal_csf`` expand their CSF, ``mtl`` (hippocampus + amygdala),
 ``parahippocampal``, ``temporal`` (superior/middle/inferior temporal gyri and poles),
-``subcortical`` (caudate, putamen, pallidum, thalamus, midbrain) shrink their grey
-matter; ``brain_shrink`` is a radial contraction of the brain inside a fixed skull
+``subcortical`` (caudate, putamen, pallidum, thalamus, midbrain) and ``frontal`` (prefrontal
+gyri: AAL 3-16, 23-28, the cortex that thins fastest with age) shrink their grey matter; ``brain_shrink`` is a radial contraction of the brain inside a fixed skull
 (displacement ``w (x - c) s(x)`` with ``s`` = 1 inside the brain, falling smoothly to 0 at
 8 mm outside it, i.e. across the extra-cerebral CSF and the skull), so that ``w`` = 0.04
 shrinks the brain's linear size by about 4 % (volume ~11 %) and widens the extra-cerebral CSF.
@@ -68,6 +71,7 @@ FIELD_AFFINE[:3, 3] += (FIELD_STEP - 1) / 2.0
 LABEL_VENTRICLES, LABEL_MIDBRAIN, LABEL_OTHER_BRAIN = 150, 151, 152
 LABEL_EXTRA_CSF, LABEL_BONE, LABEL_MARROW, LABEL_MUSCLE = 200, 201, 202, 203
 LABEL_FAT, LABEL_SKIN, LABEL_SOFT, LABEL_EYE = 204, 205, 206, 207
+LABEL_AIR, LABEL_CORD, LABEL_SPINAL_CSF = 208, 209, 210
 BRAIN_LABEL_MAX = 199
 
 #: AAL116 indices of the regions that the effect bases act on
@@ -75,6 +79,7 @@ MTL_LABELS = (37, 38, 41, 42)  # hippocampus, amygdala
 PARAHIPPOCAMPAL_LABELS = (39, 40)
 TEMPORAL_LABELS = tuple(range(81, 91))  # superior, middle, inferior temporal gyri + poles
 SUBCORTICAL_LABELS = (71, 72, 73, 74, 75, 76, 77, 78)  # caudate, putamen, pallidum, thalamus
+PREFRONTAL_LABELS = tuple(range(3, 17)) + tuple(range(23, 29))  # frontal gyri, orbital, medial, rectus
 
 #: template-unit intensities of the non-brain tissues (T1-weighted: fat and marrow bright,
 #: cortical bone and vitreous dark, muscle and skin intermediate)
@@ -86,6 +91,9 @@ NONBRAIN_INTENSITY: dict[int, float] = {
     LABEL_SKIN: 55.0,
     LABEL_SOFT: 45.0,
     LABEL_EYE: 14.0,
+    LABEL_AIR: 1.0,
+    LABEL_CORD: 78.0,
+    LABEL_SPINAL_CSF: 22.0,
 }
 #: the scalp layers, as (label, outer distance from the brain mask in mm)
 SHELLS: tuple[tuple[int, float], ...] = (
@@ -97,7 +105,7 @@ SHELLS: tuple[tuple[int, float], ...] = (
     (LABEL_FAT, 14.0),
     (LABEL_SKIN, 15.5),
 )
-BASIS_NAMES = ("ventricles", "sulcal_csf", "brain_shrink", "mtl", "parahippocampal", "temporal", "subcortical")
+BASIS_NAMES = ("ventricles", "sulcal_csf", "brain_shrink", "mtl", "parahippocampal", "temporal", "subcortical", "frontal")
 #: bases of large local effects, exponentiated together (scaling and squaring) so that
 #: doubling a ventricle does not fold the map; the others are small and simply added
 REGIONAL_BASES = ("ventricles", "mtl", "parahippocampal", "temporal", "subcortical")
@@ -215,6 +223,8 @@ def _effect_bases(labels: np.ndarray, sulcal_head: np.ndarray, inside_dist: np.n
     bases["temporal"], _ = _gradient_basis(np.isin(labels, TEMPORAL_LABELS), 4.0, -1.0)
     sub = np.isin(labels, SUBCORTICAL_LABELS) | (labels == LABEL_MIDBRAIN)
     bases["subcortical"], _ = _gradient_basis(sub, 3.0, -1.0)
+    # prefrontal cortical thinning: small, added (not exponentiated), so it widens no box
+    bases["frontal"], _ = _gradient_basis(np.isin(labels, PREFRONTAL_LABELS), 3.0, -1.0)
     # radial contraction of the brain inside a fixed skull
     signed = _block_mean((outside_dist - inside_dist).astype(np.float32))
     s = np.clip((8.0 - signed) / 8.0, 0.0, 1.0)
@@ -225,6 +235,35 @@ def _effect_bases(labels: np.ndarray, sulcal_head: np.ndarray, inside_dist: np.n
         [(Xf - centre[0]) * s, (Yf - centre[1]) * s, (Zf - centre[2]) * s]
     ).astype(np.float32)
     return bases
+
+
+def _neck_and_face_structures(labels: np.ndarray, lower: np.ndarray, xyz) -> None:
+    """Carve what a real head has below the brain into the neck and face soft tissue (in place):
+    a subcutaneous fat layer under the skin, the airway (nasal cavity, nasopharynx, pharynx) and
+    maxillary sinuses (air: dark), the cervical spine (vertebral bodies of bright marrow in a
+    dark cortical rim) and the spinal canal (CSF around the cord). Positions are MNI mm, from
+    the anatomy of the ICBM 2009c head; without them a brain extraction meets a uniform grey
+    block below the brain, far easier than a real neck and face."""
+    X, Y, Z = xyz
+    soft = labels == LABEL_SOFT
+    depth = ndimage.distance_transform_edt(lower)
+    labels[soft & (depth > 2) & (depth <= 7)] = LABEL_FAT
+    carve = (labels == LABEL_SOFT) | (labels == LABEL_FAT)
+
+    def tube(y0: float, r: float) -> np.ndarray:  # a vertical cylinder about x = 0
+        return (X**2 + (Y - y0) ** 2) <= r * r
+
+    air = tube(4.0, 7.0) & (Z < -48) & (Z > -125)
+    air |= (np.abs(X) < 9) & (Y > -2) & (Y < 66) & (Z > -64) & (Z < -40)
+    for side in (-1, 1):
+        air |= ((X - 25 * side) / 11.0) ** 2 + ((Y - 34) / 14.0) ** 2 + ((Z + 58) / 12.0) ** 2 <= 1
+    labels[carve & air] = LABEL_AIR
+    vertebra = tube(-22.0, 10.0) & (Z < -66)
+    labels[carve & vertebra] = LABEL_BONE
+    labels[carve & vertebra & tube(-22.0, 8.0)] = LABEL_MARROW
+    canal = tube(-45.0, 7.5) & (Z < -58)
+    labels[carve & canal] = LABEL_SPINAL_CSF
+    labels[carve & canal & tube(-45.0, 4.5)] = LABEL_CORD
 
 
 def build_anatomy(voxel_mm: float) -> Anatomy:
@@ -261,6 +300,7 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
     X, Y, Z = _world_coords(HEAD_SHAPE, HEAD_AFFINE)
     neck = ((X / 50.0) ** 2 + ((Y + 25) / 52.0) ** 2 <= 1) & (Z < -40)
     face = (X / 62.0) ** 2 + ((Y - 18) / 70.0) ** 2 + ((Z + 52) / 52.0) ** 2 <= 1
+    face |= (X / 11.0) ** 2 + ((Y - 80) / 16.0) ** 2 + ((Z + 50) / 17.0) ** 2 <= 1  # nose
     lower = ndimage.gaussian_filter((neck | face).astype(np.float32), 4.0) > 0.5
     lower &= outside_dist > 0
     inner = 0.0
@@ -278,6 +318,7 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
         fat = ((X - 32 * side) ** 2 + (Y - 42) ** 2 + (Z + 38) ** 2) <= 18.0**2
         labels[fat & (labels == LABEL_SOFT)] = LABEL_FAT
         labels[eye & ~brain_h] = LABEL_EYE
+    _neck_and_face_structures(labels, lower, (X, Y, Z))
 
     # non-brain intensities with a fixed smooth texture (fat lobules, muscle fibres), so that
     # the scalp is not a cartoon; fixed seed: the texture is part of the model, not the subject

@@ -39,19 +39,25 @@ class SimulationModel:
     bio_age_sd: float = 3.0  #: SD (years) of biological minus chronological age (all cohorts)
     ageing_onset: float = 60.0  #: age (years) after which ageing accelerates
     ventricle_growth_80: float = 1.2  #: ventricle log-volume growth at 80 (1.2: about x 2 net of the brain shrinkage)
-    sulcal_widening_80: float = 0.3  #: sulcal CSF widening weight at 80 (additive, capped at 0.75)
-    brain_shrink_80: float = 0.04  #: radial shrinkage of the brain in the skull at 80 (~11 % brain volume; capped at 0.08)
+    sulcal_widening_80: float = 0.6  #: sulcal CSF widening weight at 80 (additive, capped at 0.75; 0.6 fitted with bench_realism to the IXI CSF fraction in the deepbet mask, +0.013 a decade, r 0.82)
+    brain_shrink_80: float = 0.005  #: radial shrinkage of the brain in the skull at 80 (~1.5 % brain volume; capped at 0.08; fitted to the IXI deepbet mask volume, -14 ml a decade, r -0.17)
     mtl_atrophy_80: float = 0.15  #: hippocampus + amygdala log-volume loss at 80 (~12-15 %)
-    wm_darkening_80: float = 0.08  #: WM signal drop at 80 (fraction): lower GM/WM contrast
-    gm_brightening_80: float = 0.03  #: GM signal rise at 80 (fraction)
+    wm_darkening_80: float = 0.02  #: WM signal drop at 80 (fraction): lower GM/WM contrast (fitted with bench_realism: in IXI the upper percentiles over the median rise with age, r +0.31)
+    gm_brightening_80: float = 0.01  #: GM signal rise at 80 (fraction)
+    frontal_thinning_80: float = 0.12  #: prefrontal cortex log-volume loss at 80 (~0.2 %/year: frontal association cortex thins fastest, Raz et al. 2005, Fjell et al. 2009)
     # --- individual variation independent of age
     ventricle_sd: float = 0.12  #: SD of an individual's ventricle log-volume (age-independent)
     warp_sd_mm: float = 1.0  #: SD (mm) of the individual random smooth displacement field
     warp_smoothness_mm: float = 30.0  #: Gaussian width (mm) of that field
     head_scale_mean: float = 0.93  #: mean linear head size relative to the ICBM 2009c template, whose brain mask (1886 ml) is larger than an average adult's (0.93: ~1500 ml)
-    head_scale_sd: float = 0.035  #: SD of the individual linear head size (fraction)
+    head_scale_sd: float = 0.03  #: SD of the individual linear head size (fraction; fitted to the IXI deepbet mask volume SD at a given age, 139 ml)
     head_scale_male: float = 0.035  #: males' mean linear head size above females' (fraction)
     intensity_scale_sd: float = 0.1  #: SD of the individual global intensity scale (fraction)
+    atrophy_rate_sd: float = 0.3  #: SD of the log of an individual's ageing rate, multiplying every ageing atrophy weight (fitted with bench_realism to the IXI scatter of brain and ventricle volume and CSF fraction at a given age)
+    sulcal_sd: float = 0.08  #: SD of an individual's sulcal CSF weight, age-independent (fitted as atrophy_rate_sd)
+    gm_signal_sd: float = 0.01  #: SD of the individual GM signal relative to WM (fraction; with csf_signal_sd and gamma_sd fitted with bench_realism to the IXI spread of tissue peaks and intensity percentiles)
+    csf_signal_sd: float = 0.05  #: SD of the individual CSF signal relative to WM (fraction)
+    gamma_sd: float = 0.03  #: SD of the log of the individual intensity non-linearity exponent (signal relative to WM raised to it)
     # --- Alzheimer's disease (at severity 1)
     ad_mtl_atrophy: float = 0.35  #: hippocampus + amygdala log-volume loss (~30 %)
     ad_parahippocampal_atrophy: float = 0.25  #: parahippocampal gyrus log-volume loss
@@ -177,6 +183,12 @@ def plan_subject(participant_id: str, cohort: str, site: Site, seed: int, model:
     rotation = rng.uniform(-model.rotation_max_deg, model.rotation_max_deg, 3)
     translation = rng.uniform(-model.translation_max_mm, model.translation_max_mm, 3)
     intensity = float(np.exp(rng.normal(0.0, model.intensity_scale_sd)))
+    # drawn after the draws above, so that adding them left every earlier draw unchanged
+    atrophy_rate = float(np.exp(rng.normal(0.0, model.atrophy_rate_sd)))
+    sulcal_offset = float(rng.normal(0.0, model.sulcal_sd))
+    gm_signal = float(np.exp(rng.normal(0.0, model.gm_signal_sd)))
+    csf_signal = float(np.exp(rng.normal(0.0, model.csf_signal_sd)))
+    gamma = float(np.exp(rng.normal(0.0, model.gamma_sd)))
 
     age = age_draw if age is None else float(age)
     sex = sex_draw if sex is None else sex
@@ -223,6 +235,11 @@ def plan_subject(participant_id: str, cohort: str, site: Site, seed: int, model:
         "trans_y_mm": round(float(translation[1]), 3),
         "trans_z_mm": round(float(translation[2]), 3),
         "intensity_scale": round(intensity, 4),
+        "atrophy_rate": round(atrophy_rate, 4),
+        "sulcal_offset": round(sulcal_offset, 4),
+        "gm_signal": round(gm_signal, 4),
+        "csf_signal": round(csf_signal, 4),
+        "intensity_gamma": round(gamma, 4),
     }
 
 

@@ -95,12 +95,16 @@ def effect_weights(row: Mapping, model: SimulationModel) -> dict[str, float]:
     s = float(row["severity"])
     ad = s if row["cohort"] == "AD" else 0.0
     pd_ = s if row["cohort"] == "PD" else 0.0
-    vent = model.ventricle_growth_80 * load + float(row["ventricle_offset"]) + model.ad_ventricle_growth * ad
+    # the individual ageing rate scales every ageing effect; rows planned before it have none
+    aged = load * float(row.get("atrophy_rate", 1.0))
+    vent = model.ventricle_growth_80 * aged + float(row["ventricle_offset"]) + model.ad_ventricle_growth * ad
+    sulcal = model.sulcal_widening_80 * aged + float(row.get("sulcal_offset", 0.0))
     return {
         "ventricles": vent,
-        "sulcal_csf": _saturate(model.sulcal_widening_80 * load),
-        "brain_shrink": float(MAX_SHRINK_WEIGHT * np.tanh(model.brain_shrink_80 * load / MAX_SHRINK_WEIGHT)),
-        "mtl": model.mtl_atrophy_80 * load + model.ad_mtl_atrophy * ad,
+        "sulcal_csf": _saturate(max(sulcal, -0.2)),
+        "brain_shrink": float(MAX_SHRINK_WEIGHT * np.tanh(model.brain_shrink_80 * aged / MAX_SHRINK_WEIGHT)),
+        "mtl": model.mtl_atrophy_80 * aged + model.ad_mtl_atrophy * ad,
+        "frontal": model.frontal_thinning_80 * aged,
         "parahippocampal": model.ad_parahippocampal_atrophy * ad,
         "temporal": model.ad_temporal_atrophy * ad,
         "subcortical": model.pd_subcortical_atrophy * pd_,
@@ -169,13 +173,15 @@ def intensity_knots(row: Mapping, anatomy: Anatomy, model: SimulationModel) -> t
     csf, gm, wm, fat = site.contrast
     load = max(ageing_load(float(row["biological_age"]), model), 0.0)
     wm_s = wm * (1.0 - model.wm_darkening_80 * load)
-    gm_s = min(gm * (1.0 + model.gm_brightening_80 * load), 0.97 * wm_s)
+    gm_s = min(gm * (1.0 + model.gm_brightening_80 * load) * float(row.get("gm_signal", 1.0)), 0.97 * wm_s)
+    csf = min(csf * float(row.get("csf_signal", 1.0)), 0.8 * gm_s)
     t = anatomy.tissue_means
     bone = NONBRAIN_INTENSITY[LABEL_BONE]
     fat_t = NONBRAIN_INTENSITY[LABEL_FAT]
     x = np.array([0.0, bone, t["csf"], t["gm"], t["wm"], fat_t, 2 * fat_t])
     y = np.array([0.0, 0.04, csf, gm_s, wm_s, fat, 2 * fat])
-    return x, y
+    # the individual non-linearity of the intensity scale (signal relative to WM, raised to gamma)
+    return x, y ** float(row.get("intensity_gamma", 1.0))
 
 
 def effect_fields(anatomy: Anatomy, weights: Mapping[str, float]) -> np.ndarray:
