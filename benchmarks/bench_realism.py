@@ -28,6 +28,10 @@ def main() -> None:
     parser.add_argument("--sim-name", default="sim", help="simulated cohort folder under --work")
     parser.add_argument("--n-sim", type=int, default=160, help="simulated healthy heads (>= 150)")
     parser.add_argument("--n-preprocess", type=int, default=30, help="simulated heads preprocessed")
+    parser.add_argument("--preprocess-minutes", type=float, default=None,
+                        help="start no new preprocessing after this long (a rerun goes on where it stopped)")
+    parser.add_argument("--sim-mask", choices=("deepbet", "true"), default="deepbet",
+                        help="brain mask of the simulated heads for the probe (true: the simulator's, fast)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     work, run = Path(args.work), Path(args.real_run)
@@ -40,20 +44,27 @@ def main() -> None:
     cohorts = {"sim": pd.read_csv(manifest, sep="\t"),
                "real": pd.read_csv(run / "results" / "cohort" / "participants.tsv", sep="\t")}
     prep = run / "results" / "preprocess"
-    found = {"sim": realism.cached_deepbet_mask(sim_dir / "realism" / "masks"),
+    sim_prep = sim_dir / "realism" / "preprocess"
+    sim_mask = (realism.simulated_true_mask(sim_dir) if args.sim_mask == "true" else realism.cached_deepbet_mask(
+        sim_dir / "realism" / "masks", lambda pid: sim_prep / pid / f"{pid}_desc-brain_mask.nii.gz"))
+    found = {"sim": sim_mask,
              "real": realism.cached_deepbet_mask(work / "real" / "masks",
                                                  lambda pid: prep / pid / "anat" / f"{pid}_desc-brain_mask.nii.gz")}
-    dirs = {"sim": realism.preprocess_subset(cohorts["sim"], args.n_preprocess, sim_dir / "realism" / "preprocess"),
+    budget = None if args.preprocess_minutes is None else 60 * args.preprocess_minutes
+    dirs = {"sim": realism.preprocess_subset(cohorts["sim"], args.n_preprocess, sim_prep, budget_s=budget),
             "real": {pid: prep / pid / "anat" for pid in cohorts["real"]["participant_id"]}}
     out = {}
     for name, table in cohorts.items():
-        features = realism.cohort_raw_features(table, found[name], work / f"{args.sim_name if name == 'sim' else 'real'}_features.tsv")
+        cache = work / (f"{args.sim_name}_{args.sim_mask}mask" if name == "sim" else "real") / "features.tsv"
+        features = realism.cohort_raw_features(table, found[name], cache)
         ages = table.set_index("participant_id")["age"]
         out[name] = {"features": features, "probe": realism.global_feature_probe(features[list(realism.FEATURES)], features["age"]),
                      "template": realism.cohort_template_measures(dirs[name], ages), "raw_example": table["t1w"].iloc[0]}
     for line in realism.compare(out["sim"], out["real"]):
         print(line)
-    figure = work / f"realism_{args.sim_name}.png"
+    print(f"simulated heads' probe masks: {args.sim_mask}; template-space measures on {len(out['sim']['template'])} "
+          f"preprocessed simulated heads")
+    figure = work / f"realism_{args.sim_name}_{args.sim_mask}mask.png"
     realism.realism_figure(out["sim"], out["real"], figure)
     print(f"figure: {figure}")
 
