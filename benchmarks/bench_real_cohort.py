@@ -44,7 +44,8 @@ def bench_models(grid: float) -> dict[str, dict]:
     models[f"{e2e}_noaug"] = {**models[e2e], "augment": False}
     models["sfcn"] = {k: v for k, v in models[e2e].items() if k not in ("conv1_stride",)} | {"backbone": "sfcn"}
     for entry in models.values():
-        entry["grid"] = grid
+        if float(entry["grid"]) != grid:  # else kept as written: the same entry reuses trained folds
+            entry["grid"] = int(grid) if float(grid).is_integer() else grid
     return models
 
 
@@ -70,7 +71,7 @@ def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool
     targets = [str(paths.prediction_files(m)["tsv"]) for m in models]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", str(cores),
            "--configfile", str(REPO / "config" / "ixi.yaml"), str(config),
-           *(["--rerun-triggers", "mtime"] if reuse else []), *targets]
+           *(["--rerun-triggers", "mtime"] if reuse else []), "--", *targets]
     started = time.perf_counter()
     with open(work / "bench_real_cohort.log", "a") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
