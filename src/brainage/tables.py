@@ -418,7 +418,9 @@ def table3_baselines(
         display.insert(display.columns.get_loc("Mean BAG (years)") + 1, f"Mean BAG, {CORRECTED_LABEL} (years)", _fmt_corrected(data, alpha))
     else:
         data = _drop_corrected(data)
+    cv_note = next((n for n in (cv.pooled_note(e[2]) for e in entries) if n), None)
     notes = [
+        *([cv_note + " Train N: the first fold's."] if cv_note else []),
         "Healthy test split. MAE * : differs from the RNC model, two-sided paired t-test on absolute errors "
         f"(p < {alpha:g}, subjects common to both); BAG * : mean BAG differs from 0 (one-sample t-test).",
         *([CORRECTED_NOTE] if with_corrected else []),
