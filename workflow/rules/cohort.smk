@@ -11,6 +11,8 @@ if config["cohort"]["source"] == "simulate":
             "results/cohort/truth/anatomy.npz",
         log:
             "logs/simulate_anatomy/simulate_anatomy.log",
+        benchmark:
+            "logs/simulate_anatomy/simulate_anatomy.benchmark.tsv"
         conda:
             "../../envs/imaging.yaml"
         threads: 1
@@ -33,6 +35,8 @@ if config["cohort"]["source"] == "simulate":
             ),
         log:
             "logs/simulate_subject/{subject}.log",
+        benchmark:
+            "logs/simulate_subject/{subject}.benchmark.tsv"
         wildcard_constraints:
             subject="sub-[A-Za-z0-9]+",
         conda:
@@ -74,6 +78,8 @@ if config["cohort"]["source"] == "simulate":
             },
         log:
             "logs/simulate_cohort/simulate_cohort.log",
+        benchmark:
+            "logs/simulate_cohort/simulate_cohort.benchmark.tsv"
         conda:
             "../../envs/imaging.yaml"
         threads: 1

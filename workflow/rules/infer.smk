@@ -54,6 +54,8 @@ rule predict_cohort:
         **patterns(paths.prediction_files("{model}")),
     log:
         "logs/predict_cohort/{model}.log",
+    benchmark:
+        "logs/predict_cohort/{model}.benchmark.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -77,6 +79,8 @@ if FOLDS:
             **patterns(paths.fold_prediction_files("{model}", "{fold}")),
         log:
             "logs/predict_cohort/{model}/{fold}.log",
+        benchmark:
+            "logs/predict_cohort/{model}/{fold}.benchmark.tsv"
 
     rule predict_oof:
         input:
@@ -108,6 +112,8 @@ rule saliency:
         },
     log:
         "logs/saliency/{model}.log",
+    benchmark:
+        "logs/saliency/{model}.benchmark.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2

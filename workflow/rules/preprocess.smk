@@ -46,6 +46,8 @@ if PP_ENGINE == "minc":
             temp(f"{PP_MINC_DIR}_desc-ras_T1w.nii.gz"),
         log:
             "logs/preprocess_minc_input/{subject}.log",
+        benchmark:
+            "logs/preprocess_minc_input/{subject}.benchmark.tsv"
         group:
             "preprocess"
         conda:
@@ -68,6 +70,8 @@ if PP_ENGINE == "minc":
             xfm=f"{PP_MINC_DIR}_from-T1w_to-MNI152NLin2009cSym.xfm",
         log:
             "logs/preprocess_minc/{subject}.log",
+        benchmark:
+            "logs/preprocess_minc/{subject}.benchmark.tsv"
         group:
             "preprocess"
         container:
@@ -94,6 +98,8 @@ if PP_ENGINE == "minc":
             **PP_OUTPUTS,
         log:
             "logs/preprocess/{subject}.log",
+        benchmark:
+            "logs/preprocess/{subject}.benchmark.tsv"
         group:
             "preprocess"
         conda:
@@ -118,11 +124,15 @@ else:
             **PP_OUTPUTS,
         log:
             "logs/preprocess/{subject}.log",
+        benchmark:
+            "logs/preprocess/{subject}.benchmark.tsv"
         group:
             "preprocess"
         conda:
             "../../envs/imaging.yaml"
-        threads: 2
+        # one thread: two subjects at a time use a laptop's two cores better than one subject on
+        # two (a job's start, its imports, is single-threaded); the SLURM profile sets 4
+        threads: 1
         resources:
             mem_mb=4000,
             runtime=20,
@@ -144,6 +154,8 @@ rule qc_table:
         montage=str(paths.QC_MONTAGE),
     log:
         "logs/qc_table/qc_table.log",
+    benchmark:
+        "logs/qc_table/qc_table.benchmark.tsv"
     conda:
         "../../envs/imaging.yaml"
     threads: 1

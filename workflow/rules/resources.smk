@@ -3,6 +3,8 @@ rule resources:
         resource_files(),
     log:
         "logs/resources/resources.log",
+    benchmark:
+        "logs/resources/resources.benchmark.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:

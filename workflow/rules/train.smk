@@ -53,6 +53,8 @@ rule cache:
         **patterns(paths.cache_files(paths.CACHE_ROOT, "{res}")),
     log:
         "logs/cache/res-{res}.log",
+    benchmark:
+        "logs/cache/res-{res}.benchmark.tsv"
     conda:
         "../../envs/torch.yaml"
     params:
