@@ -72,10 +72,10 @@ def test_paper_models_replace_the_demo_models_whole(tmp_path):
     (lambda c: c.update(foo=1), "config foo: unknown key 'foo' (valid keys: seed, cohort, preprocess,"),
     (lambda c: c["preprocess"].update(engin="minc"),
      "config preprocess.engin: unknown key 'engin' (did you mean 'engine'?)"),
-    (lambda c: c["models"]["sfcn"].update(epoch=3),
-     "config models.sfcn.epoch: unknown key 'epoch' (did you mean 'epochs'?)"),
+    (lambda c: c["models"]["resnet18_e2e"].update(epoch=3),
+     "config models.resnet18_e2e.epoch: unknown key 'epoch' (did you mean 'epochs'?)"),
     (lambda c: c["preprocess"].update(engine="bogus"), "config preprocess.engine: 'bogus' is not one of native, minc"),
-    (lambda c: c["models"]["sfcn"].update(epochs="5"), "config models.sfcn.epochs: '5' is a str, expected integer"),
+    (lambda c: c["models"]["resnet18_e2e"].update(epochs="5"), "config models.resnet18_e2e.epochs: '5' is a str, expected integer"),
 ])
 def test_schema_problem_is_one_line_naming_the_key(edit, line):
     config = demo()
@@ -90,14 +90,14 @@ def test_nearest_key():
 
 
 @pytest.mark.parametrize("edit, line", [
-    (lambda c: c["models"]["sfcn"].update(grid=3),
-     "config models.sfcn.grid: 3 mm is not in preprocess.grids [2, 4]"),
+    (lambda c: c["models"]["resnet18_e2e"].update(grid=3),
+     "config models.resnet18_e2e.grid: 3 mm is not in preprocess.grids [2, 4]"),
     (lambda c: c["training"]["splits"].update(fractions=[0.5, 0.5, 0.5]),
      "config training.splits.fractions: [0.5, 0.5, 0.5] sums to 1.5, not 1"),
     (lambda c: c["training"]["splits"].update(fractions=[0.9, 0.1, 0.0]),
      "config training.splits.fractions: the test fraction is 0"),
-    (lambda c: c["infer"].update(models=["sfnc"]),
-     "config infer.models: 'sfnc' is not a model of 'models' (did you mean 'sfcn'?)"),
+    (lambda c: c["infer"].update(models=["resnet18_ee"]),
+     "config infer.models: 'resnet18_ee' is not a model of 'models' (did you mean 'resnet18_e2e'?)"),
 ])
 def test_cross_key_problem_is_one_line(edit, line):
     config = demo()
@@ -126,15 +126,15 @@ def test_cohort_must_fill_every_split(n_hc, fractions, ok):
 
 
 def test_nested_config_values_are_typed():
-    overrides = parse_config(["models={sfcn: {epochs: 5, augment: false, optimiser: {lr: 1e-3}}}",
+    overrides = parse_config(["models={resnet18_e2e: {epochs: 5, augment: false, optimiser: {lr: 1e-3}}}",
                               "preprocess={grids: [2, 4]}", "infer={device: cpu}"])
-    assert overrides["models"]["sfcn"]["epochs"] == "5"  # what Snakemake hands over
+    assert overrides["models"]["resnet18_e2e"]["epochs"] == "5"  # what Snakemake hands over
     config = demo()
-    config["models"]["sfcn"].update(overrides["models"]["sfcn"])  # Snakemake's merge
+    e2e = config["models"]["resnet18_e2e"]
+    e2e.update(overrides["models"]["resnet18_e2e"])  # Snakemake's merge
     typed_overrides(config, overrides)
-    assert config["models"]["sfcn"]["epochs"] == 5 and config["models"]["sfcn"]["augment"] is False
-    assert config["models"]["sfcn"]["optimiser"] == {"lr": 0.001}
-    assert config["models"]["sfcn"]["width"] == 0.25  # other keys of the model kept
+    assert e2e["epochs"] == 5 and e2e["augment"] is False and e2e["optimiser"] == {"lr": 0.001}
+    assert e2e["width"] == 0.25  # other keys of the model kept
     assert config["preprocess"]["grids"] == [2, 4] and config["infer"]["device"] == "cpu"
     check_config(config, SCHEMA)
 

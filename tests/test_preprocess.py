@@ -114,6 +114,19 @@ def test_registration_and_mask_against_simulated_truth(tmp_path):
     truth = np.asarray(scan.mask.dataobj) > 0
     dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
     assert dice >= 0.95, f"mask Dice {dice:.3f}"
+    # the default deepbet cube of a 2 mm scan is 192, not deepbet's 256 (BrainMaskSettings)
+    assert json.loads((tmp_path / "out" / "sub-hc0001_desc-qc.json").read_text())["brain_mask_cube"] == 192
+
+
+def test_deepbet_cube_follows_the_scan_resolution():
+    from brainage.preprocess import settings_from_config
+
+    auto = settings_from_config(None)["brain_mask"]
+    assert (auto.cube(2.0), auto.cube(1.5), auto.cube(1.2), auto.cube(1.0)) == (192, 192, 256, 256)
+    fixed = settings_from_config({"native": {"brain_mask": {"shape": 256}}})["brain_mask"]
+    assert fixed.cube(2.0) == 256
+    with pytest.raises(ValueError, match="unknown BrainMaskSettings keys"):
+        settings_from_config({"native": {"brain_mask": {"size": 192}}})
 
 
 #: bias field of the N4 test: +-50 % over the field of view (the simulator's default is +-30 %)

@@ -39,7 +39,7 @@ DETERMINANT_RANGE = (0.2, 5.0)
 
 def settings_from_config(section: dict | None) -> dict[str, Any]:
     """Settings objects from the ``preprocess`` config section (missing keys: defaults)."""
-    from brainage.preprocess.native import N4Settings, RegistrationSettings
+    from brainage.preprocess.native import BrainMaskSettings, N4Settings, RegistrationSettings
 
     section = section or {}
     native = section.get("native", {}) or {}
@@ -54,6 +54,7 @@ def settings_from_config(section: dict | None) -> dict[str, Any]:
     qc = dict(section.get("qc", {}) or {})
     qc.pop("on_fail", None)
     return {
+        "brain_mask": build(BrainMaskSettings, native.get("brain_mask", {}) or {}),
         "n4": build(N4Settings, native.get("n4", {}) or {}),
         "registration": build(RegistrationSettings, native.get("registration", {}) or {}),
         "qc": build(QCThresholds, qc),
