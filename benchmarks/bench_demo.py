@@ -306,6 +306,8 @@ def fresh_workdir(workdir: Path, overlay: Path | None = None) -> Path:
     """A copy of the workflow, library and config in ``workdir`` (emptied first), with
     ``overlay`` merged into its config/config.yaml."""
     if workdir.exists():
+        if (workdir / ".git").exists() or workdir.resolve() in (REPO, *REPO.parents):
+            raise SystemExit(f"{workdir}: a repository or one of its parents, not a scratch directory")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     for name in COPIED:
