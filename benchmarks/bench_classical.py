@@ -7,8 +7,8 @@ Reads a cache the pipeline wrote (``volumes.npy`` + ``index.tsv``: every healthy
 index, whatever its split) and prints, per outer fold, MAE and R2 of the default settings
 (brainage.spec.Classical) and the mean-age baseline (the fold's training mean), then mean +- SD
 over folds. ``--nested`` also picks features x smoothing x kernel inside each outer training
-fold by an inner k-fold CV (the outer test fold never takes part) and reports that model's
-outer-fold accuracy: the honest number when the defaults were themselves chosen on the cohort.
+fold by an inner k-fold CV (GP restarts 0 while selecting; the outer test fold never takes
+part) and reports that model's outer-fold accuracy: the honest number when the defaults were themselves chosen on the cohort.
 Each subject's smoothed maps are computed once per setting; masks, scaling, PCA and the GP are
 refitted in every (inner and outer) training fold, as ``fit_classical`` does.
 """
