@@ -27,10 +27,14 @@ DATA = REPO / "tests" / "data" / "ixi_cohort"
 
 def _config() -> dict:
     """config/config.yaml + config/ixi.yaml as a user layers them, with a tiny model, 3 folds."""
+    def merge(base: dict, over: dict) -> dict:  # as Snakemake layers --configfile files
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in over.items()}}
+
     config = tiny_config()
     ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())
     for key in ("cohort", "preprocess", "explain"):
-        config[key] = {**config[key], **ixi[key]}
+        config[key] = merge(config[key], ixi[key])
     config["training"]["splits"] = {**ixi["training"]["splits"], "folds": 3}
     config["models"] = {"resnet18_e2e": {**ixi["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
     return config
