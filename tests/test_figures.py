@@ -275,6 +275,8 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
         f'import sys\nsys.path.insert(0, "{REPO / "src"}")\n'
         "from brainage.atlases import resource_paths\nfrom brainage.provenance import script_code_hash\n"
         f'def script_code(script):\n    return script_code_hash("{REPO / "workflow" / "scripts"}/" + script)\n'
+        "from brainage import paths\n"
+        "def model_dir(model):\n    return paths.model_dir(model)\n"
         "\n"
         'configfile: "config.yaml"\nRESOURCES = "resources/atlases"\nSEED = config["seed"]\n'
         f'include: "{REPO / "workflow" / "rules" / "stats.smk"}"\n'
