@@ -21,7 +21,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from brainage import stats  # noqa: E402
+from brainage import cv, stats  # noqa: E402
 from brainage.io import save_figure  # noqa: E402
 
 DPI = 300
@@ -323,7 +323,8 @@ def _bag_violins(ax: plt.Axes, predictions: Mapping[str, pd.DataFrame], names: S
     for cohort in cohorts:
         first = predictions[names[0]] if names else pd.DataFrame(columns=["cohort", "split"])
         sub = stats.healthy_test(first) if cohort == "HC" else stats.disease_group(first, cohort)
-        ns.append(f"{'HC (test)' if cohort == 'HC' else cohort}\nN = {len(sub)}")
+        hc = "HC (out-of-fold)" if cv.has_folds(first) else "HC (test)"
+        ns.append(f"{hc if cohort == 'HC' else cohort}\nN = {len(sub)}")
     ax.set_xticks(range(len(cohorts)), ns)
     ax.spines[["top", "right"]].set_visible(False)
 
