@@ -119,8 +119,10 @@ def test_brainage_predict_agrees_with_the_pipeline_on_the_same_scan(run, cohort,
     pred = run["predictions"][model]
     subject = _group(pred, cohort)["participant_id"].iloc[0]
     t1w = run["work"] / run["participants"].set_index("participant_id").loc[subject, "t1w"]
+    # the preprocess rule's thread count (workflow/rules/preprocess.smk): ANTs' registration
+    # differs in its last digits with the number of threads (measured: 67.5 y with 1, 67.4 with 2)
     code = main(["predict", "--model", str(run["results"] / "models" / model / "model.pt"), "--t1w", str(t1w),
-                 "--threads", "2"])
+                 "--threads", "1"])
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", out.out).group(1))
