@@ -27,7 +27,7 @@ import pandas as pd
 
 from brainage.io import InputError
 
-__all__ = ["merge_folds", "fold_accuracy", "has_folds", "parse_fold", "pooled_note"]
+__all__ = ["merge_folds", "fold_accuracy", "fold_summary", "has_folds", "parse_fold", "pooled_note"]
 
 _FOLD = re.compile(r"^r(\d+)f(\d+)$")
 #: columns averaged over the models that predicted a subject
@@ -74,17 +74,23 @@ def merge_folds(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]
     order = {"test": 0, "AD": 1, "PD": 2}
     merged = merged.sort_values(["split", "participant_id"], key=lambda c: c.map(order) if c.name == "split" else c)
     merged = merged.reset_index(drop=True)
-    folds = fold_accuracy(merged)
-    info = {
-        "folds": folds.to_dict("records"),
-        "n_folds": int(len(folds)),
-        "mae_folds_mean": float(folds["mae"].mean()),
-        "mae_folds_sd": float(folds["mae"].std(ddof=1)) if len(folds) > 1 else math.nan,
-        "r2_folds_mean": float(folds["r2"].mean()),
-        "r2_folds_sd": float(folds["r2"].std(ddof=1)) if len(folds) > 1 else math.nan,
-        "n": {s: int((merged["split"] == s).sum()) for s in order},
-    }
+    info = {"folds": fold_accuracy(merged).to_dict("records"), **fold_summary(merged),
+            "n": {s: int((merged["split"] == s).sum()) for s in order}}
     return merged, info
+
+
+def fold_summary(frame: pd.DataFrame) -> dict[str, float]:
+    """Number of folds and mean +- SD over folds of MAE and R2 (nan for a fixed split)."""
+    folds = fold_accuracy(frame)
+
+    def mean(x):
+        return float(x.mean()) if len(x) else math.nan
+
+    def sd(x):
+        return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+    return {"n_folds": int(len(folds)), "mae_folds_mean": mean(folds["mae"]), "mae_folds_sd": sd(folds["mae"]),
+            "r2_folds_mean": mean(folds["r2"]), "r2_folds_sd": sd(folds["r2"])}
 
 
 def has_folds(frame: pd.DataFrame) -> bool:

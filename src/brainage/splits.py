@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainage.cv import parse_fold
 from brainage.io import InputError
 
 __all__ = ["make_splits", "make_cv_splits", "splits_from_config", "fold_names", "read_splits", "read_excluded", "split_hash", "TRAINING_SPLITS"]
@@ -127,7 +128,7 @@ def make_cv_splits(
         assignment.loc[order.index, f"fold_r{r}"] = labels
     tables = {}
     for name in names:
-        r, k = (int(x) for x in name[1:].split("f"))
+        r, k = parse_fold(name)
         test = (assignment[f"fold_r{r}"] == k).fillna(False).astype(bool)
         train_ids = base.loc[~test & (base["cohort"] == "HC"), "participant_id"]
         rest = make_splits(participants[participants["participant_id"].isin(train_ids)],

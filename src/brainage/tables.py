@@ -258,7 +258,7 @@ def table2_accuracy(
                 f"mae_over{older_than:g}": acc_old.mae,
                 f"mae_sd_over{older_than:g}": acc_old.mae_sd,
                 f"r2_over{older_than:g}": acc_old.r2,
-                **_fold_summary(predictions[name]),
+                **cv.fold_summary(predictions[name]),
             }
         )
     data = pd.DataFrame(rows)
@@ -308,15 +308,6 @@ def table2_accuracy(
         f"Columns >{o}: healthy test subjects older than {o} years (the disease cohorts' age range).",
     ]
     return Table("Table 2. Accuracy of every model on the healthy test split", data, display, notes)
-
-
-def _fold_summary(frame: pd.DataFrame) -> dict[str, float]:
-    """Number of folds and mean +- SD over folds of MAE and R2 (nan for a fixed split)."""
-    folds = cv.fold_accuracy(frame)
-    sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan)
-    return {"n_folds": len(folds), "mae_folds_mean": float(folds["mae"].mean()) if len(folds) else math.nan,
-            "mae_folds_sd": sd(folds["mae"]), "r2_folds_mean": float(folds["r2"].mean()) if len(folds) else math.nan,
-            "r2_folds_sd": sd(folds["r2"])}
 
 
 # --------------------------------------------------------------------------- Table 3
