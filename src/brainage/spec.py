@@ -11,7 +11,14 @@ batch_size, epochs, augment (true: ``training.augment``; false; or a mapping ove
 stop early), width, conv1_stride, norm (batch|group|instance), gpus, optimiser {name adam|sgd,
 lr, momentum, weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature,
 chunk_size}, head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, select
-(best_val|last), patience}.
+(best_val|last), patience}, init_from (the folder of a trained model: model.pt and
+model_card.json; see :func:`init_from_problems`).
+
+``init_from`` (pretraining, e.g. on the simulated cohort): an RNC model's encoder starts from the
+source's encoder; with ``epochs: 0`` it is used as is and only the linear head is fitted. An
+end-to-end model starts from the whole source network (its encoder only when the source is an
+RNC model) and trains ``epochs >= 1`` as usual. The source must have this model's architecture
+and grid; a classical model starts from nothing.
 
 A classical entry (``backbone: pca_gpr``, brainage.classical: PCA of smoothed tissue maps, then
 a Gaussian process) needs only backbone and grid, takes ``classical`` {features, smooth_mm,
@@ -22,7 +29,11 @@ no saliency (:func:`has_saliency`).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from brainage.paths import MODELS_ROOT, model_files
 
 LOSSES = ("l1", "rnc")
 
@@ -123,7 +134,7 @@ REQUIRED = ("backbone", "grid")
 NETWORK_REQUIRED = ("batch_size", "epochs")
 #: every key a model entry may hold (the schema's ``models`` properties)
 KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
-        "optimiser", "rnc", "head", "classical")
+        "optimiser", "rnc", "head", "classical", "init_from")
 #: the keys of each nested mapping
 NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
                "head": tuple(f.name for f in fields(Head)), "classical": tuple(f.name for f in fields(Classical))}
@@ -144,13 +155,62 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     (brainage.config lists them with the schema's problems, before any job)."""
     where = f"config models.{name}"
     if is_classical(entry):
-        extra = [k for k in entry if k not in (*REQUIRED, "classical")]
-        return [f"{where}.{k}: a classical model ({entry['backbone']}) takes no {k!r}; its settings go "
-                f"under 'classical' ({', '.join(NESTED_KEYS['classical'])})" for k in extra]
+        extra = [k for k in entry if k not in (*REQUIRED, "classical", "init_from")]
+        lines = [f"{where}.{k}: a classical model ({entry['backbone']}) takes no {k!r}; its settings go "
+                 f"under 'classical' ({', '.join(NESTED_KEYS['classical'])})" for k in extra]
+        if "init_from" in entry:
+            lines.append(f"{where}.init_from: a classical model ({entry['backbone']}) has no network weights to "
+                         f"start from a trained model; remove init_from")
+        return lines
     lines = [f"{where}: a network needs {k!r}" for k in ("loss", *NETWORK_REQUIRED) if k not in entry]
     if "classical" in entry:
         lines.append(f"{where}.classical: only for backbone {' or '.join(CLASSICAL_BACKBONES)}")
-    return lines
+    return lines + init_from_problems(name, entry)
+
+
+def init_from_problems(name: str, entry: dict) -> list[str]:
+    """A network entry's ``epochs: 0`` and ``init_from``, one ``config ...`` line at most.
+
+    The source is checked against its model card when the card exists already (config time);
+    a source that this run trains first (under results/models/) is checked by the trainer
+    against its model.pt at job start.
+    """
+    where, source = f"config models.{name}", entry.get("init_from")
+    loss = entry.get("loss", "l1")
+    if entry.get("epochs") == 0 and loss != "rnc":
+        return [f"{where}.epochs: 0 trains nothing in an end-to-end model (loss {loss}); give epochs >= 1 "
+                f"(with init_from they start from the pretrained weights)"]
+    if entry.get("epochs") == 0 and not source:
+        return [f"{where}.epochs: 0 needs init_from (a pretrained encoder used as is, only its linear head fitted)"]
+    if not source:
+        return []
+    files = model_files(source)
+    if not files["model"].is_file():
+        if Path(source).resolve().is_relative_to(MODELS_ROOT.resolve()):
+            return []  # possibly a model this run trains first
+        return [f"{where}.init_from: {source} holds no model.pt (give the folder of a trained model, "
+                f"results/models/<name> of a finished run)"]
+    if not files["card"].is_file():
+        return []
+    problem = source_mismatch(entry, json.loads(files["card"].read_text()))
+    return [f"{where}.init_from: {source} does not fit this model ({problem})"] if problem else []
+
+
+def source_mismatch(entry: dict, source: dict) -> str | None:
+    """What keeps model ``entry`` from starting from a trained model (its card or model.pt meta), or None."""
+    if source.get("kind") == "classical":
+        return "the source is a classical model, it has no network weights"
+    ours, theirs = asdict(Architecture.of(entry)), asdict(Architecture.of(source["architecture"]))
+    diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours if ours[k] != theirs[k]]
+    if float(source["grid_res"]) != float(entry["grid"]):
+        diffs.append(f"grid {float(entry['grid']):g} mm here, {float(source['grid_res']):g} mm in the source")
+    return "; ".join(diffs) or None
+
+
+def init_from_input(entry: dict) -> dict[str, str]:
+    """The training job's input ``init_from``: the source's model.pt (a new source retrains), or none."""
+    source = (entry or {}).get("init_from")
+    return {"init_from": str(model_files(source)["model"])} if source and not is_classical(entry) else {}
 
 
 def _resolve_classical(spec: dict) -> dict:

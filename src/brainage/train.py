@@ -21,6 +21,11 @@ their defaults). Three kinds:
   that affine map is folded into the head's weights at the end, so the head stays one linear
   layer on raw features.
 
+Pretraining (``init_from``, :func:`start_from_pretrained`): the network starts from a trained
+model's weights (an RNC model or an RNC source: the encoder; end-to-end from end-to-end: the
+whole network). An RNC model with ``epochs: 0`` skips the contrastive stage: only its head is
+fitted, on the frozen pretrained encoder.
+
 BatchNorm: before every evaluation (and before the head's features) the running statistics are
 re-estimated on the un-augmented training volumes (:func:`recompute_batchnorm_stats`); with
 small 3D batches the exponential averages otherwise lag the weights badly.
@@ -44,6 +49,7 @@ gathered global batch (brainage.distributed.global_rnc_loss).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -64,11 +70,11 @@ from torch import nn
 from brainage.augment import AugmentConfig, augment_volume, sample_params
 from brainage.cache import INTENSITY_NORMALISATION, CachedVolumes
 from brainage.checkpoint import Checkpoint, StopRequest, fingerprint
-from brainage.io import atomic_path, save_figure, write_json, write_tsv
-from brainage.models import autocast, forward_batches, iter_batches, save_model, to_device, unwrap
+from brainage.io import InputError, atomic_path, save_figure, write_json, write_tsv
+from brainage.models import autocast, forward_batches, iter_batches, load_model, save_model, to_device, unwrap
 from brainage.networks import architecture_of, build_age_model
 from brainage.paths import model_files
-from brainage.spec import is_classical, resolve_spec
+from brainage.spec import init_from_problems, is_classical, resolve_spec, source_mismatch
 from brainage.splits import split_hash
 
 log = logging.getLogger("brainage.train")
@@ -170,6 +176,8 @@ class _Run:
     batch_size: int
     aug_cfg: AugmentConfig | None
     progress: bool
+    #: the pretrained source the model started from (config init_from), as the model card records it
+    init_from: dict | None = None
 
     @classmethod
     def setup(cls, name: str, spec: dict, training: dict, splits: pd.DataFrame, volumes, index, seed: int,
@@ -206,8 +214,10 @@ class _Run:
         return "rnc" if self.spec["loss"] == "rnc" else "e2e"
 
     def fingerprint(self) -> str:
-        return fingerprint(self.spec, self.training, self.seed, {s: split_hash(v) for s, v in self.sets.items()},
-                           list(self.cache.shape), self.world)
+        parts = (self.spec, self.training, self.seed, {s: split_hash(v) for s, v in self.sets.items()},
+                 list(self.cache.shape), self.world)
+        # a retrained source (same folder, new weights) must not resume the old run
+        return fingerprint(*parts, self.init_from["model_sha256"]) if self.init_from else fingerprint(*parts)
 
     def forward(self, model: nn.Module, rows, min_batch: int = 1):
         """``model`` over cache ``rows`` (un-augmented), batch by batch: the outputs (float32, CPU)."""
@@ -368,6 +378,8 @@ def _fit_stage1(run: _Run, stage, opt, sched, state: dict, ckpt: Checkpoint, max
     dataset = _Volumes(run.cache, run.rows["train"], run.ages["train"], run.aug_cfg, stage.views, run.seed, 1,
                        augment_here=not cuda)
     epochs_this_run = 0
+    if epochs == 0:  # a pretrained RNC encoder used as is (init_from): straight to its head
+        stage.finish(state)
     for epoch in _progress(range(state["epoch"], epochs), run.progress and run.main, f"{run.name} {run.kind}"):
         stage.model.train()
         t0 = time.time()
@@ -526,12 +538,16 @@ def train_model(
         from brainage.classical import train_classical
 
         return train_classical(name, resolve_spec(entry), splits, volumes, index, out_dir, seed, training, preprocess)
+    problems = init_from_problems(name, entry)
+    if problems:
+        raise ValueError(problems[0])
     run = _Run.setup(name, resolve_spec(entry), training, splits, volumes, index, seed, progress)
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     model = build_age_model(architecture_of(run.spec), run.age_mean, run.age_sd).to(run.device)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
+    run.init_from = start_from_pretrained(run, model)
     opt = _optimiser((model.encoder if run.kind == "rnc" else model).parameters(), run.spec["optimiser"])
     sched = _scheduler(opt, run.spec["optimiser"], int(run.spec["epochs"]))
 
@@ -556,6 +572,70 @@ def train_model(
     ckpt.remove()
     log.info("%s: done %s", name, json.dumps(metrics))
     return metrics
+
+
+# --------------------------------------------------------------------------------------
+# Pretrained initialisation (config init_from)
+# --------------------------------------------------------------------------------------
+
+
+def start_from_pretrained(run: _Run, model: nn.Module) -> dict | None:
+    """Load the trained model of config ``init_from`` into ``model``; what the model card records.
+
+    An RNC model, or any model from an RNC source: the encoder's weights (the head is fitted on
+    this cohort, or starts from its seeded initialisation). End-to-end from end-to-end: the whole
+    network, its head re-expressed in this cohort's age standardisation (:func:`rebase_head`).
+    BatchNorm statistics are re-estimated on this cohort before every use, as for any model
+    (:func:`recompute_batchnorm_stats`); the encoder's parameters are the source's exactly.
+    """
+    folder = run.spec.get("init_from")
+    if not folder:
+        return None
+    files = model_files(folder)
+    if not files["model"].is_file():
+        raise InputError(f"{run.name}: init_from {folder} holds no model.pt (give the folder of a trained model, "
+                         f"results/models/<name> of a finished run)")
+    source, meta = load_model(files["model"])  # weights_only: a shared model.pt cannot run code
+    target = unwrap(model)
+    problem = source_mismatch(run.spec, meta) or _shape_mismatch(target, source, meta, list(run.cache.shape))
+    if problem:
+        raise InputError(f"{run.name}: init_from {folder} does not fit this model ({problem})")
+    target.encoder.load_state_dict(source.encoder.state_dict())
+    if run.kind == "e2e" and meta["kind"] == "e2e":
+        target.head.load_state_dict(source.head.state_dict())
+        rebase_head(target.head, float(source.age_mean), float(source.age_sd), run.age_mean, run.age_sd)
+    log.info("%s: %s starts from %s (%s model %s)", run.name, "encoder" if run.kind == "rnc" or meta["kind"] == "rnc"
+             else "network", files["model"], meta["kind"], meta.get("name"))
+    return {"path": str(folder), "model_sha256": _sha256(files["model"]), "name": meta.get("name"),
+            "kind": meta["kind"], "card_sha256": _sha256(files["card"]) if files["card"].is_file() else None}
+
+
+def _shape_mismatch(target: nn.Module, source: nn.Module, meta: dict, grid_shape: list[int]) -> str | None:
+    """The grid shape, or the first encoder tensor (in-channels of conv1 ...), that differs from the source."""
+    if list(meta.get("grid_shape", grid_shape)) != grid_shape:
+        return f"grid shape {grid_shape} here, {meta['grid_shape']} in the source"
+    ours, theirs = target.encoder.state_dict(), source.encoder.state_dict()
+    for key, value in ours.items():
+        if key not in theirs or theirs[key].shape != value.shape:
+            found = list(theirs[key].shape) if key in theirs else "nothing"
+            return f"encoder.{key} {list(value.shape)} here, {found} in the source"
+    return None
+
+
+@torch.no_grad()
+def rebase_head(head: nn.Linear, source_mean: float, source_sd: float, mean: float, sd: float) -> None:
+    """``head`` (standardised age of the source's cohort) re-expressed for this cohort's statistics.
+
+    The same ages in years: z_s * sd_s + mean_s = z * sd + mean gives
+    z = z_s * sd_s / sd + (mean_s - mean) / sd, an affine map folded into the head's weights.
+    """
+    head.weight.mul_(source_sd / sd)
+    head.bias.mul_(source_sd / sd).add_((source_mean - mean) / sd)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _network(run: _Run, model: nn.Module) -> nn.Module:
@@ -601,7 +681,7 @@ def _write_outputs(run: _Run, model: nn.Module, state: dict, out_dir: Path, prep
         "name": run.name, "kind": run.kind, "architecture": meta["architecture"], "grid_res": meta["grid_res"],
         "data": {s: {"n": len(v), "hash": split_hash(v)} for s, v in run.sets.items()},
         "age": meta["age"], "metrics": metrics, "config": spec, "training": run.training, "seed": run.seed,
-        "training_seconds": state["elapsed"], "device": str(run.device), "processes": run.world,
+        "init_from": run.init_from, "training_seconds": state["elapsed"], "device": str(run.device), "processes": run.world,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
                      "numpy": np.__version__},
     })

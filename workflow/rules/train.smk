@@ -2,6 +2,8 @@
 # config `models:` (results/models/<name>/). All logic is in brainage.{splits,cache,train}.
 
 
+from brainage.spec import init_from_input
+
 MODELS = list(config.get("models") or {})
 MODEL_FILES = patterns(paths.model_files(paths.MODELS_ROOT / "{model}"))
 GRID_LABELS = {res_label(g): g for g in GRIDS}
@@ -14,6 +16,11 @@ def model_grid(wildcards):
             paths.CACHE_ROOT, float(config["models"][wildcards.model]["grid"])
         )
     )
+
+
+def init_from_model(wildcards):
+    """The trained model.pt a model starts from (config init_from), so that a new source retrains."""
+    return init_from_input(config["models"][wildcards.model])
 
 
 wildcard_constraints:
@@ -67,6 +74,7 @@ rule cache:
 rule train:
     input:
         unpack(model_grid),
+        unpack(init_from_model),
         splits=SPLITS_TSV,
     output:
         **{
@@ -109,6 +117,7 @@ rule train:
 use rule train as train_fold with:
     input:
         unpack(model_grid),
+        unpack(init_from_model),
         splits=str(paths.fold_splits("{fold}")),
     output:
         **{
