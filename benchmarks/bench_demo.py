@@ -47,10 +47,16 @@ def rule_stages(workdir: Path) -> dict[str, str]:
     for smk in sorted((workdir / "workflow" / "rules").glob("*.smk")):
         stage = STAGE_NAMES.get(smk.stem, smk.stem)
         for line in smk.read_text().splitlines():
-            found = re.match(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+))", line)
+            # rules defined in a loop (one per batch of subjects) are named f"<stem>_{BATCH}"
+            found = re.match(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+)|f\"(\w+)_\{\w+\}\"$)", line)
             if found:
-                stages[found.group(1) or found.group(2)] = stage
+                stages[found.group(1) or found.group(2) or found.group(3)] = stage
     return stages
+
+
+def stage_of(stages: dict[str, str], rule: str) -> str:
+    """The stage of ``rule``; a batch rule (``preprocess_b003``) is its stem's (``preprocess``)."""
+    return stages.get(rule) or stages.get(re.sub(r"_b\d+$", "", rule), "other")
 
 
 def job_intervals(log_file: Path) -> list[tuple[str, float, float]]:
@@ -100,7 +106,7 @@ def _print_stages(workdir: Path) -> None:
     stages = rule_stages(workdir)
     by_stage = defaultdict(list)
     for rule, start, end in jobs:
-        by_stage[stages.get(rule, "other")].append((start, end))
+        by_stage[stage_of(stages, rule)].append((start, end))
     print(f"{'stage':<16} {'jobs':>5} {'wall min':>9}")
     for stage in ["resources", "simulate", "preprocess", "train", "infer/saliency", "stats/report", "other"]:
         if stage in by_stage:

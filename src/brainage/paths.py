@@ -93,6 +93,23 @@ def preprocess_outputs(out_dir: str | Path, participant_id: str, grids: Iterable
     return paths
 
 
+def as_list(files: str | Path | Iterable[str | Path]) -> list:
+    """A rule's file (a string) or list of files as a list (a batch job's outputs are lists)."""
+    return [files] if isinstance(files, (str, Path)) else list(files)
+
+
+def subject_batches(subjects: Iterable[str], per_job: int) -> list[tuple[str, list[str]]]:
+    """``(name, members)`` of the jobs that process ``subjects`` ``per_job`` at a time, in order
+    (``b000``, ``b001``, ...): a job's Python start and imports (~3 CPU-s with torch and ANTs)
+    are paid once per batch instead of once per subject. The last batch holds the remainder;
+    a batch is redone as a whole when its members change."""
+    subjects = list(subjects)
+    if per_job < 1:
+        raise ValueError(f"subjects per job must be >= 1, got {per_job}")
+    width = max(3, len(str(max(len(subjects) - 1, 0) // per_job)))
+    return [(f"b{i // per_job:0{width}d}", subjects[i:i + per_job]) for i in range(0, len(subjects), per_job)]
+
+
 def cache_files(root: str | Path, res: float | str) -> dict[str, Path]:
     """The float16 cache of one grid: ``volumes`` (memory-mapped array) and its ``index``."""
     folder = Path(root) / f"res-{_label(res)}"

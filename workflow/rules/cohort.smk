@@ -24,41 +24,79 @@ if config["cohort"]["source"] == "simulate":
         script:
             "../scripts/simulate_anatomy.py"
 
-    rule simulate_subject:
-        input:
-            anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
-        output:
-            **patterns(
-                paths.simulated_subject_files(
-                    SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}"
-                )
-            ),
-        log:
-            "logs/simulate_subject/{subject}.log",
-        benchmark:
-            "logs/simulate_subject/{subject}.benchmark.tsv"
-        wildcard_constraints:
-            subject="sub-[A-Za-z0-9]+",
-        conda:
-            "../../envs/imaging.yaml"
-        threads: 1
-        resources:
-            mem_mb=int(
-                900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
-            ),
-        params:
-            row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
-            simulate=SIM_MODEL,
-            seed=SEED,
-            code=script_code("simulate_subject.py"),
-        script:
-            "../scripts/simulate_subject.py"
+    SIM_PER_JOB = config["cohort"].get("subjects_per_job", 1)
+    SIM_FILES = patterns(
+        paths.simulated_subject_files(SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}")
+    )
+    if SIM_PER_JOB > 1:
+        # Batches of subjects per job (config cohort.subjects_per_job): one Python start and
+        # one load of the anatomy per batch; the same files as rule simulate_subject.
+        for SIM_BATCH, SIM_MEMBERS in paths.subject_batches(SUBJECTS, SIM_PER_JOB):
+
+            rule:
+                name:
+                    f"simulate_{SIM_BATCH}"
+                input:
+                    anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
+                output:
+                    **{
+                        key: expand(pattern, subject=SIM_MEMBERS)
+                        for key, pattern in SIM_FILES.items()
+                    },
+                log:
+                    expand("logs/simulate_subject/{subject}.log", subject=SIM_MEMBERS),
+                benchmark:
+                    f"logs/simulate_subject/{SIM_BATCH}.benchmark.tsv"
+                conda:
+                    "../../envs/imaging.yaml"
+                threads: 1
+                resources:
+                    mem_mb=int(
+                        900
+                        + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
+                    ),
+                params:
+                    subjects=SIM_MEMBERS,
+                    rows=[plan_row(PARTICIPANTS, s) for s in SIM_MEMBERS],
+                    simulate=SIM_MODEL,
+                    seed=SEED,
+                    code=script_code("simulate_subject.py"),
+                script:
+                    "../scripts/simulate_subject.py"
+
+    else:
+
+        rule simulate_subject:
+            input:
+                anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
+            output:
+                **SIM_FILES,
+            log:
+                "logs/simulate_subject/{subject}.log",
+            benchmark:
+                "logs/simulate_subject/{subject}.benchmark.tsv"
+            wildcard_constraints:
+                subject="sub-[A-Za-z0-9]+",
+            conda:
+                "../../envs/imaging.yaml"
+            threads: 1
+            resources:
+                mem_mb=int(
+                    900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
+                ),
+            params:
+                row=lambda wildcards: plan_row(PARTICIPANTS, wildcards.subject),
+                simulate=SIM_MODEL,
+                seed=SEED,
+                code=script_code("simulate_subject.py"),
+            script:
+                "../scripts/simulate_subject.py"
 
     rule simulate_cohort:
         input:
             anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
-            t1w=expand(rules.simulate_subject.output.t1w, subject=SUBJECTS),
-            truth=expand(rules.simulate_subject.output.truth, subject=SUBJECTS),
+            t1w=expand(SIM_FILES["t1w"], subject=SUBJECTS),
+            truth=expand(SIM_FILES["truth"], subject=SUBJECTS),
         output:
             **{
                 key: (

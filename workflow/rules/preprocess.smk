@@ -15,8 +15,11 @@ PP_DIR = "results/preprocess/{subject}/anat"
 # apply without preprocessing anyone again (each subject's QC json and figure keep the verdict
 # of the thresholds at the time it ran, read from config by the script).
 PP_SETTINGS = {
-    k: v for k, v in PREPROCESS.items() if k not in ("engine", "grids", "qc")
+    k: v
+    for k, v in PREPROCESS.items()
+    if k not in ("engine", "grids", "qc", "subjects_per_job")
 }
+PP_PER_JOB = PREPROCESS.get("subjects_per_job", 1)
 PP_THRESHOLDS = {k: v for k, v in PP_QC.items() if k != "on_fail"}
 # mask, affine, QC, and the preprocessed T1w on each grid (res4, res2, ...)
 PP_OUTPUTS = patterns(paths.preprocess_outputs(PP_DIR, "{subject}", GRIDS))
@@ -115,6 +118,41 @@ if PP_ENGINE == "minc":
         script:
             "../scripts/preprocess_minc_finish.py"
 
+elif PP_PER_JOB > 1:
+    # Batches of subjects per job (config preprocess.subjects_per_job): one Python start and one
+    # import of torch, ANTs and deepbet per batch, not per subject. One rule per batch (the
+    # names say which: preprocess_b000, ...), the same outputs and per-subject logs as rule
+    # preprocess; a batch is redone whole when one of its members (or their order) changes.
+    for PP_BATCH, PP_MEMBERS in paths.subject_batches(SUBJECTS, PP_PER_JOB):
+
+        rule:
+            name:
+                f"preprocess_{PP_BATCH}"
+            input:
+                t1w=[RAW_T1W[s] for s in PP_MEMBERS],
+            output:
+                **{
+                    key: expand(pattern, subject=PP_MEMBERS)
+                    for key, pattern in PP_OUTPUTS.items()
+                },
+            log:
+                expand("logs/preprocess/{subject}.log", subject=PP_MEMBERS),
+            benchmark:
+                f"logs/preprocess/{PP_BATCH}.benchmark.tsv"
+            conda:
+                "../../envs/imaging.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=5 * len(PP_MEMBERS),
+            params:
+                subjects=PP_MEMBERS,
+                grids=GRIDS,
+                settings=PP_SETTINGS,
+                code=script_code("preprocess_native.py"),
+            script:
+                "../scripts/preprocess_native.py"
+
 else:
 
     rule preprocess:
@@ -146,7 +184,7 @@ else:
 
 rule qc_table:
     input:
-        qc=expand(rules.preprocess.output.qc_json, subject=SUBJECTS),
+        qc=expand(PP_OUTPUTS["qc_json"], subject=SUBJECTS),
         volumes=expand(PP_OUTPUTS[f"res{res_label(max(GRIDS))}"], subject=SUBJECTS),
     output:
         table=str(paths.QC_TABLE),

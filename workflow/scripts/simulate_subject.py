@@ -1,11 +1,19 @@
-"""Simulate one subject's raw T1w scan and write its truth (mask, affine, biological age)."""
+"""Simulate raw T1w scans and write their truth (mask, affine, biological age): one subject
+(rule ``simulate_subject``) or a batch of them in one process (rules ``simulate_b<k>``,
+config cohort.subjects_per_job), the anatomy loaded once."""
 
 from brainage.logs import redirect_to_log
+from brainage.paths import as_list
 from brainage.simulate.anatomy import Anatomy
 from brainage.simulate.cohort import write_subject
 from brainage.simulate.model import model_from_config
 
-with redirect_to_log(snakemake.log[0]):
-    anatomy = Anatomy.load(snakemake.input.anatomy)
-    model = model_from_config(snakemake.params.simulate)
-    write_subject(snakemake.params.row, anatomy, snakemake.params.seed, model, dict(snakemake.output.items()))
+
+rows = snakemake.params.get("rows") or [snakemake.params.row]
+anatomy, model = None, model_from_config(snakemake.params.simulate)
+for i, row in enumerate(rows):
+    with redirect_to_log(snakemake.log[i]):
+        if anatomy is None:
+            anatomy = Anatomy.load(snakemake.input.anatomy)
+        files = {key: as_list(value)[i] for key, value in snakemake.output.items()}
+        write_subject(row, anatomy, snakemake.params.seed, model, files)
