@@ -2,7 +2,7 @@
 
     python benchmarks/bench_real_cohort.py --data ../shared/data/ixi_dev [--grid 4] [--folds 5]
         [--repeats 1] [--workdir /tmp/bench_real_cohort] [--models classical,resnet18_e2e,...]
-        [--demo-models DIR] [--cores 2] [--reuse]
+        [--demo-models DIR] [--pretrained DIR] [--cores 2] [--reuse]
 
 Runs the pipeline itself (this repository's Snakefile, ``config/ixi.yaml`` layered over the
 demo config, ``training.splits.scheme: kfold``) on the IXI-style folder ``--data`` (scans and a
@@ -18,6 +18,9 @@ of its training jobs (Snakemake's ``benchmark:`` files, all folds summed).
 
 ``--demo-models DIR``: the ``results/models`` folder of a demo run (models trained on the
 simulated cohort); each is applied to every real subject (the simulation-to-real gap).
+``--pretrained DIR``: a trained RNC model (e.g. a demo run's ``results/models/rnc_resnet18``,
+pretrained on simulated heads): adds ``<rnc>_sim`` (its encoder frozen, a new linear head on
+each real fold) and ``<rnc>_simft`` (fine-tuned on each real fold) beside the real-only model.
 """
 
 from __future__ import annotations
@@ -38,14 +41,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def bench_models(grid: float) -> dict[str, dict]:
-    """config/ixi.yaml's models plus ResNet18 without augmentation and an SFCN, on ``grid``."""
+def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]:
+    """config/ixi.yaml's models plus ResNet18 without augmentation and an SFCN, on ``grid``;
+    with ``pretrained`` (a trained RNC model's folder), the RNC model started from it: its
+    encoder as is with a new linear head (``<rnc>_sim``), and fine-tuned on the real folds as
+    long as the real-only model trains, at a tenth of its learning rate (``<rnc>_simft``)."""
     models = copy.deepcopy(yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())["models"])
     e2e = next(name for name, m in models.items() if m.get("loss", "l1") == "l1" and m["backbone"] == "resnet18")
     models[f"{e2e}_noaug"] = {**models[e2e], "augment": False}
     models["sfcn"] = {k: v for k, v in models[e2e].items() if k not in ("conv1_stride",)} | {"backbone": "sfcn"}
     # the small-data learning curves are still falling at 20 epochs: the best network, 3x longer
     models["sfcn_e60"] = {**models["sfcn"], "epochs": 60, "patience": 20}
+    if pretrained is not None:
+        rnc = next(name for name, m in models.items() if m.get("loss") == "rnc")
+        source = str(Path(pretrained).resolve())
+        models[f"{rnc}_sim"] = {**models[rnc], "epochs": 0, "init_from": source}
+        models[f"{rnc}_simft"] = {**models[rnc], "init_from": source, "optimiser": {"lr": 0.05}}
     for entry in models.values():
         if float(entry["grid"]) != grid:  # else kept as written: the same entry reuses trained folds
             entry["grid"] = int(grid) if float(grid).is_integer() else grid
@@ -165,6 +176,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_real_cohort"))
     parser.add_argument("--models", help="comma-separated subset of the benchmark's models (default: all)")
     parser.add_argument("--demo-models", type=Path, help="results/models of a demo run (simulated cohort)")
+    parser.add_argument("--pretrained", type=Path,
+                        help="a trained RNC model's folder (e.g. a demo run's results/models/rnc_resnet18): "
+                             "adds the RNC model started from it (config models.<name>.init_from)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--reuse", action="store_true",
                         help="rerun only missing or older outputs (keeps preprocessing made by an earlier code version)")
@@ -172,7 +186,7 @@ def main(argv=None) -> None:
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    models = bench_models(args.grid)
+    models = bench_models(args.grid, args.pretrained)
     if args.models:
         wanted = args.models.split(",")
         unknown = sorted(set(wanted) - set(models))
