@@ -456,3 +456,28 @@ def test_truth_checks_holm_corrects_across_groups():
     table = truth_checks(pd.DataFrame(rows), effects, k=5, draws=200, seed=1)
     assert len(table) == 3
     np.testing.assert_allclose(table["p_holm"], multipletests(table["p_value"], method="holm")[1])
+
+
+def test_a_constant_map_ranks_nothing():
+    """A group whose map is 0 in every region (Grad-RAM 0 in every subject) gets no precision
+    and no p-value, and leaves the other groups' Holm correction to the groups that rank."""
+    from statsmodels.stats.multitest import multipletests
+
+    from brainage.explain import truth_checks
+
+    regions = [f"R{i}" for i in range(30)]
+    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "volume_change_pct": -float(30 - i)}
+                            for e in ("ageing", "AD", "PD") for i, r in enumerate(regions)])
+    rng = np.random.default_rng(3)
+    rows = []
+    for g, means in (("HC", np.zeros(30)), ("AD", np.linspace(1, 0, 30)), ("PD", rng.random(30))):
+        ranks = pd.Series(means).rank(ascending=False, method="min").astype(int)
+        rows += [{"group": g, "n": 5, "index": i + 1, "name": r, "mean": float(v), "rank": int(k)}
+                 for i, (r, v, k) in enumerate(zip(regions, means, ranks))]
+    table = truth_checks(pd.DataFrame(rows), effects, k=5, draws=500, seed=1).set_index("group")
+    # ties broken by index would put R0-R4, the truth's top 5, first: precision 1.0 for nothing
+    assert np.isnan(table.at["HC", "precision"]) and np.isnan(table.at["HC", "p_value"])
+    assert np.isnan(table.at["HC", "p_holm"])
+    assert table.at["AD", "precision"] == 1.0
+    ranked = table.loc[["AD", "PD"]]
+    np.testing.assert_allclose(ranked["p_holm"], multipletests(ranked["p_value"], method="holm")[1])

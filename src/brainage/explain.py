@@ -315,11 +315,17 @@ def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws
     """Precision at ``k`` of a group's AAL116 ranking against the regions the simulator changed.
 
     The baseline is the distribution over random rankings of the same regions; ``p_value``
-    is the share of random rankings at least as precise (with the +1 correction).
+    is the share of random rankings at least as precise (with the +1 correction). A map that
+    is the same in every region (Grad-RAM 0 in every subject: the ReLU of a weighted sum that
+    is negative everywhere) ranks nothing: ``precision`` and ``p_value`` are NaN, not the
+    score of its ties broken by AAL index.
     """
     relevant = set(relevant)
     ranked = table.dropna(subset=["mean"]).sort_values(["rank", "index"])
     names = ranked["name"].tolist()
+    if ranked["mean"].nunique() <= 1:
+        return {"k": k, "n_relevant": len(relevant & set(names)), "precision": float("nan"),
+                "random_mean": float("nan"), "random_sd": float("nan"), "p_value": float("nan"), "top": ""}
     observed = precision_at_k(names, relevant, k)
     baseline = random_precision_at_k(len(names), len(relevant & set(names)), k, draws, seed)
     return {
