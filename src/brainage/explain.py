@@ -323,14 +323,16 @@ def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws
     relevant = set(relevant)
     ranked = table.dropna(subset=["mean"]).sort_values(["rank", "index"])
     names = ranked["name"].tolist()
+    n_relevant = len(relevant & set(names))
     if ranked["mean"].nunique() <= 1:
-        return {"k": k, "n_relevant": len(relevant & set(names)), "precision": float("nan"),
-                "random_mean": float("nan"), "random_sd": float("nan"), "p_value": float("nan"), "top": ""}
+        nan = float("nan")
+        return {"k": k, "n_relevant": n_relevant, "precision": nan, "random_mean": nan, "random_sd": nan,
+                "p_value": nan, "top": ""}
     observed = precision_at_k(names, relevant, k)
-    baseline = random_precision_at_k(len(names), len(relevant & set(names)), k, draws, seed)
+    baseline = random_precision_at_k(len(names), n_relevant, k, draws, seed)
     return {
         "k": k,
-        "n_relevant": len(relevant & set(names)),
+        "n_relevant": n_relevant,
         "precision": observed,
         "random_mean": float(baseline.mean()),
         "random_sd": float(baseline.std(ddof=1)) if draws > 1 else float("nan"),
