@@ -57,6 +57,27 @@ def test_demo_and_paper_configs_are_valid():
     check_config(paper, SCHEMA)
 
 
+def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
+    """config/pretrain_sim.yaml (the README's pretraining on simulated brains) layered as its
+    comment says, and its encoder usable by config/ixi.yaml's RNC model through init_from."""
+    from brainage.spec import Architecture, source_mismatch
+
+    config = demo()
+    layered(config, [REPO / "config" / "pretrain_sim.yaml"], {})
+    pretrain = yaml.safe_load((REPO / "config" / "pretrain_sim.yaml").read_text())
+    for key in ("cohort", "training"):
+        for sub, value in pretrain[key].items():
+            config[key][sub] = {**config[key][sub], **value}
+    check_config(config, SCHEMA)
+    assert config["cohort"]["simulate"]["n_ad"] == 0 and config["cohort"]["simulate"]["n_hc"] >= 500
+    (name, encoder), = config["models"].items()
+    ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())["models"]["rnc_resnet18"]
+    card = {"architecture": encoder, "grid_res": encoder["grid"]}
+    assert source_mismatch(ixi, card) is None
+    assert source_mismatch({**ixi, "width": 0.5}, card) == "width 0.5 here, 0.25 in the source"
+    assert Architecture.of(encoder) == Architecture.of(ixi)
+
+
 def test_paper_models_replace_the_demo_models_whole(tmp_path):
     config = demo()
     config["models"]["rnc_resnet18"]["epochs"] = 1000  # what Snakemake's key-by-key merge leaves
