@@ -84,7 +84,8 @@ def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool
 
     targets = [str(paths.prediction_files(m)["tsv"]) for m in models]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", str(cores),
-           "--configfile", str(REPO / "config" / "ixi.yaml"), str(config),
+           # the Snakefile's own configfile (config/config.yaml) is relative to the working directory
+           "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "ixi.yaml"), str(config),
            *(["--rerun-triggers", "mtime"] if reuse else []), "--", *targets]
     started = time.perf_counter()
     with open(work / "bench_real_cohort.log", "a") as log:

@@ -1,10 +1,11 @@
 """What a saliency map could find in the demo's data: precision@10 of data-driven "oracle" maps
 against the simulator's truth, beside the Grad-RAM maps' (simulated cohort only).
 
-    python benchmarks/bench_saliency_oracle.py RUN_DIR [--grid 4] [--cells 6]
+    python benchmarks/bench_saliency_oracle.py RUN_DIR [--grid 4|2] [--cells 6] [--raw]
 
 ``RUN_DIR`` is a finished demo run (the repository, or `benchmarks/bench_demo.py run`'s copy).
-The oracle maps use the preprocessed volumes themselves, no network: for ageing, the
+The oracle maps use the preprocessed volumes themselves, no network, each divided by its
+99.5th intensity percentile as the networks see it (``--raw``: as written): for ageing, the
 voxelwise |Pearson r| of intensity with age over the healthy controls; for AD and PD, the
 voxelwise |Cohen's d| of the patients against the controls after removing the controls' linear
 age trend from both. Each map is ranked by AAL116 region (mean over the region's voxels) and
@@ -13,7 +14,8 @@ against the 10 regions of largest |volume change| in results/cohort/truth/effect
 p from 10,000 random rankings), once at the grid's resolution and once block-averaged to about
 ``--cells`` cells per axis, the resolution of the Grad-RAM maps (brainage.explain `auto` layer).
 If the oracle maps miss the truth too, the limit is the data and the truth's definition, not
-the network or Grad-RAM.
+the network or Grad-RAM. ``--grid 2`` (no model of the demo uses it, so it has no cache) reads
+every subject's preprocessed 2 mm volume: what a map on the study's 2 mm grid could find.
 """
 
 from __future__ import annotations
@@ -79,6 +81,32 @@ def oracle_maps(volumes: np.ndarray, index: pd.DataFrame, brain: np.ndarray) -> 
     return out
 
 
+def load_volumes(run: Path, grid: str, raw: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """Every subject's volume on ``grid`` (from the training cache, else the preprocessed NIfTIs)
+    and its participant_id, age and split; normalised as the networks see them unless ``raw``."""
+    from brainage.cache import CachedVolumes, intensity_scale
+    from brainage.paths import cache_files, preprocessed_t1w
+    from brainage.splits import read_splits
+
+    files = cache_files(run / "results" / "cache", f"res-{grid}")
+    if files["volumes"].exists():
+        cache = CachedVolumes(files["volumes"], files["index"])
+        index = cache.index.sort_values("row")
+        volumes = np.asarray(cache.array[index["row"].to_numpy()], dtype=np.float32)
+        scales = index["scale"].to_numpy(np.float32)
+    else:
+        index = read_splits(run / "results" / "splits.tsv")
+        volumes, scales = [], []
+        for pid in index["participant_id"]:
+            path = preprocessed_t1w(run / "results" / "preprocess" / pid / "anat", pid, grid)
+            volumes.append(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32))
+            scales.append(intensity_scale(volumes[-1]))
+        volumes, scales = np.stack(volumes), np.asarray(scales, np.float32)
+    if not raw:
+        volumes /= scales[:, None, None, None]
+    return volumes, index.reset_index(drop=True)
+
+
 def main(argv=None) -> None:
     from brainage.explain import read_effects, relevant_regions, truth_check
     from brainage.stats import holm
@@ -87,24 +115,25 @@ def main(argv=None) -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--grid", default="4")
     parser.add_argument("--cells", type=int, default=6)
+    parser.add_argument("--raw", action="store_true", help="intensities as written, not normalised per subject")
     args = parser.parse_args(argv)
     run = args.run
     atlases = run / "resources" / "atlases"
     labels = np.asarray(nib.load(next(atlases.glob(f"*_res-{args.grid}_atlas-AAL116_dseg.nii.gz"))).dataobj)
     names = pd.read_csv(atlases / "atlas-AAL116_dseg.tsv", sep="\t")
-    index = pd.read_csv(run / "results" / "cache" / f"res-{args.grid}" / "index.tsv", sep="\t").sort_values("row")
-    volumes = np.load(run / "results" / "cache" / f"res-{args.grid}" / "volumes.npy", mmap_mode="r")[index["row"].to_numpy()]
+    volumes, index = load_volumes(run, args.grid, args.raw)
     effects = read_effects(run / "results" / "cohort" / "truth" / "effects_aal116.tsv")
     brain = labels > 0
     rows = []
-    for effect, volume in oracle_maps(np.asarray(volumes), index, brain).items():
+    for effect, volume in oracle_maps(volumes, index, brain).items():
         for resolution, vol in ((f"{args.grid} mm grid", volume), (f"~{args.cells} cells/axis", block_average(volume, args.cells))):
             table = region_table(vol, labels, names)
             relevant = relevant_regions(effects, effect, 10, among=table.dropna(subset=["mean"])["name"])
             rows.append({"map": f"oracle {effect}", "resolution": resolution, **truth_check(table, relevant)})
     result = pd.DataFrame(rows)
     result["p_holm"] = holm(result["p_value"])
-    print(f"bench_saliency_oracle: {run} (simulated cohort), n={len(index)}; precision@10 against the simulator's "
+    print(f"bench_saliency_oracle: {run} (simulated cohort), n={len(index)}, {args.grid} mm grid, "
+          f"{'raw' if args.raw else 'normalised'} intensities; precision@10 against the simulator's "
           f"top-10 regions by |volume change| (random: {result['random_mean'].iloc[0]:.3f})")
     print(f"{'map':<16} {'resolution':<16} {'precision':>9} {'p':>8} {'p Holm':>8}  top regions")
     for r in result.itertuples():

@@ -69,7 +69,7 @@ def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
         for sub, value in pretrain[key].items():
             config[key][sub] = {**config[key][sub], **value}
     check_config(config, SCHEMA)
-    assert config["cohort"]["simulate"]["n_ad"] == 0 and config["cohort"]["simulate"]["n_hc"] >= 500
+    assert config["cohort"]["simulate"]["n_ad"] == 0 and config["cohort"]["simulate"]["n_hc"] >= 400
     (name, encoder), = config["models"].items()
     ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())["models"]["rnc_resnet18"]
     card = {"architecture": encoder, "grid_res": encoder["grid"]}
