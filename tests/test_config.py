@@ -72,7 +72,7 @@ def test_demo_and_paper_configs_are_valid():
 def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
     """config/pretrain_sim.yaml (the README's pretraining on simulated brains) layered as its
     comment says, and its encoder usable by config/ixi.yaml's RNC model through init_from."""
-    from brainage.spec import source_mismatch
+    from brainage.spec import Architecture, source_mismatch
 
     config = as_snakemake_layers("pretrain_sim.yaml")
     check_config(config, SCHEMA)
@@ -82,6 +82,7 @@ def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
     card = {"architecture": encoder, "grid_res": encoder["grid"]}
     assert source_mismatch(ixi, card) is None
     assert source_mismatch({**ixi, "width": 0.5}, card) == "width 0.5 here, 0.25 in the source"
+    assert Architecture.of(encoder) == Architecture.of(ixi)
 
 
 def test_paper_models_replace_the_demo_models_whole(tmp_path):
