@@ -1,18 +1,24 @@
-"""Grad-RAM truth checks of a finished demo run against two definitions of the simulator's truth
-(simulated cohort only):
+"""Saliency truth checks of a finished demo run (simulated cohort only):
 
-    python benchmarks/bench_saliency_truths.py RUN_DIR
+    python benchmarks/bench_saliency_truths.py RUN_DIR [--methods]
 
-``volume``: the pipeline's, the 10 AAL116 regions of largest |volume change| (Jacobian of the
-effect's deformation, results/cohort/truth/effects_aal116.tsv). ``signal``: what a scanner
-sees change: the simulator's mean subject (no pose, warp, bias or noise; the first site's
-contrast) rendered on the 1 mm template grid at biological age 20 and 80 (ageing) and, for AD
-and PD, at the cohort's mean severity against a healthy 20-year-old (their disease effect, as
-effects_aal116.tsv defines it); the truth is the mean |signal change| (relative to WM = 1) per
-AAL116 region. Every group map of every model (results/saliency/<model>/aal116.tsv) is scored
-by brainage.explain.truth_checks against both; prints, per truth and cohort, the precision@10
-range over groups and models and the smallest Holm p. If the Grad-RAM maps miss both, the
-limit is the maps, not the truth's definition.
+Scores region rankings against two definitions of what the simulator changed, both read from
+RUN_DIR/results/cohort/truth/effects_aal116.tsv (computed for a run simulated before the
+``signal_change`` column existed):
+
+``signal``: the pipeline's truth (brainage.explain.TRUTH_MEASURE): the mean |signal change| per
+    AAL116 region of the simulator's mean subject rendered on the template (20 -> 80 years for
+    ageing; the cohort's mean severity for AD and PD; brainage.simulate.cohort.signal_change).
+``volume``: the truth before 2026-12-05: |volume change| of the effect's deformation.
+
+1. Every group map the run wrote (results/saliency/<model>/aal116.tsv), scored by
+   brainage.explain.truth_checks (Holm across each model's groups): per truth and effect, the
+   precision@10 range over groups and models and the smallest Holm p.
+2. ``--methods``: on the run's 4 mm cache, the healthy test subjects' and the AD subjects' group
+   maps of every network, recomputed by each method (Grad-RAM on layer1-layer3, the input
+   gradient), beside the ceiling of any image-based map: the voxelwise |r(voxel, age)| over all
+   healthy subjects and the voxelwise |effect size| of AD against the healthy age trend
+   (precision@10 and its one-sided p against random rankings, no correction).
 """
 
 from __future__ import annotations
@@ -24,69 +30,38 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def signal_truth(run: Path) -> pd.DataFrame:
-    """index, name, effect, volume_change_pct (here: mean |signal change| per region, the column
-    truth_checks ranks by)."""
-    from brainage.atlases import aal_labels, load_aal_1mm
-    from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM, resample_labels, template_grid
-    from brainage.simulate.anatomy import FIELD_AFFINE, HEAD_AFFINE, Anatomy
-    from brainage.simulate.model import SITES, model_from_config
-    from brainage.simulate.scan import effect_fields, effect_weights, intensity_knots
+def run_truths(run: Path) -> dict[str, pd.DataFrame]:
+    """{"signal": ..., "volume": ...}: the run's truth table ranked by each measure."""
+    from brainage.explain import TRUTH_MEASURE
 
-    config = yaml.safe_load((run / "config" / "config.yaml").read_text())
-    model = model_from_config(config["cohort"]["simulate"])
-    anatomy = Anatomy.load(run / "results" / "cohort" / "truth" / "anatomy.npz")
-    subjects = pd.read_csv(run / "results" / "cohort" / "truth" / "subjects.tsv", sep="\t")
-    idx = np.indices(TEMPLATE_SHAPE_1MM, dtype=np.float32).reshape(3, -1)
-    mni = TEMPLATE_AFFINE_1MM[:3, :3].astype(np.float32) @ idx + TEMPLATE_AFFINE_1MM[:3, 3:4].astype(np.float32)
-    to_field, to_head = np.linalg.inv(FIELD_AFFINE), np.linalg.inv(HEAD_AFFINE)
-    field_idx = (to_field[:3, :3] @ mni + to_field[:3, 3:4]).astype(np.float32)
-    site = next(iter(SITES))
+    effects = pd.read_csv(run / "results" / "cohort" / "truth" / "effects_aal116.tsv", sep="\t")
+    if "signal_change" not in effects.columns:  # a run simulated before the column existed
+        import yaml
 
-    def render(age: float, cohort: str = "HC", severity: float = 0.0) -> np.ndarray:
-        row = {"biological_age": age, "severity": severity, "cohort": cohort, "ventricle_offset": 0.0, "dataset": site}
-        field = effect_fields(anatomy, effect_weights(row, model))
-        z = mni + np.stack([ndimage.map_coordinates(field[d], field_idx, order=1) for d in range(3)])
-        units = ndimage.map_coordinates(anatomy.head, (to_head[:3, :3] @ z + to_head[:3, 3:4]).astype(np.float32), order=1)
-        return np.interp(units, *intensity_knots(row, anatomy, model))
+        from brainage.simulate.anatomy import Anatomy
+        from brainage.simulate.cohort import signal_change
+        from brainage.simulate.model import model_from_config
 
-    aal, affine = load_aal_1mm()
-    labels = resample_labels(aal, affine, template_grid(1.0)).reshape(-1).astype(np.int64)
-    names = aal_labels()
-    young = render(20.0)
-    changed = {"ageing": render(80.0)}
-    for cohort in ("AD", "PD"):
-        severity = subjects.loc[subjects["cohort"] == cohort, "severity"].mean()
-        changed[cohort] = render(20.0, cohort, float(severity) if np.isfinite(severity) else 0.5)
-    rows = []
-    counts = np.bincount(labels, minlength=256)
-    for effect, image in changed.items():
-        sums = np.bincount(labels, weights=np.abs(image - young), minlength=256)
-        for index, name in zip(names["index"], names["name"]):
-            rows.append({"index": index, "name": name, "effect": effect, "volume_change_pct": sums[index] / max(counts[index], 1)})
-    return pd.DataFrame(rows)
+        config = yaml.safe_load((run / "config" / "config.yaml").read_text())
+        anatomy = Anatomy.load(run / "results" / "cohort" / "truth" / "anatomy.npz")
+        subjects = pd.read_csv(run / "results" / "cohort" / "truth" / "subjects.tsv", sep="\t")
+        signal = signal_change(anatomy, model_from_config(config["cohort"]["simulate"]), subjects)
+        effects = effects.sort_values(["effect", "index"]).copy()
+        effects["signal_change"] = np.concatenate([signal[e] for e in sorted(signal)])
+    return {"signal": effects.assign(**{TRUTH_MEASURE: effects["signal_change"]}),
+            "volume": effects.assign(**{TRUTH_MEASURE: effects["volume_change_pct"]})}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
-    args = parser.parse_args()
-    from brainage.explain import read_effects, truth_checks
+def score_written_maps(run: Path, truths: dict[str, pd.DataFrame]) -> None:
+    from brainage.explain import truth_checks
 
-    truths = {"volume": read_effects(args.run / "results" / "cohort" / "truth" / "effects_aal116.tsv"),
-              "signal": signal_truth(args.run)}
-    for effect in ("ageing", "AD"):
-        top = truths["signal"][truths["signal"]["effect"] == effect].nlargest(10, "volume_change_pct")["name"]
-        print(f"signal truth, {effect} top 10: {', '.join(top)}")
     summary = defaultdict(list)
-    for table in sorted((args.run / "results" / "saliency").glob("*/aal116.tsv")):
+    for table in sorted((run / "results" / "saliency").glob("*/aal116.tsv")):
         aal = pd.read_csv(table, sep="\t")
         for truth, effects in truths.items():
             checks = truth_checks(aal, effects, 10, 10000, 0).dropna(subset=["precision"])
@@ -94,8 +69,79 @@ def main() -> None:
                 summary[(truth, c["effect"])].append((c["precision"], c["p_holm"], f"{table.parent.name}:{c['group']}"))
     print(f"\n{'truth':<8} {'effect':<7} {'precision@10':>13} {'min p Holm':>11}  best group")
     for (truth, effect), rows in sorted(summary.items()):
-        best = min(rows, key=lambda r: r[1])
-        print(f"{truth:<8} {effect:<7} {min(r[0] for r in rows):>6.1f}-{max(r[0] for r in rows):<6.1f} {best[1]:>11.3f}  {best[2]}")
+        best = min(rows, key=lambda r: (r[1], -r[0]))
+        print(f"{truth:<8} {effect:<7} {min(r[0] for r in rows):>6.1f}-{max(r[0] for r in rows):<6.1f} {best[1]:>11.4f}  {best[2]}")
+
+
+def compare_methods(run: Path, truths: dict[str, pd.DataFrame]) -> None:
+    import nibabel as nib
+    import torch
+
+    from brainage.atlases import aal_labels
+    from brainage.cache import CachedVolumes
+    from brainage.explain import parcel_table, relevant_regions, saliency_maps, truth_check
+    from brainage.models import load_model
+
+    res = 4
+    cache = CachedVolumes(run / "results" / "cache" / f"res-{res}" / "volumes.npy", run / "results" / "cache" / f"res-{res}" / "index.tsv")
+    splits = pd.read_csv(run / "results" / "splits.tsv", sep="\t")
+    atlas = np.asanyarray(nib.load(str(run / "resources" / "atlases" / f"tpl-MNI152NLin2009cAsym_res-{res}_atlas-AAL116_dseg.nii.gz")).dataobj)
+    labels = aal_labels()
+    hc, ad = splits[splits["cohort"] == "HC"], splits[splits["cohort"] == "AD"]
+    hc_test = hc[hc["split"] == "test"]
+
+    def score(what: str, saliency: np.ndarray, effect: str) -> None:
+        table = parcel_table(saliency, atlas, labels)
+        present = table.loc[table["mean"].notna(), "name"]
+        cells = []
+        for truth, effects in truths.items():
+            c = truth_check(table, relevant_regions(effects, effect, 10, among=present), 10, 10000, 0)
+            cells.append(f"{c['precision']:>4.1f} (p {c['p_value']:.4f})")
+        print(f"{what:<44} {effect:<7} " + "   ".join(cells), flush=True)
+
+    print(f"\n{'map (4 mm cache; HC: test split, ceiling: all HC)':<44} {'effect':<7} {'signal truth':<16}   volume truth")
+    volumes = cache.array.astype(np.float32)
+    rows = [cache.row_of(p) for p in hc["participant_id"]]
+    h, age = volumes[rows], hc["age"].to_numpy(float)
+    hc_c, age_c = h - h.mean(0), age - age.mean()
+    r = (hc_c * age_c[:, None, None, None]).sum(0) / (np.sqrt((hc_c**2).sum(0) * (age_c**2).sum()) + 1e-9)
+    score("ceiling: voxelwise |r(voxel, age)|", np.abs(r), "ageing")
+    slope = (hc_c * age_c[:, None, None, None]).sum(0) / (age_c**2).sum()
+    resid_sd = (hc_c - slope * age_c[:, None, None, None]).std(0) + 1e-6
+    a = volumes[[cache.row_of(p) for p in ad["participant_id"]]]
+    expected = h.mean(0) + slope * (ad["age"].to_numpy(float) - age.mean())[:, None, None, None]
+    score("ceiling: voxelwise |AD - age trend| / SD", np.abs((a - expected).mean(0) / resid_sd), "AD")
+    torch.set_num_threads(2)
+    for model_dir in sorted((run / "results" / "models").glob("*/model.pt")):
+        model, meta = load_model(model_dir)
+        if meta.get("kind") == "classical" or float(meta.get("grid_res", 0)) != res:
+            continue
+        for method, layer in [("gradram", "layer1"), ("gradram", "layer2"), ("gradram", "layer3"), ("gradient", "-")]:
+            def group_mean(ids):
+                total = 0.0
+                for k in range(0, len(ids), 8):
+                    x = torch.from_numpy(np.stack([cache.volume(p) for p in ids[k:k + 8]])[:, None].astype(np.float32))
+                    total = total + saliency_maps(model.eval(), x, method, layer).numpy().sum(0)
+                return total / len(ids)
+
+            what = f"{model_dir.parent.name} {method}{'' if layer == '-' else ' ' + layer}"
+            score(f"{what}: HC", group_mean(hc_test["participant_id"].tolist()), "ageing")
+            score(f"{what}: AD", group_mean(ad["participant_id"].tolist()), "AD")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--methods", action="store_true", help="also recompute group maps by every method (2-3 min)")
+    args = parser.parse_args()
+    truths = run_truths(args.run)
+    for effect in ("ageing", "AD"):
+        for truth, effects in truths.items():
+            top = effects[effects["effect"] == effect].assign(s=lambda t: t["signal_change" if truth == "signal" else "volume_change_pct"].abs())
+            print(f"{truth} truth, {effect} top 10: {', '.join(top.nlargest(10, 's')['name'])}")
+    score_written_maps(args.run, truths)
+    if args.methods:
+        compare_methods(args.run, truths)
 
 
 if __name__ == "__main__":

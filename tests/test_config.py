@@ -66,7 +66,10 @@ def test_demo_and_paper_configs_are_valid():
         # the study's grids and real heads keep the 2 mm registration level the demo leaves out
         assert config["preprocess"]["native"]["registration"]["levels_mm"] == [8, 4, 2], configfile
         assert config["preprocess"]["native"]["registration"]["metric"] == "GC", configfile
+        # the study's saliency, not the demo's input gradient
+        assert config["explain"]["method"] == "gradram", configfile
     assert demo()["preprocess"]["native"]["registration"]["levels_mm"] == [8, 4]
+    assert demo()["explain"]["method"] == "gradient"
 
 
 def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():

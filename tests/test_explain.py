@@ -18,12 +18,14 @@ from brainage.explain import (
     GroupMeans,
     age_group,
     grad_ram,
+    input_gradient,
     match_controls_by_age,
     parcel_table,
     precision_at_k,
     random_precision_at_k,
     relevant_regions,
     saliency_groups,
+    saliency_maps,
     truth_check,
     truth_checks,
 )
@@ -135,6 +137,47 @@ def test_grad_ram_with_the_project_age_models(backbone):
     # SFCN pools 5 times: the 4 mm grid gives its layer4 a 2 x 2 x 2 map (a smaller input, a constant one)
     x = _volumes(2, seed=5, shape=(48, 57, 48) if backbone == "sfcn" else SHAPE)
     np.testing.assert_allclose(grad_ram(model, x).double().numpy(), monai_grad_ram(model, x), atol=1e-5, rtol=0)
+
+
+class LinearAge(nn.Module):
+    """age = sum(w * x) + 3: its gradient with respect to the input is ``w`` for every input."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x):
+        return (x[:, 0] * self.weight).flatten(1).sum(1) + 3.0
+
+
+def test_input_gradient_of_a_linear_model_is_its_weights():
+    torch.manual_seed(1)
+    w = torch.randn(SHAPE)
+    expected = (w.abs() - w.abs().min()) / (w.abs().max() - w.abs().min())
+    maps = input_gradient(LinearAge(w), _volumes(2))
+    assert maps.shape == (2, *SHAPE)
+    for m in maps:  # the same map whatever the input: |w|, min-max scaled
+        np.testing.assert_allclose(m.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_input_gradient_matches_the_jacobian_per_subject(trained_like):
+    """Against torch's own Jacobian of one subject at a time, in eval mode: batch-independent.
+
+    In float64: in float32 the random network's input gradient of one of these subjects differs
+    by 0.8 % of its maximum between a batch of 3 and a batch of 1 (convolution kernels differ by
+    batch size, and a random network's gradient is a sum of cancelling paths)."""
+    model = copy.deepcopy(trained_like).double().train()
+    x = _volumes(3).double()
+    maps = saliency_maps(model, x, "gradient")
+    assert model.training  # mode restored
+    model.eval()
+    for k in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: model(v[None, None])[0], x[k, 0])
+        ref = jac.abs()
+        ref = (ref - ref.min()) / (ref.max() - ref.min())
+        np.testing.assert_allclose(maps[k].numpy(), ref.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown saliency method 'occlusion'"):
+        saliency_maps(model, x, "occlusion")
 
 
 def test_unknown_target_layer_is_one_clear_error(trained_like):
@@ -260,7 +303,22 @@ def _effects_fixture() -> tuple[pd.DataFrame, dict[str, list[str]]]:
     name = dict(zip(labels["index"], labels["name"]))
     truth = {"ageing": [name[i] for i in range(1, 11)], "AD": [name[i] for i in range(37, 47)],
              "PD": [name[i] for i in (*range(71, 79), 21, 22)]}
+    # the ranked measure is the signal change; the volume change column is a decoy that ranks the
+    # last regions first (a ranking by the wrong column misses every truth)
+    eff = eff.rename(columns={"volume_change_pct": "signal_change"})
+    eff["volume_change_pct"] = 0.01 * eff["index"]
     return eff, truth
+
+
+def test_truth_tables_of_an_older_simulator_rank_by_volume_change(tmp_path):
+    from brainage.explain import read_effects
+
+    eff, truth = _effects_fixture()
+    old = eff.drop(columns="volume_change_pct").rename(columns={"signal_change": "volume_change_pct"})
+    old.to_csv(tmp_path / "effects.tsv", sep="\t", index=False)
+    assert relevant_regions(read_effects(tmp_path / "effects.tsv"), "ageing", 10) == truth["ageing"]
+    eff.drop(columns="signal_change").to_csv(tmp_path / "new.tsv", sep="\t", index=False)
+    assert relevant_regions(read_effects(tmp_path / "new.tsv"), "ageing", 10)[0] == "Vermis_10"  # decoy: index 116 first
 
 
 def test_relevant_regions_from_the_simulator_truth():
@@ -320,7 +378,8 @@ def test_truth_checks_on_a_known_answer():
 
 
 @pytest.mark.slow
-def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_path):
+@pytest.mark.parametrize("method", ["gradram", "gradient"])
+def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_path, method):
     """Per-subject maps, group means, difference map and AAL116 table re-derived from the files."""
     from brainage.cache import build_cache
     from brainage.explain import run_saliency, saliency_file
@@ -361,28 +420,37 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     effects.to_csv(tmp_path / "effects_aal116.tsv", sep="\t", index=False)
     run_saliency(model_path, tmp_path / "participants.tsv", tmp_path / "splits.tsv", tmp_path / "volumes.npy",
                  tmp_path / "index.tsv", resource_paths(atlas_root, 4), out, hc_splits=["test"], batch_size=3, random_draws=200,
-                 truth_effects=tmp_path / "effects_aal116.tsv", device="cpu")
+                 truth_effects=tmp_path / "effects_aal116.tsv", device="cpu", method=method)
 
     def load(path):
         img = nib.load(str(path))
         assert img.shape == grid.shape and np.allclose(img.affine, grid.affine) and int(img.header["sform_code"]) == 4
         return img.get_fdata()
 
-    subj = {pid: load(out["subjects"] / saliency_file("4", participant_id=pid)) for pid in people["participant_id"] if pid != "sub-h4"}
-    assert not (out["subjects"] / saliency_file("4", participant_id="sub-h4")).exists()  # a training subject
+    subj = {pid: load(out["subjects"] / saliency_file("4", participant_id=pid, method=method))
+            for pid in people["participant_id"] if pid != "sub-h4"}
+    assert not (out["subjects"] / saliency_file("4", participant_id="sub-h4", method=method)).exists()  # a training subject
     for m in subj.values():
         assert m.min() == pytest.approx(0, abs=1e-4) and m.max() == pytest.approx(1, abs=1e-4)
-    # each stored map is the Grad-RAM of the normalised cached volume
+    # each stored map is the Grad-RAM (the input gradient) of the normalised cached volume
     from brainage.cache import CachedVolumes
 
     cache = CachedVolumes(tmp_path / "volumes.npy", tmp_path / "index.tsv")
-    ref = grad_ram(model.eval(), torch.from_numpy(cache.volume("sub-h2"))[None, None])[0].numpy()
-    np.testing.assert_allclose(subj["sub-h2"], ref, atol=1e-4)
+    one = torch.from_numpy(cache.volume("sub-h2"))[None, None]
+    ref = (grad_ram(model.eval(), one) if method == "gradram" else input_gradient(model.eval(), one))[0].numpy()
+    if method == "gradram":
+        np.testing.assert_allclose(subj["sub-h2"], ref, atol=1e-4)
+    else:
+        # this random network's float32 input gradient of a noise volume varies by up to 8 % of its
+        # maximum between a batch of 3 and a batch of 1 (cancelling paths; exact in float64, see
+        # test_input_gradient_matches_the_jacobian_per_subject; 3e-7 for the demo's trained models)
+        assert np.corrcoef(subj["sub-h2"].ravel(), ref.ravel())[0, 1] > 0.99
+        assert np.abs(subj["sub-h2"] - ref).max() < 0.1
 
-    group = lambda g: load(out["groups"] / saliency_file("4", group=g))  # noqa: E731
+    group = lambda g: load(out["groups"] / saliency_file("4", group=g, method=method))  # noqa: E731
     np.testing.assert_allclose(group("HC_60-80"), (subj["sub-h2"] + subj["sub-h3"]) / 2, atol=1e-5)
     np.testing.assert_allclose(group("HC_60-80_F"), subj["sub-h2"], atol=1e-5)
-    assert not (out["groups"] / saliency_file("4", group="PD")).exists()
+    assert not (out["groups"] / saliency_file("4", group="PD", method=method)).exists()
     groups_table = pd.read_csv(out["groups_tsv"], sep="\t").set_index("group")
     assert groups_table.at["PD", "n"] == 0 and groups_table.at["PD-minus-HC", "n"] == 0
     np.testing.assert_allclose(group("AD"), (subj["sub-a1"] + subj["sub-a2"]) / 2, atol=1e-5)
@@ -451,7 +519,7 @@ def test_truth_checks_holm_corrects_across_groups():
         ranks = (-means).argsort().argsort() + 1
         rows += [{"group": g, "n": 5, "index": i + 1, "name": r, "mean": float(v), "rank": int(k)}
                  for i, (r, v, k) in enumerate(zip(regions, means, ranks))]
-    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "volume_change_pct": -10 * float(rng.random())}
+    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "signal_change": -10 * float(rng.random())}
                             for e in ("ageing", "AD", "PD") for i, r in enumerate(regions)])
     table = truth_checks(pd.DataFrame(rows), effects, k=5, draws=200, seed=1)
     assert len(table) == 3
@@ -466,7 +534,7 @@ def test_a_constant_map_ranks_nothing():
     from brainage.explain import truth_checks
 
     regions = [f"R{i}" for i in range(30)]
-    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "volume_change_pct": -float(30 - i)}
+    effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "signal_change": -float(30 - i)}
                             for e in ("ageing", "AD", "PD") for i, r in enumerate(regions)])
     rng = np.random.default_rng(3)
     rows = []

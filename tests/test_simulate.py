@@ -332,3 +332,22 @@ def test_default_cohort_true_brain_volumes_lie_within_qc_volume_bounds(anatomy, 
     for row in plan[plan["participant_id"].isin(picks)].to_dict("records"):
         brain = simulate_scan(row, anatomy, SEED, model).volumes_ml["brain"]
         assert bounds["min_brain_volume_ml"] <= brain <= bounds["max_brain_volume_ml"] / 1.05, (row["participant_id"], brain)
+
+
+def test_signal_truth_follows_the_model_design(anatomy):
+    """The per-region |signal change| (the saliency truth) puts first what the model was built to
+    change: the ventricles grow with age (caudate and thalamus line them), AD shrinks the medial
+    temporal lobe, PD the basal ganglia; with every ageing effect set to zero it is exactly 0."""
+    from brainage.atlases import aal_labels
+    from brainage.simulate.cohort import signal_change
+
+    names = aal_labels()["name"].to_numpy()
+    frame = pd.DataFrame({"cohort": ["AD", "PD", "HC"], "severity": [0.6, 0.5, 0.0], "brain_age_increment": [5.0, 2.0, 0.0],
+                          "dataset": ["IXI-like"] * 3})
+    top = {effect: set(names[np.argsort(-change)[:10]]) for effect, change in signal_change(anatomy, SimulationModel(), frame).items()}
+    assert {"Caudate_L", "Caudate_R", "Thalamus_L", "Thalamus_R"} <= top["ageing"], top["ageing"]
+    assert {"Hippocampus_L", "Hippocampus_R", "ParaHippocampal_L", "ParaHippocampal_R"} <= top["AD"], top["AD"]
+    assert {"Putamen_L", "Putamen_R"} <= top["PD"], top["PD"]
+    still = SimulationModel(ventricle_growth_80=0.0, sulcal_widening_80=0.0, brain_shrink_80=0.0, mtl_atrophy_80=0.0,
+                            wm_darkening_80=0.0, gm_brightening_80=0.0, frontal_thinning_80=0.0)
+    assert np.abs(signal_change(anatomy, still, frame)["ageing"]).max() == 0.0

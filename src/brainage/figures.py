@@ -191,8 +191,10 @@ def fig_saliency(
     threshold: float = 0.15,
     differences: Sequence[str | Path | None] | None = None,
     difference_title: str = "Minus age-matched HC",
+    method: str = "gradram",
 ) -> None:
-    """Group-mean Grad-RAM maps on the template: one row per map, three orthogonal slices.
+    """Group-mean saliency maps (``method``: brainage.explain.METHODS) on the template: one row
+    per map, three orthogonal slices.
 
     ``maps`` is a list of (row label, NIfTI path); a missing path or an empty/all-NaN map
     (a group without subjects) gives a row saying so. All mean rows share one colour scale so
@@ -201,6 +203,9 @@ def fig_saliency(
     colormap centred on 0, symmetric per row (differences are small next to the means and vary
     by orders of magnitude between models, so each row has its own labelled colour bar).
     """
+    from brainage.explain import METHOD_LABELS
+
+    what = METHOD_LABELS[method]
     tpl_img = nib.load(str(template))
     tpl = np.asarray(tpl_img.dataobj, dtype=np.float32)
     loaded = [(label, _load_map(path, tpl.shape)) for label, path in maps]
@@ -224,14 +229,14 @@ def fig_saliency(
         sal = _slices(data, tpl_img.affine, cut_coords) if data is not None else None
         # values below ``threshold`` of the scale stay transparent so the anatomy shows through
         shown = _draw_row(mean_axes[r], tpl_slices, sal, "hot", norm, lambda s: s < threshold * vmax,
-                          _absent_text(maps[r][1], "no subjects", "Grad-RAM 0 in every subject"))
+                          _absent_text(maps[r][1], "no subjects", f"{what} 0 in every subject"))
         image = shown if shown is not None else image
         mean_axes[r, 0].set_ylabel(label, fontsize=8)
     for c in range(3):
         mean_axes[0, c].set_title(view_names[c], fontsize=8)
     if image is not None:
         cbar = panels[0].colorbar(image, ax=mean_axes, fraction=0.025, pad=0.01)
-        cbar.set_label("Grad-RAM, group mean (normalised)")
+        cbar.set_label(f"{what}, group mean (normalised)")
     if diffs is not None:
         panels[0].suptitle("Group mean", fontsize=9)
         panels[1].suptitle(difference_title, fontsize=9)
@@ -249,7 +254,7 @@ def fig_saliency(
                 cbar.ax.tick_params(labelsize=6)
         for c in range(3):
             diff_axes[0, c].set_title(view_names[c], fontsize=8)
-        diff_axes[-1, 1].set_xlabel("Difference of group means (normalised Grad-RAM); red: patients > controls", fontsize=7)
+        diff_axes[-1, 1].set_xlabel(f"Difference of group means (normalised {what}); red: patients > controls", fontsize=7)
     fig.suptitle(title, fontsize=10)
     save(fig, paths)
 
@@ -475,12 +480,12 @@ DISEASE_ROWS = (("AD", "AD"), ("PD", "PD"))
 DISEASE_DIFFERENCES = {"AD": "AD-minus-HC", "PD": "PD-minus-HC"}
 
 
-def group_map_path(groups_dir: str | Path, grid: float, group: str) -> Path:
-    """The group-mean Grad-RAM NIfTI that the explain stage writes for ``group``."""
+def group_map_path(groups_dir: str | Path, grid: float, group: str, method: str = "gradram") -> Path:
+    """The group-mean saliency NIfTI that the explain stage writes for ``group`` by ``method``."""
     from brainage.paths import saliency_file
     from brainage.grids import res_label
 
-    return Path(groups_dir) / saliency_file(res_label(grid), group=group)
+    return Path(groups_dir) / saliency_file(res_label(grid), group=group, method=method)
 
 
 def fig_gradram(
@@ -494,8 +499,9 @@ def fig_gradram(
     title: str,
     cut_coords: Sequence[float] = CUT_COORDS,
     differences: Mapping[str, str] | None = None,
+    method: str = "gradram",
 ) -> dict[str, str]:
-    """Group-mean Grad-RAM of the best model of each of ``roles`` ("e2e", "rnc"), ``rows`` groups.
+    """Group-mean saliency (``method``, config ``explain.method``) of the best model of each of ``roles`` ("e2e", "rnc"), ``rows`` groups.
 
     The best model of a role is the one with the lowest validation MAE
     (:func:`brainage.stats.select_best`), as in Tables 3-4 and Figure 6. All models shown must
@@ -524,14 +530,14 @@ def fig_gradram(
     maps, diffs, without = [], [], []
     for role, name in chosen.items():
         for group, label in rows:
-            path = group_map_path(groups_dirs[name], grid, group)
+            path = group_map_path(groups_dirs[name], grid, group, method)
             if not path.exists():  # no subject in this group (e.g. no AD in a healthy cohort): no row
                 without.append(label)
                 continue
             row_label = f"{label}\n{name}" if len(chosen) > 1 or role != roles[0] else label
             maps.append((row_label, path))
             diff = (differences or {}).get(group)
-            diffs.append(group_map_path(groups_dirs[name], grid, diff) if diff else None)
+            diffs.append(group_map_path(groups_dirs[name], grid, diff, method) if diff else None)
     who = ", ".join(f"{label_of.get(r, r)}: {n}" for r, n in chosen.items())
     title = f"{title} ({who}, {grid:g} mm)"
     absent = f"No subjects in this cohort for {', '.join(dict.fromkeys(without))}" if without else ""
@@ -543,7 +549,7 @@ def fig_gradram(
     if template is None:
         raise ValueError(f"no {grid:g} mm template ({wanted}) among {[str(p) for p in templates]}")
     fig_saliency(maps, template, paths, title + (f"\n{absent}: not drawn" if absent else ""), cut_coords,
-                 differences=diffs if differences else None)
+                 differences=diffs if differences else None, method=method)
     return chosen
 
 

@@ -146,13 +146,14 @@ def prediction_files(model: str) -> dict[str, Path]:
 
 
 def saliency_outputs(model: str) -> dict[str, Path]:
-    """A model's Grad-RAM outputs: subject and group maps (folders) and the tables."""
+    """A model's saliency outputs: subject and group maps (folders) and the tables."""
     root = SALIENCY_ROOT / model
     return {"subjects": root / "subjects", "groups": root / "groups", "groups_tsv": root / "groups.tsv",
             "aal116": root / "aal116.tsv", "matches": root / "matched_controls.tsv", "truth": root / "truth_check.tsv"}
 
 
-def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None) -> str:
-    """BIDS-derivative-like file name of a subject's or a group's Grad-RAM map."""
+def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None, method: str = "gradram") -> str:
+    """BIDS-derivative-like file name of a subject's or a group's saliency map (``desc``: the
+    method, brainage.explain.METHODS)."""
     entity = participant_id if participant_id is not None else f"group-{group}"
-    return f"{entity}_space-{TEMPLATE_SPACE}_res-{res_label}_desc-gradram_saliency.nii.gz"
+    return f"{entity}_space-{TEMPLATE_SPACE}_res-{res_label}_desc-{method}_saliency.nii.gz"

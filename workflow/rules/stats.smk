@@ -238,6 +238,7 @@ def gradram_params(names, roles, rows):
         roles=roles,
         rows=rows,
         hc_splits=(config.get("explain") or {}).get("hc_splits", ["test"]),
+        method=(config.get("explain") or {}).get("method", "gradram"),
         cut_coords=STATS["cut_coords"],
         code=script_code("fig_gradram.py"),
     )

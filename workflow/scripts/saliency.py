@@ -1,4 +1,4 @@
-"""Grad-RAM maps of one model: per subject, per group, PNGs and AAL116 tables (brainage.explain)."""
+"""Saliency maps (config explain.method: Grad-RAM or input gradient) of one model: per subject, per group, PNGs and AAL116 tables (brainage.explain)."""
 
 from brainage.explain import run_saliency
 from brainage.logs import redirect_to_log

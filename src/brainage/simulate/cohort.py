@@ -30,9 +30,9 @@ from scipy import ndimage
 from brainage import TEMPLATE_SPACE, __version__
 from brainage.atlases import aal_labels
 from brainage.io import save_figure, save_nifti, write_json, write_text, write_tsv
-from brainage.simulate.anatomy import FIELD_STEP, Anatomy
+from brainage.simulate.anatomy import FIELD_AFFINE, FIELD_STEP, HEAD_AFFINE, Anatomy
 from brainage.simulate.model import MANIFEST_COLUMNS, SITES, SimulationModel
-from brainage.simulate.scan import effect_fields, effect_weights, simulate_scan
+from brainage.simulate.scan import effect_fields, effect_weights, intensity_knots, simulate_scan
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,65 @@ def log_volume_change(field: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(det, 1e-3, None))
 
 
+def _effect_rows(model: SimulationModel, frame: pd.DataFrame) -> list[tuple[str, str, dict, dict, float]]:
+    """``(effect, cohort, before, after, increment)`` of each effect of :func:`effects_table`:
+    the subject rows (biological age, cohort, severity) whose difference is the effect."""
+    zero = {"biological_age": 20.0, "severity": 0.0, "ventricle_offset": 0.0, "cohort": "HC"}
+    rows = [("ageing", "HC", zero, {**zero, "biological_age": 80.0}, 60.0)]
+    for cohort in ("AD", "PD"):
+        sub = frame[frame["cohort"] == cohort]
+        severity = float(sub["severity"].mean()) if len(sub) else 0.5
+        increment = float(sub["brain_age_increment"].mean()) if len(sub) else float("nan")
+        rows.append((cohort, cohort, zero, {**zero, "cohort": cohort, "severity": severity}, increment))
+    return rows
+
+
+def render_template_subject(row: Mapping, anatomy: Anatomy, model: SimulationModel) -> np.ndarray:
+    """The simulator's mean subject of ``row`` (biological age, cohort, severity, dataset) as the
+    scanner would see it on the 1 mm template grid, in signal units (WM = 1): the effect fields,
+    the head sample and the contrast of :func:`brainage.simulate.scan.simulate_scan`, without
+    pose, individual warp, bias field or noise."""
+    from brainage.grids import TEMPLATE_AFFINE_1MM, TEMPLATE_SHAPE_1MM
+
+    idx = np.indices(TEMPLATE_SHAPE_1MM, dtype=np.float32).reshape(3, -1)
+    mni = TEMPLATE_AFFINE_1MM[:3, :3].astype(np.float32) @ idx + TEMPLATE_AFFINE_1MM[:3, 3:4].astype(np.float32)
+    to_field, to_head = np.linalg.inv(FIELD_AFFINE), np.linalg.inv(HEAD_AFFINE)
+    field_idx = (to_field[:3, :3] @ mni + to_field[:3, 3:4]).astype(np.float32)
+    field = effect_fields(anatomy, effect_weights(row, model))
+    moved = mni + np.stack([ndimage.map_coordinates(field[d], field_idx, order=1) for d in range(3)])
+    units = ndimage.map_coordinates(anatomy.head, (to_head[:3, :3] @ moved + to_head[:3, 3:4]).astype(np.float32), order=1)
+    return np.interp(units, *intensity_knots(row, anatomy, model)).reshape(TEMPLATE_SHAPE_1MM).astype(np.float32)
+
+
+def signal_change(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Mean |signal change| (relative to WM = 1) per AAL116 region (ordered as ``aal_labels()``)
+    of each effect of :func:`effects_table`: what a scanner sees change, where the volume change
+    says how much tissue the deformation compressed. Rendered with the contrast of the cohort's
+    most frequent site."""
+    from brainage.atlases import load_aal_1mm
+    from brainage.grids import resample_labels, template_grid
+
+    aal, affine = load_aal_1mm()
+    labels = resample_labels(aal, affine, template_grid(1.0)).reshape(-1).astype(np.int64)
+    index = aal_labels()["index"].to_numpy()
+    counts = np.maximum(np.bincount(labels, minlength=256)[index], 1)
+    site = frame["dataset"].mode().iloc[0] if "dataset" in frame and len(frame) else next(iter(SITES))
+    site = site if site in SITES else next(iter(SITES))
+    rendered: dict[tuple, np.ndarray] = {}
+
+    def render(row: Mapping) -> np.ndarray:
+        key = tuple(sorted(row.items()))
+        if key not in rendered:
+            rendered[key] = render_template_subject({**row, "dataset": site}, anatomy, model).reshape(-1)
+        return rendered[key]
+
+    out = {}
+    for effect, _cohort, before, after, _inc in _effect_rows(model, frame):
+        change = np.abs(render(after).astype(np.float64) - render(before))
+        out[effect] = np.bincount(labels, weights=change, minlength=256)[index] / counts
+    return out
+
+
 def effects_table(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame) -> pd.DataFrame:
     """Where and how strongly age and disease act: AAL116 parcel means per effect.
 
@@ -162,21 +221,16 @@ def effects_table(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame)
     disease-specific atrophy at the cohort's mean severity, on top of ageing; their generic
     acceleration is the biological-age increment of ``subjects.tsv``). Columns: ``index``,
     ``name``, ``effect``, ``cohort``, ``volume_change_pct`` (mean local volume change of the
-    parcel, %), ``displacement_mm`` (mean displacement magnitude), ``brain_age_increment``
-    (mean years added to the biological age of that cohort; 60 years of ageing for HC).
+    parcel, %), ``displacement_mm`` (mean displacement magnitude), ``signal_change`` (mean
+    |change of the image|, WM = 1, of the mean subject rendered on the template:
+    :func:`signal_change`), ``brain_age_increment`` (mean years added to the biological age of
+    that cohort; 60 years of ageing for HC).
     """
-    zero = {"biological_age": 20.0, "severity": 0.0, "ventricle_offset": 0.0}
-    old = {**zero, "biological_age": 80.0}
-    base = effect_weights({**zero, "cohort": "HC"}, model)
-    ageing = {k: effect_weights({**old, "cohort": "HC"}, model)[k] - base[k] for k in base}
-    effects = [("ageing", "HC", ageing, 60.0)]
-    for cohort in ("AD", "PD"):
-        sub = frame[frame["cohort"] == cohort]
-        severity = float(sub["severity"].mean()) if len(sub) else 0.5
-        sick = effect_weights({**zero, "cohort": cohort, "severity": severity}, model)
-        disease = {k: sick[k] - base[k] for k in base}
-        increment = float(sub["brain_age_increment"].mean()) if len(sub) else float("nan")
-        effects.append((cohort, cohort, disease, increment))
+    effects = []
+    for effect, cohort, before, after, increment in _effect_rows(model, frame):
+        b, a = effect_weights(before, model), effect_weights(after, model)
+        effects.append((effect, cohort, {k: a[k] - b[k] for k in b}, increment))
+    signal = signal_change(anatomy, model, frame)
     labels = anatomy.labels[FIELD_STEP // 2 :: FIELD_STEP, FIELD_STEP // 2 :: FIELD_STEP, FIELD_STEP // 2 :: FIELD_STEP]
     labels = labels[: anatomy.bases["ventricles"].shape[1], : anatomy.bases["ventricles"].shape[2], : anatomy.bases["ventricles"].shape[3]]
     names = aal_labels()
@@ -194,6 +248,7 @@ def effects_table(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame)
                 "index": int(index[k]), "name": name, "effect": effect, "cohort": cohort,
                 "volume_change_pct": round(100 * float(np.expm1(mean_lv[k])), 3),
                 "displacement_mm": round(float(mean_mag[k]), 4),
+                "signal_change": round(float(signal[effect][k]), 5),
                 "brain_age_increment": round(increment, 3),
             })
     return pd.DataFrame(rows)
