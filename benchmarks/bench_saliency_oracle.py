@@ -10,7 +10,8 @@ voxelwise |Pearson r| of intensity with age over the healthy controls; for AD an
 voxelwise |Cohen's d| of the patients against the controls after removing the controls' linear
 age trend from both. Each map is ranked by AAL116 region (mean over the region's voxels) and
 scored exactly as the Grad-RAM maps are (brainage.explain.truth_check: precision at 10
-against the 10 regions of largest |volume change| in results/cohort/truth/effects_aal116.tsv,
+against the 10 regions of largest |signal change| in results/cohort/truth/effects_aal116.tsv,
+brainage.explain.TRUTH_MEASURE; |volume change| for a run simulated before 2026-12-05;
 p from 10,000 random rankings), once at the grid's resolution and once block-averaged to about
 ``--cells`` cells per axis, the resolution of the Grad-RAM maps (brainage.explain `auto` layer).
 If the oracle maps miss the truth too, the limit is the data and the truth's definition, not
@@ -108,7 +109,7 @@ def load_volumes(run: Path, grid: str, raw: bool) -> tuple[np.ndarray, pd.DataFr
 
 
 def main(argv=None) -> None:
-    from brainage.explain import read_effects, relevant_regions, truth_check
+    from brainage.explain import TRUTH_MEASURE, read_effects, relevant_regions, truth_check
     from brainage.stats import holm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
     result["p_holm"] = holm(result["p_value"])
     print(f"bench_saliency_oracle: {run} (simulated cohort), n={len(index)}, {args.grid} mm grid, "
           f"{'raw' if args.raw else 'normalised'} intensities; precision@10 against the simulator's "
-          f"top-10 regions by |volume change| (random: {result['random_mean'].iloc[0]:.3f})")
+          f"top-10 regions by |{TRUTH_MEASURE}| (random: {result['random_mean'].iloc[0]:.3f})")
     print(f"{'map':<16} {'resolution':<16} {'precision':>9} {'p':>8} {'p Holm':>8}  top regions")
     for r in result.itertuples():
         print(f"{r.map:<16} {r.resolution:<16} {r.precision:>9.2f} {r.p_value:>8.4f} {r.p_holm:>8.4f}  {r.top[:90]}")

@@ -16,8 +16,8 @@ RUN_DIR/results/cohort/truth/effects_aal116.tsv (computed for a run simulated be
    precision@10 range over groups and models and the smallest Holm p.
 2. ``--methods``: on the run's 4 mm cache, the healthy test subjects' and the AD subjects' group
    maps of every network, recomputed by each method (Grad-RAM on layer1-layer3, the input
-   gradient), beside the ceiling of any image-based map: the voxelwise |r(voxel, age)| over all
-   healthy subjects and the voxelwise |effect size| of AD against the healthy age trend
+   gradient), beside the ceiling of any image-based map: bench_saliency_oracle's voxelwise
+   |r(voxel, age)| over all healthy subjects and |Cohen's d| of AD against the healthy age trend
    (precision@10 and its one-sided p against random rankings, no correction).
 """
 
@@ -33,6 +33,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run_truths(run: Path) -> dict[str, pd.DataFrame]:
@@ -87,8 +88,8 @@ def compare_methods(run: Path, truths: dict[str, pd.DataFrame]) -> None:
     splits = pd.read_csv(run / "results" / "splits.tsv", sep="\t")
     atlas = np.asanyarray(nib.load(str(run / "resources" / "atlases" / f"tpl-MNI152NLin2009cAsym_res-{res}_atlas-AAL116_dseg.nii.gz")).dataobj)
     labels = aal_labels()
-    hc, ad = splits[splits["cohort"] == "HC"], splits[splits["cohort"] == "AD"]
-    hc_test = hc[hc["split"] == "test"]
+    ad = splits[splits["cohort"] == "AD"]
+    hc_test = splits[(splits["cohort"] == "HC") & (splits["split"] == "test")]
 
     def score(what: str, saliency: np.ndarray, effect: str) -> None:
         table = parcel_table(saliency, atlas, labels)
@@ -100,17 +101,13 @@ def compare_methods(run: Path, truths: dict[str, pd.DataFrame]) -> None:
         print(f"{what:<44} {effect:<7} " + "   ".join(cells), flush=True)
 
     print(f"\n{'map (4 mm cache; HC: test split, ceiling: all HC)':<44} {'effect':<7} {'signal truth':<16}   volume truth")
-    volumes = cache.array.astype(np.float32)
-    rows = [cache.row_of(p) for p in hc["participant_id"]]
-    h, age = volumes[rows], hc["age"].to_numpy(float)
-    hc_c, age_c = h - h.mean(0), age - age.mean()
-    r = (hc_c * age_c[:, None, None, None]).sum(0) / (np.sqrt((hc_c**2).sum(0) * (age_c**2).sum()) + 1e-9)
-    score("ceiling: voxelwise |r(voxel, age)|", np.abs(r), "ageing")
-    slope = (hc_c * age_c[:, None, None, None]).sum(0) / (age_c**2).sum()
-    resid_sd = (hc_c - slope * age_c[:, None, None, None]).std(0) + 1e-6
-    a = volumes[[cache.row_of(p) for p in ad["participant_id"]]]
-    expected = h.mean(0) + slope * (ad["age"].to_numpy(float) - age.mean())[:, None, None, None]
-    score("ceiling: voxelwise |AD - age trend| / SD", np.abs((a - expected).mean(0) / resid_sd), "AD")
+    # the ceiling: bench_saliency_oracle's voxelwise maps of the data themselves (no network)
+    from bench_saliency_oracle import load_volumes, oracle_maps
+
+    volumes, index = load_volumes(run, str(res), raw=False)
+    oracle = oracle_maps(volumes, index, atlas > 0)
+    score("ceiling: voxelwise |r(voxel, age)|", np.nan_to_num(oracle["ageing"]), "ageing")
+    score("ceiling: voxelwise |d(AD vs age trend)|", np.nan_to_num(oracle["AD"]), "AD")
     torch.set_num_threads(2)
     for model_dir in sorted((run / "results" / "models").glob("*/model.pt")):
         model, meta = load_model(model_dir)
