@@ -54,8 +54,8 @@ def run_truths(run: Path) -> dict[str, pd.DataFrame]:
         signal = signal_change(anatomy, model_from_config(config["cohort"]["simulate"]), subjects)
         effects = effects.sort_values(["effect", "index"]).copy()
         effects["signal_change"] = np.concatenate([signal[e] for e in sorted(signal)])
-    return {"signal": effects.assign(**{TRUTH_MEASURE: effects["signal_change"]}),
-            "volume": effects.assign(**{TRUTH_MEASURE: effects["volume_change_pct"]})}
+    # the pipeline ranks by TRUTH_MEASURE (the signal change): the volume truth puts the volume change there
+    return {"signal": effects, "volume": effects.assign(**{TRUTH_MEASURE: effects["volume_change_pct"]})}
 
 
 def score_written_maps(run: Path, truths: dict[str, pd.DataFrame]) -> None:
@@ -132,10 +132,11 @@ def main() -> None:
     parser.add_argument("--methods", action="store_true", help="also recompute group maps by every method (2-3 min)")
     args = parser.parse_args()
     truths = run_truths(args.run)
+    from brainage.explain import relevant_regions
+
     for effect in ("ageing", "AD"):
         for truth, effects in truths.items():
-            top = effects[effects["effect"] == effect].assign(s=lambda t: t["signal_change" if truth == "signal" else "volume_change_pct"].abs())
-            print(f"{truth} truth, {effect} top 10: {', '.join(top.nlargest(10, 's')['name'])}")
+            print(f"{truth} truth, {effect} top 10: {', '.join(relevant_regions(effects, effect, 10))}")
     score_written_maps(args.run, truths)
     if args.methods:
         compare_methods(args.run, truths)
