@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainage.io import InputError, nifti_image, read_participants, save_figure, save_nifti
-from brainage.paths import saliency_file
+from brainage.paths import SALIENCY_METHODS as METHODS, SALIENCY_METHOD_LABELS as METHOD_LABELS, saliency_file
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,6 @@ def input_gradient(model: nn.Module, volumes: torch.Tensor) -> torch.Tensor:
     return minmax_per_subject(grad.detach()[:, 0].abs())
 
 
-#: ``explain.method``: ``gradram`` (the study's Grad-RAM on ``target_layer``) or ``gradient``
-#: (:func:`input_gradient`, for grids where no block keeps enough voxels to localise)
-METHODS = ("gradram", "gradient")
-#: how figures and logs name each method
-METHOD_LABELS = {"gradram": "Grad-RAM", "gradient": "input gradient"}
 
 
 def saliency_maps(model: nn.Module, volumes: torch.Tensor, method: str = "gradram", target_layer: str = "layer4") -> torch.Tensor:

@@ -193,7 +193,7 @@ def fig_saliency(
     difference_title: str = "Minus age-matched HC",
     method: str = "gradram",
 ) -> None:
-    """Group-mean saliency maps (``method``: brainage.explain.METHODS) on the template: one row
+    """Group-mean saliency maps (``method``: brainage.paths.SALIENCY_METHODS) on the template: one row
     per map, three orthogonal slices.
 
     ``maps`` is a list of (row label, NIfTI path); a missing path or an empty/all-NaN map
@@ -203,7 +203,7 @@ def fig_saliency(
     colormap centred on 0, symmetric per row (differences are small next to the means and vary
     by orders of magnitude between models, so each row has its own labelled colour bar).
     """
-    from brainage.explain import METHOD_LABELS
+    from brainage.paths import SALIENCY_METHOD_LABELS as METHOD_LABELS
 
     what = METHOD_LABELS[method]
     tpl_img = nib.load(str(template))

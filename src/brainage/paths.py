@@ -152,8 +152,16 @@ def saliency_outputs(model: str) -> dict[str, Path]:
             "aal116": root / "aal116.tsv", "matches": root / "matched_controls.tsv", "truth": root / "truth_check.tsv"}
 
 
+#: ``explain.method``: ``gradram`` (the study's Grad-RAM on ``target_layer``) or ``gradient``
+#: (brainage.explain.input_gradient, for grids where no block keeps enough voxels to localise);
+#: here, torch-free, so the report side can name them (brainage.explain re-exports them)
+SALIENCY_METHODS = ("gradram", "gradient")
+#: how figures and logs name each method
+SALIENCY_METHOD_LABELS = {"gradram": "Grad-RAM", "gradient": "input gradient"}
+
+
 def saliency_file(res_label: str, participant_id: str | None = None, group: str | None = None, method: str = "gradram") -> str:
     """BIDS-derivative-like file name of a subject's or a group's saliency map (``desc``: the
-    method, brainage.explain.METHODS)."""
+    method, :data:`SALIENCY_METHODS`)."""
     entity = participant_id if participant_id is not None else f"group-{group}"
     return f"{entity}_space-{TEMPLATE_SPACE}_res-{res_label}_desc-{method}_saliency.nii.gz"

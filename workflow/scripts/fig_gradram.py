@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from brainage.explain import METHOD_LABELS
+from brainage.paths import SALIENCY_METHOD_LABELS as METHOD_LABELS
 from brainage.figures import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
 from brainage.logs import redirect_to_log
 from brainage.stats import validation_maes
