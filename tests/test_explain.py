@@ -549,3 +549,27 @@ def test_a_constant_map_ranks_nothing():
     assert table.at["AD", "precision"] == 1.0
     ranked = table.loc[["AD", "PD"]]
     np.testing.assert_allclose(ranked["p_holm"], multipletests(ranked["p_value"], method="holm")[1])
+
+
+def test_group_png_is_the_same_with_garbage_collection_frozen(atlas_root, tmp_path, monkeypatch):
+    """gc_frozen only changes how long nilearn's gc.collect() calls take: the PNG's pixels are
+    those of a plot with garbage collection as is, and nothing stays frozen afterwards."""
+    import contextlib
+    import gc
+
+    import matplotlib.image as mpimg
+
+    from brainage import explain
+
+    paths = resource_paths(atlas_root, 4)
+    template = nib.load(str(paths["template"]))
+    mask = np.asanyarray(nib.load(str(paths["mask"])).dataobj) > 0
+    data = np.random.default_rng(0).random(mask.shape).astype(np.float32)
+    img = nib.Nifti1Image(data, template.affine)
+    explain.plot_group_map(img, template, mask, "map", tmp_path / "frozen.png")
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(explain, "gc_frozen", contextlib.nullcontext)
+    explain.plot_group_map(img, template, mask, "map", tmp_path / "as_is.png")
+    frozen, as_is = mpimg.imread(tmp_path / "frozen.png"), mpimg.imread(tmp_path / "as_is.png")
+    assert frozen.shape == as_is.shape and frozen.shape[0] > 300
+    np.testing.assert_array_equal(frozen, as_is)
