@@ -2,14 +2,16 @@
 
     python benchmarks/bench_saliency_truths.py RUN_DIR [--methods]
 
-Scores region rankings against two definitions of what the simulator changed, both read from
-RUN_DIR/results/cohort/truth/effects_aal116.tsv (computed for a run simulated before the
-``signal_change`` column existed):
+Scores region rankings against three definitions of what the simulator changed, all from
+RUN_DIR/results/cohort/truth/effects_aal116.tsv (recomputed by
+brainage.simulate.cohort.effects_table for a run simulated before the ``AD_specific`` rows):
 
-``signal``: the pipeline's truth (brainage.explain.TRUTH_MEASURE): the mean |signal change| per
-    AAL116 region of the simulator's mean subject rendered on the template (20 -> 80 years for
-    ageing; the cohort's mean severity for AD and PD; brainage.simulate.cohort.signal_change).
-``volume``: the truth before 2026-12-05: |volume change| of the effect's deformation.
+``signal``: the pipeline's truth (brainage.explain.TRUTH_MEASURE, TRUTH_EFFECT): the mean
+    |signal change| per AAL116 region of the simulator's mean subject rendered on the template
+    (20 -> 80 years for ageing; AD and PD: the cohort's mean patient, its disease atrophy and
+    biological-age increment, against an age-matched control).
+``specific``: the same for ageing; AD and PD: the disease's own atrophy alone (no increment).
+``volume``: |volume change| of the effect's deformation (the truth before 2026-12-05).
 
 1. Every group map the run wrote (results/saliency/<model>/aal116.tsv), scored by
    brainage.explain.truth_checks (Holm across each model's groups): per truth and effect, the
@@ -37,25 +39,27 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run_truths(run: Path) -> dict[str, pd.DataFrame]:
-    """{"signal": ..., "volume": ...}: the run's truth table ranked by each measure."""
+    """{"signal": ..., "specific": ..., "volume": ...}: the run's truth table ranked three ways."""
     from brainage.explain import TRUTH_MEASURE
 
     effects = pd.read_csv(run / "results" / "cohort" / "truth" / "effects_aal116.tsv", sep="\t")
-    if "signal_change" not in effects.columns:  # a run simulated before the column existed
+    if "AD_specific" not in set(effects["effect"]):  # simulated before 2026-12-06: recompute the table
         import yaml
 
         from brainage.simulate.anatomy import Anatomy
-        from brainage.simulate.cohort import signal_change
+        from brainage.simulate.cohort import effects_table
         from brainage.simulate.model import model_from_config
 
         config = yaml.safe_load((run / "config" / "config.yaml").read_text())
         anatomy = Anatomy.load(run / "results" / "cohort" / "truth" / "anatomy.npz")
         subjects = pd.read_csv(run / "results" / "cohort" / "truth" / "subjects.tsv", sep="\t")
-        signal = signal_change(anatomy, model_from_config(config["cohort"]["simulate"]), subjects)
-        effects = effects.sort_values(["effect", "index"]).copy()
-        effects["signal_change"] = np.concatenate([signal[e] for e in sorted(signal)])
+        effects = effects_table(anatomy, model_from_config(config["cohort"]["simulate"]), subjects)
+    pipeline = effects[~effects["effect"].str.endswith("_specific")]
+    # AD and PD groups scored against the disease's own atrophy alone (no biological-age increment)
+    specific = effects[effects["effect"].isin(["ageing", "AD_specific", "PD_specific"])]
+    specific = specific.assign(effect=specific["effect"].str.replace("_specific", "", regex=False))
     # the pipeline ranks by TRUTH_MEASURE (the signal change): the volume truth puts the volume change there
-    return {"signal": effects, "volume": effects.assign(**{TRUTH_MEASURE: effects["volume_change_pct"]})}
+    return {"signal": pipeline, "specific": specific, "volume": pipeline.assign(**{TRUTH_MEASURE: pipeline["volume_change_pct"]})}
 
 
 def score_written_maps(run: Path, truths: dict[str, pd.DataFrame]) -> None:
@@ -100,7 +104,7 @@ def compare_methods(run: Path, truths: dict[str, pd.DataFrame]) -> None:
             cells.append(f"{c['precision']:>4.1f} (p {c['p_value']:.4f})")
         print(f"{what:<44} {effect:<7} " + "   ".join(cells), flush=True)
 
-    print(f"\n{'map (4 mm cache; HC: test split, ceiling: all HC)':<44} {'effect':<7} {'signal truth':<16}   volume truth")
+    print(f"\n{'map (4 mm cache; HC: test split, ceiling: all HC)':<44} {'effect':<7} {'signal truth':<16}   {'specific truth':<16}   volume truth")
     # the ceiling: bench_saliency_oracle's voxelwise maps of the data themselves (no network)
     from bench_saliency_oracle import load_volumes, oracle_maps
 

@@ -342,12 +342,20 @@ def test_signal_truth_follows_the_model_design(anatomy):
     from brainage.simulate.cohort import signal_change
 
     names = aal_labels()["name"].to_numpy()
-    frame = pd.DataFrame({"cohort": ["AD", "PD", "HC"], "severity": [0.6, 0.5, 0.0], "brain_age_increment": [5.0, 2.0, 0.0],
-                          "dataset": ["IXI-like"] * 3})
-    top = {effect: set(names[np.argsort(-change)[:10]]) for effect, change in signal_change(anatomy, SimulationModel(), frame).items()}
+    frame = pd.DataFrame({"cohort": ["AD", "PD", "HC"], "age": [75.0, 68.0, 60.0], "severity": [0.6, 0.5, 0.0],
+                          "brain_age_increment": [5.0, 2.0, 0.0], "dataset": ["IXI-like"] * 3})
+    change = signal_change(anatomy, SimulationModel(), frame)
+    top = {effect: set(names[np.argsort(-c)[:10]]) for effect, c in change.items()}
     assert {"Caudate_L", "Caudate_R", "Thalamus_L", "Thalamus_R"} <= top["ageing"], top["ageing"]
-    assert {"Hippocampus_L", "Hippocampus_R", "ParaHippocampal_L", "ParaHippocampal_R"} <= top["AD"], top["AD"]
-    assert {"Putamen_L", "Putamen_R"} <= top["PD"], top["PD"]
+    mtl = {"Hippocampus_L", "Hippocampus_R", "ParaHippocampal_L", "ParaHippocampal_R"}
+    assert mtl <= top["AD_specific"], top["AD_specific"]
+    assert {"Putamen_L", "Putamen_R"} <= top["PD_specific"], top["PD_specific"]
+    # AD against age-matched controls: its own MTL atrophy and 5 years of faster ageing (ventricles)
+    assert mtl | {"Caudate_L", "Caudate_R"} <= top["AD"], top["AD"]
+    # without an increment, all that differs from the control is the disease's own atrophy
+    same = signal_change(anatomy, SimulationModel(), frame.assign(brain_age_increment=0.0))
+    np.testing.assert_array_equal(same["AD"], same["AD_specific"])
+    assert not np.allclose(change["AD"], change["AD_specific"])
     still = SimulationModel(ventricle_growth_80=0.0, sulcal_widening_80=0.0, brain_shrink_80=0.0, mtl_atrophy_80=0.0,
                             wm_darkening_80=0.0, gm_brightening_80=0.0, frontal_thinning_80=0.0)
     assert np.abs(signal_change(anatomy, still, frame)["ageing"]).max() == 0.0

@@ -379,8 +379,12 @@ def truth_check(table: pd.DataFrame, relevant: Iterable[str], k: int = 10, draws
 
 
 #: the simulator's effect (``effect`` column of results/cohort/truth/effects_aal116.tsv) each
-#: group's ranking is checked against: healthy groups -> ageing, AD and PD (and their
-#: difference maps against age-matched controls) -> their disease-specific atrophy
+#: group's ranking is checked against: healthy groups -> ageing; AD and PD (and their
+#: difference maps against age-matched controls) -> all that the simulator changed in the
+#: cohort's mean patient against an age-matched control: the disease's own atrophy plus the
+#: ageing of its biological-age increment (the table's ``AD_specific`` and ``PD_specific``, the
+#: atrophy alone, are reported by benchmarks/bench_saliency_truths.py: an age model's map of AD
+#: ranks the regions of faster ageing first, not the MTL atrophy that no healthy brain shows)
 TRUTH_EFFECT = {"HC": "ageing", "AD": "AD", "PD": "PD"}
 #: how strongly the simulator changed a region: mean |signal change| of the simulator's mean
 #: subject rendered on the template (relative to WM = 1; brainage.simulate.cohort.signal_change),
@@ -406,6 +410,9 @@ def read_effects(path: str | Path) -> pd.DataFrame:
     missing = {"name", "effect", TRUTH_MEASURE} - set(effects.columns)
     if missing:
         raise InputError(f"{path}: simulator truth table lacks column(s) {', '.join(sorted(missing))}")
+    if "AD" in set(effects["effect"]) and "AD_specific" not in set(effects["effect"]):
+        log.warning("%s: written by an older simulator: its AD and PD rows are the disease-specific atrophy alone, "
+                    "without the biological-age increment (rerun simulate_cohort for the current truth)", path)
     return effects
 
 

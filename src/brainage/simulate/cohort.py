@@ -157,14 +157,25 @@ def log_volume_change(field: np.ndarray) -> np.ndarray:
 
 def _effect_rows(model: SimulationModel, frame: pd.DataFrame) -> list[tuple[str, str, dict, dict, float]]:
     """``(effect, cohort, before, after, increment)`` of each effect of :func:`effects_table`:
-    the subject rows (biological age, cohort, severity) whose difference is the effect."""
+    the subject rows (biological age, cohort, severity) whose difference is the effect.
+
+    ``ageing``: a healthy 20-year-old -> 80. ``AD`` and ``PD``: the cohort's mean patient
+    (mean age + mean biological-age increment, mean severity) against a healthy control of the
+    same age: all that the simulator changed in the patients, what a group map of patients or
+    of patients minus age-matched controls can show. ``AD_specific`` and ``PD_specific``: the
+    disease's own atrophy alone (no increment) against the same control.
+    """
     zero = {"biological_age": 20.0, "severity": 0.0, "ventricle_offset": 0.0, "cohort": "HC"}
     rows = [("ageing", "HC", zero, {**zero, "biological_age": 80.0}, 60.0)]
     for cohort in ("AD", "PD"):
         sub = frame[frame["cohort"] == cohort]
         severity = float(sub["severity"].mean()) if len(sub) else 0.5
-        increment = float(sub["brain_age_increment"].mean()) if len(sub) else float("nan")
-        rows.append((cohort, cohort, zero, {**zero, "cohort": cohort, "severity": severity}, increment))
+        increment = float(sub["brain_age_increment"].mean()) if len(sub) else 0.0
+        age = float(sub["age"].mean()) if len(sub) else 70.0
+        control = {**zero, "biological_age": age}
+        patient = {**control, "cohort": cohort, "severity": severity}
+        rows.append((cohort, cohort, control, {**patient, "biological_age": age + increment}, increment))
+        rows.append((f"{cohort}_specific", cohort, control, patient, 0.0))
     return rows
 
 
@@ -217,14 +228,16 @@ def signal_change(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame)
 def effects_table(anatomy: Anatomy, model: SimulationModel, frame: pd.DataFrame) -> pd.DataFrame:
     """Where and how strongly age and disease act: AAL116 parcel means per effect.
 
-    Effects: ``ageing`` (HC, from 20 to 80 years: ageing load 0 -> 1), ``AD`` and ``PD`` (the
-    disease-specific atrophy at the cohort's mean severity, on top of ageing; their generic
-    acceleration is the biological-age increment of ``subjects.tsv``). Columns: ``index``,
+    Effects (:func:`_effect_rows`): ``ageing`` (HC, from 20 to 80 years: ageing load 0 -> 1),
+    ``AD`` and ``PD`` (the cohort's mean patient against a healthy control of the same age: the
+    disease-specific atrophy at the cohort's mean severity plus the ageing of its mean
+    biological-age increment), ``AD_specific`` and ``PD_specific`` (the disease-specific atrophy
+    alone, against the same control). Columns: ``index``,
     ``name``, ``effect``, ``cohort``, ``volume_change_pct`` (mean local volume change of the
     parcel, %), ``displacement_mm`` (mean displacement magnitude), ``signal_change`` (mean
     |change of the image|, WM = 1, of the mean subject rendered on the template:
     :func:`signal_change`), ``brain_age_increment`` (mean years added to the biological age of
-    that cohort; 60 years of ageing for HC).
+    that cohort; 60 years of ageing for HC; 0 for the ``_specific`` effects).
     """
     effects = []
     for effect, cohort, before, after, increment in _effect_rows(model, frame):
