@@ -118,6 +118,55 @@ def test_registration_and_mask_against_simulated_truth(tmp_path):
     assert json.loads((tmp_path / "out" / "sub-hc0001_desc-qc.json").read_text())["brain_mask_cube"] == 192
 
 
+@pytest.mark.slow
+def test_a_batch_gives_each_subject_what_it_would_get_alone(tmp_path):
+    """Subjects of a batch share the template, the registration's fixed side and deepbet's
+    networks (made once per process): the second subject's outputs are those it gets in a
+    fresh process, and the shared template cannot be written by any subject."""
+    from brainage.preprocess import finish, load_template, native, preprocess_t1w
+
+    plan = plan_cohort(2, 0, 0, 2.0, 42, tmp_path / "bids")
+    anatomy = build_anatomy(2.0)
+    scans = {}
+    for row in plan.to_dict("records"):
+        scans[row["participant_id"]] = tmp_path / f"{row['participant_id']}_T1w.nii.gz"
+        nib.save(sim.simulate_scan(row, anatomy, 42).image, scans[row["participant_id"]])
+    first, second = scans
+
+    def fresh_process():
+        for cache in (finish._load_template, native.registration_target, native._deepbet):
+            cache.cache_clear()
+
+    # the demo's pyramid (config/config.yaml): both subjects' finest level is 4 mm
+    settings = {"native": {"registration": {"levels_mm": [8, 4], "smoothing_mm": [4, 2], "iterations": [200, 100]}}}
+    fresh_process()
+    for sub in (first, second):  # one batch
+        preprocess_t1w(scans[sub], tmp_path / "batch", sub, [2, 4], settings=settings, threads=1)
+    assert native.registration_target.cache_info().hits == 1  # the second subject reused it
+    assert list(native.registration_target(load_template())._levels) == [4.0]  # and its 4 mm level
+    fresh_process()
+    preprocess_t1w(scans[second], tmp_path / "alone", second, [2, 4], settings=settings, threads=1)
+
+    alone = sorted((tmp_path / "alone").iterdir())
+    assert len(alone) == 7
+    for f in alone:
+        g = tmp_path / "batch" / f.name
+        if f.name.endswith(".nii.gz"):
+            assert np.array_equal(nib.load(f).dataobj, nib.load(g).dataobj), f.name
+        elif f.suffix == ".json":
+            a, b = (json.loads(p.read_text()) for p in (f, g))
+            for d in (a, b):
+                d.pop("runtime_s", None), d.pop("timings_s", None)
+            assert a == b, f.name
+        else:
+            assert f.read_bytes() == g.read_bytes(), f.name
+
+    template = load_template()
+    for array in (template.brain, template.mask, *template.on_grid(2.0)):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0, 0, 0] = 1
+
+
 def test_deepbet_cube_follows_the_scan_resolution():
     from brainage.preprocess import settings_from_config
 
@@ -209,14 +258,14 @@ def test_cli_reports_bad_input_on_one_line(tmp_path):
 def test_failed_registration_is_bad_input(tmp_path):
     """An affine that collapses the head (determinant ~0.001) is a failed registration."""
     from brainage.atlases import load_template_1mm
-    from brainage.preprocess import finish_from_base
+    from brainage.preprocess import finish_from_base, load_template
     from brainage.preprocess.qc import QCThresholds
 
     tpl, mask = load_template_1mm()
     collapse = np.diag([10.0, 10.0, 10.0, 1.0])  # template -> native: det of the inverse 1e-3
     with pytest.raises(InputError, match="registration failed"):
         finish_from_base(tpl, mask, 1.0, collapse, np.ones((4, 4, 4), bool), np.eye(4), "sub-x", "x.nii.gz",
-                         tmp_path / "out", [2], tpl, mask, QCThresholds())
+                         tmp_path / "out", [2], load_template(), QCThresholds())
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

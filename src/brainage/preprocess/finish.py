@@ -5,6 +5,7 @@ subject whose scan is bad input (:func:`write_excluded`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -139,15 +140,15 @@ def downsample_grid(volume: np.ndarray, src_res: float, res: float) -> np.ndarra
 def finish_from_base(
     volume: np.ndarray, brain: np.ndarray, base_res: float, template_to_native: np.ndarray,
     native_mask: np.ndarray, native_affine: np.ndarray, participant_id: str, t1w_path: str | Path,
-    out_dir: str | Path, grids: list[float], template_1mm: np.ndarray, template_mask_1mm: np.ndarray,
-    thresholds: QCThresholds, extra_qc: dict | None = None, transform_file: str | Path | None = None,
-    started: float | None = None,
+    out_dir: str | Path, grids: list[float], template: Template, thresholds: QCThresholds,
+    extra_qc: dict | None = None, transform_file: str | Path | None = None, started: float | None = None,
 ) -> dict:
     """Write every output from a registered volume on the ``base_res`` template grid; return QC.
 
     Both engines end here. ``volume``: the brain on the ``base_res`` grid (1 mm: 193 x 229 x 193),
     not yet normalised; ``brain``: bool brain mask on that grid; ``template_to_native``: RAS
-    4 x 4; ``native_mask``: bool mask on the raw scan's grid (``native_affine``).
+    4 x 4; ``native_mask``: bool mask on the raw scan's grid (``native_affine``); ``template``:
+    :func:`load_template`'s.
     """
     started = time.perf_counter() if started is None else started
     paths = preprocess_outputs(out_dir, participant_id, grids)
@@ -158,8 +159,7 @@ def finish_from_base(
         raise InputError(f"{participant_id}: {t1w_path}: registration failed (affine determinant "
                          f"{summary['determinant']:.3g} outside {DETERMINANT_RANGE})")
     qc_res = max(QC_NCC_RES, base_res)
-    tpl_qc = downsample_from_1mm(template_1mm, qc_res)
-    mask_qc = downsample_from_1mm(template_mask_1mm.astype(np.float32), qc_res) >= 0.5
+    tpl_qc, mask_qc = template.on_grid(qc_res)
     voxel_ml = float(abs(np.linalg.det(native_affine[:3, :3]))) / 1000.0
     metrics = {
         "participant_id": participant_id,
@@ -192,8 +192,7 @@ def finish_from_base(
     })
     title = (f"{participant_id}  NCC {metrics['ncc']:.3f}  brain {metrics['brain_volume_ml']:.0f} ml  "
              f"{'passed' if not reasons else 'FAILED: ' + '; '.join(reasons)}")
-    mask_base = downsample_grid(template_mask_1mm.astype(np.float32), 1.0, base_res) >= 0.5
-    qc_figure(volume, mask_base, template_grid(base_res).affine, title, paths["qc_png"])
+    qc_figure(volume, template.on_grid(base_res)[1], template_grid(base_res).affine, title, paths["qc_png"])
     metrics["runtime_s"] = round(time.perf_counter() - started, 2)
     write_json(paths["qc_json"], metrics)  # last: its presence means every output is complete
     return metrics
@@ -227,26 +226,64 @@ def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Pat
         _save_volume(np.zeros(finest.shape, np.uint8), finest.affine, tmp_paths["mask"], dtype=np.uint8)
         write_json(tmp_paths["xfm_json"], {"excluded": reason})
         tmp_paths["xfm"].write_text(f"# {participant_id} excluded, no transform: {reason}\n")
-        template_mask = downsample_from_1mm(load_template()[1].astype(np.float32), finest.res) >= 0.5
-        qc_figure(np.zeros(finest.shape, np.float32), template_mask, finest.affine,
+        qc_figure(np.zeros(finest.shape, np.float32), load_template().on_grid(finest.res)[1], finest.affine,
                   f"{participant_id}  EXCLUDED: {reason[:120]}", tmp_paths["qc_png"])
         write_json(tmp_paths["qc_json"], metrics)
     return metrics
 
 
-def load_template(resources_root: str | Path | None = None, template: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The 1 mm template brain (float32) and its brain mask (bool) on the 193 x 229 x 193 grid."""
-    from scipy import ndimage
+class Template:
+    """The 1 mm template brain (float32) and its brain mask (bool) on the 193 x 229 x 193 grid,
+    read-only, with their copies on coarser template grids made once (:meth:`on_grid`): a batch
+    of subjects in one process (config preprocess.subjects_per_job) shares them."""
 
-    from brainage.atlases import load_template_1mm, resource_paths
+    def __init__(self, brain: np.ndarray, mask: np.ndarray):
+        if brain.shape != TEMPLATE_SHAPE_1MM or mask.shape != TEMPLATE_SHAPE_1MM:
+            raise ValueError(f"template and mask must be on the 1 mm template grid {TEMPLATE_SHAPE_1MM}")
+        self.brain = _read_only(brain.astype(np.float32, copy=False))
+        self.mask = _read_only(mask.astype(bool, copy=False))
+        self._grids: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def on_grid(self, res: float) -> tuple[np.ndarray, np.ndarray]:
+        """The brain (:func:`brainage.grids.downsample_from_1mm`) and its mask (block share of
+        brain >= 0.5) on the ``res`` mm template grid, read-only."""
+        res = float(res)
+        if res not in self._grids:
+            self._grids[res] = (
+                _read_only(downsample_from_1mm(self.brain, res)),
+                _read_only(downsample_from_1mm(self.mask.astype(np.float32), res) >= 0.5),
+            )
+        return self._grids[res]
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def load_template(resources_root: str | Path | None = None, template: str | Path | None = None) -> Template:
+    """The 1 mm template: ``template`` (a NIfTI on the 1 mm grid; its brain mask is its non-zero
+    voxels, holes filled), else ``resources_root``'s res-1 template when it exists, else the
+    packaged one. Read once per process and file: every subject of a batch gets the same
+    (read-only) :class:`Template`."""
+    from brainage.atlases import resource_paths
 
     if template is None and resources_root is not None and resource_paths(resources_root, 1)["template"].exists():
         template = resource_paths(resources_root, 1)["template"]
+    return _load_template(None if template is None else str(Path(template).resolve()))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_template(template: str | None) -> Template:
+    from scipy import ndimage
+
+    from brainage.atlases import load_template_1mm
+
     if template is None:
-        return load_template_1mm()
-    img = nib.load(str(template))
+        return Template(*load_template_1mm())
+    img = nib.load(template)
     if img.shape != TEMPLATE_SHAPE_1MM or not np.allclose(img.affine, TEMPLATE_AFFINE_1MM):
         raise ValueError(f"{template}: not on the 1 mm template grid {TEMPLATE_SHAPE_1MM}")
     data = np.asarray(img.dataobj, dtype=np.float32)
-    return data, ndimage.binary_fill_holes(data > 0)
+    return Template(data, ndimage.binary_fill_holes(data > 0))
 

@@ -138,7 +138,7 @@ def finish_minc(brain_1mm: str | Path, mask: str | Path, xfm: str | Path, t1w_pa
 
     started = time.perf_counter() if started is None else started
     cfg = settings_from_config(settings)
-    tpl, tpl_mask = load_template(template=template)
+    tpl = load_template(template=template)
     grid = template_grid(1.0)
     brain_img = nib.load(str(brain_1mm))
     # mnc2nii may store the axes in another order: resample onto the grid (identity when aligned)
@@ -148,7 +148,7 @@ def finish_minc(brain_1mm: str | Path, mask: str | Path, xfm: str | Path, t1w_pa
     native_to_template = read_xfm(xfm)
     return finish_from_base(
         volume, volume > 0, 1.0, np.linalg.inv(native_to_template), native_mask, mask_img.affine, participant_id,
-        t1w_path, out_dir, [float(g) for g in grids], tpl, tpl_mask, cfg["qc"], {"engine": "minc"}, started=started,
+        t1w_path, out_dir, [float(g) for g in grids], tpl, cfg["qc"], {"engine": "minc"}, started=started,
     )
 
 

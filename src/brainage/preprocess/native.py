@@ -17,6 +17,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -30,7 +31,14 @@ import numpy as np
 
 from brainage.grids import TEMPLATE_AFFINE_1MM, template_grid
 from brainage.io import InputError
-from brainage.preprocess.finish import base_resolution, finish_from_base, load_t1w, load_template, settings_from_config
+from brainage.preprocess.finish import (
+    Template,
+    base_resolution,
+    finish_from_base,
+    load_t1w,
+    load_template,
+    settings_from_config,
+)
 
 log = logging.getLogger("brainage.preprocess")
 
@@ -133,18 +141,27 @@ def brain_mask_deepbet(img, use_gpu: bool | None = None, settings: BrainMaskSett
     segments it on a cube of :meth:`BrainMaskSettings.cube` voxels per side (without ``settings``:
     deepbet's own 256) and keeps the largest connected component with holes filled.
     """
-    import deepbet
     import torch
 
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
-    extractor = deepbet.BrainExtraction(no_gpu=not use_gpu)
     cube = 256 if settings is None else settings.cube(float(max(img.header.get_zooms()[:3])))
+    _, mask_img, _ = _deepbet(bool(use_gpu), cube).run(img)
+    return np.asarray(mask_img.dataobj).astype(bool)
+
+
+@functools.lru_cache(maxsize=4)
+def _deepbet(use_gpu: bool, cube: int):
+    """deepbet's extractor segmenting on a ``cube``-voxel cube, its two networks loaded once per
+    process (the subjects of a batch share it; its only state, the last bounding box, is set
+    afresh by every run)."""
+    import deepbet
+
+    extractor = deepbet.BrainExtraction(no_gpu=not use_gpu)
     if cube != 256:  # deepbet's own
         run_model = extractor.run_model
         extractor.run_model = lambda x: run_model(x, shape=(cube,) * 3)
-    _, mask_img, _ = extractor.run(img)
-    return np.asarray(mask_img.dataobj).astype(bool)
+    return extractor
 
 
 @contextlib.contextmanager
@@ -264,14 +281,64 @@ def _levels_for(settings: RegistrationSettings, voxel_mm: float) -> list[int]:
     return keep
 
 
+class RegistrationTarget:
+    """The fixed side of :func:`register_affine_to_template`: the 1 mm template brain and its
+    registration mask (the brain mask with a 5 mm rim, so that the brain outline drives the fit),
+    as ANTs images, and their smoothed and resampled copies per pyramid level, each made once per
+    process: about 1.5 s of a subject's registration when every subject of a batch made them
+    anew. Get it from :func:`registration_target`."""
+
+    def __init__(self, template: Template):
+        from scipy import ndimage
+
+        self.image = ants_image(template.brain, TEMPLATE_AFFINE_1MM)
+        self.mask = ants_image(ndimage.binary_dilation(template.mask, iterations=5).astype(np.float32),
+                               TEMPLATE_AFFINE_1MM)
+        self._levels: dict[float, tuple] = {}
+        self._coarse: dict[float, object] = {}
+
+    def at(self, finest: float) -> tuple:
+        """Template and mask (unsigned char, as antsRegistration reads masks) for a pyramid whose
+        finest level is ``finest`` mm: smoothed (sigma ``(finest - 1) / 2`` mm) and resampled to
+        it once, so that shrink factors are integers and ANTs never smooths a 1 mm image per level."""
+        import ants
+
+        finest = float(finest)
+        if finest not in self._levels:
+            fixed, fixed_mask = self.image, self.mask
+            if finest > 1.0 + 1e-3:
+                smoothed = ants.smooth_image(self.image, (finest - 1.0) / 2.0, sigma_in_physical_coordinates=True)
+                fixed = ants.resample_image(smoothed, (finest,) * 3, use_voxels=False, interp_type=0)
+                fixed_mask = ants.resample_image(self.mask, (finest,) * 3, use_voxels=False, interp_type=1)
+            self._levels[finest] = (fixed, fixed_mask != 0)
+        return self._levels[finest]
+
+    def coarse(self, mm: float):
+        """The template smoothed (sigma ``mm / 2``) and resampled to ``mm``: the rotation search's."""
+        import ants
+
+        mm = float(mm)
+        if mm not in self._coarse:
+            smoothed = ants.smooth_image(self.image, mm / 2.0, sigma_in_physical_coordinates=True)
+            self._coarse[mm] = ants.resample_image(smoothed, (mm,) * 3, use_voxels=False, interp_type=0)
+        return self._coarse[mm]
+
+
+@functools.lru_cache(maxsize=2)
+def registration_target(template: Template) -> RegistrationTarget:
+    """The :class:`RegistrationTarget` of a :func:`~brainage.preprocess.finish.load_template`
+    template, made once per process."""
+    return RegistrationTarget(template)
+
+
 def register_affine_to_template(
-    moving, template, template_mask, settings: RegistrationSettings = RegistrationSettings(),
+    moving, target: RegistrationTarget, settings: RegistrationSettings = RegistrationSettings(),
     workdir: str | Path | None = None,
 ) -> RegistrationResult:
-    """12-dof affine from the skull-stripped ``moving`` brain to the ``template`` brain.
+    """12-dof affine from the skull-stripped ``moving`` brain (an ANTs image) to the template brain
+    of ``target`` (:func:`registration_target`).
 
-    All arguments are ANTs images; ``template`` and ``template_mask`` at 1 mm. Stages, each
-    multi-resolution (``settings.levels_mm``): initialisation (rotation search or centres of
+    Stages, each multi-resolution (``settings.levels_mm``): initialisation (rotation search or centres of
     mass), rigid, similarity (the coarse levels), then affine on every level -- the
     antsRegistrationSyN 'a' recipe with a correlation metric and an extra similarity stage so
     the 12-dof stage starts close. The finest level is the finest configured level no finer
@@ -290,11 +357,7 @@ def register_affine_to_template(
     sigmas = [settings.smoothing_mm[i] for i in keep]
     iters = [settings.iterations[i] for i in keep]
     finest = levels[-1]
-    fixed, fixed_mask = template, template_mask
-    if finest > 1.0 + 1e-3:
-        fixed = ants.resample_image(ants.smooth_image(template, (finest - 1.0) / 2.0, sigma_in_physical_coordinates=True),
-                                    (finest,) * 3, use_voxels=False, interp_type=0)
-        fixed_mask = ants.resample_image(template_mask, (finest,) * 3, use_voxels=False, interp_type=1)
+    fixed, fixed_mask = target.at(finest)
     if voxel_mm < finest - 1e-3:
         # ANTs smooths the full moving image at every level of every stage; a scan finer than
         # the finest level is only ever sampled at that level, so smooth and shrink it once
@@ -308,8 +371,7 @@ def register_affine_to_template(
     init_file = workdir / "init.mat"
     if settings.init == "search":
         coarse = max(8.0, voxel_mm)
-        fixed_c = ants.resample_image(ants.smooth_image(template, coarse / 2.0, sigma_in_physical_coordinates=True),
-                                      (coarse,) * 3, use_voxels=False, interp_type=0)
+        fixed_c = target.coarse(coarse)
         moving_c = ants.resample_image(ants.smooth_image(moving, coarse / 2.0, sigma_in_physical_coordinates=True),
                                        (coarse,) * 3, use_voxels=False, interp_type=0)
         ants.affine_initializer(
@@ -323,7 +385,6 @@ def register_affine_to_template(
     else:
         raise ValueError(f"unknown registration init {settings.init!r} (search | moments)")
 
-    fixed_mask = fixed_mask != 0  # antsRegistration reads masks as unsigned char images
     f, m = get_pointer_string(fixed), get_pointer_string(moving)
     fm = get_pointer_string(fixed_mask)
     metric = settings.metric.upper()
@@ -395,8 +456,6 @@ def normalise_in_brain(volume: np.ndarray, brain: np.ndarray, low_pct: float = 0
 def run_native(t1w_path, out_dir, participant_id, grids, resources_root, settings, threads, template) -> dict:
     """The native engine on one scan, its outputs written into ``out_dir`` (see
     :func:`brainage.preprocess.preprocess_t1w`); returns the QC dict."""
-    from scipy import ndimage
-
     started = time.perf_counter()
     set_threads(threads)
     cfg = settings_from_config(settings)
@@ -421,11 +480,7 @@ def run_native(t1w_path, out_dir, participant_id, grids, resources_root, setting
     brain = corrected * mask_box
     timings["n4"] = time.perf_counter() - t
 
-    tpl, tpl_mask = load_template(resources_root, template)
-    tpl_img = ants_image(tpl, TEMPLATE_AFFINE_1MM)
-    # a 5 mm rim around the template brain lets the brain outline drive the fit
-    reg_mask = ndimage.binary_dilation(tpl_mask, iterations=5)
-    reg_mask_img = ants_image(reg_mask.astype(np.float32), TEMPLATE_AFFINE_1MM)
+    tpl = load_template(resources_root, template)
     voxel_mm = float(max(np.linalg.norm(img.affine[:3, :3], axis=0)))
     base_res = base_resolution(grids, voxel_mm)
     base_grid = template_grid(base_res)
@@ -434,7 +489,7 @@ def run_native(t1w_path, out_dir, participant_id, grids, resources_root, setting
     with tempfile.TemporaryDirectory(prefix="brainage-reg-") as work:
         t = time.perf_counter()
         try:
-            reg = register_affine_to_template(brain, tpl_img, reg_mask_img, cfg["registration"], workdir=work)
+            reg = register_affine_to_template(brain, registration_target(tpl), cfg["registration"], workdir=work)
         except RuntimeError as err:
             raise InputError(f"{participant_id}: {t1w_path}: registration failed ({err})") from None
         if not np.isfinite(reg.template_to_native).all():
@@ -455,7 +510,7 @@ def run_native(t1w_path, out_dir, participant_id, grids, resources_root, setting
         }
         metrics = finish_from_base(
             volume, brain_base, base_res, reg.template_to_native, mask, img.affine, participant_id, t1w_path,
-            out_dir, grids, tpl, tpl_mask, cfg["qc"], extra, transform_file=reg.transform_file, started=started,
+            out_dir, grids, tpl, cfg["qc"], extra, transform_file=reg.transform_file, started=started,
         )
     log.info("%s: NCC %.3f, brain %.0f ml, %s in %.1f s", participant_id, metrics["ncc"],
              metrics["brain_volume_ml"], "passed" if metrics["passed"] else "FAILED QC", metrics["runtime_s"])
