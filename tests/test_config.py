@@ -68,8 +68,11 @@ def test_demo_and_paper_configs_are_valid():
         assert config["preprocess"]["native"]["registration"]["metric"] == "GC", configfile
         # the study's saliency, not the demo's input gradient
         assert config["explain"]["method"] == "gradram", configfile
+        # the study's raw brain-age gap, not the demo's age-bias-corrected one beside it
+        assert config["infer"]["bias_correction"] is False, configfile
     assert demo()["preprocess"]["native"]["registration"]["levels_mm"] == [8, 4]
     assert demo()["explain"]["method"] == "gradient"
+    assert demo()["infer"]["bias_correction"] is True
 
 
 def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
@@ -147,6 +150,7 @@ def test_cross_key_problem_is_one_line(edit, line):
 ])
 def test_cohort_must_fill_every_split(n_hc, fractions, ok):
     config = demo()
+    config["infer"]["bias_correction"] = False  # its own check: the next test
     config["training"]["splits"]["fractions"] = fractions
     sim = {**config["cohort"]["simulate"], "n_hc": n_hc}
     participants = plan_cohort(**sim, seed=config["seed"], bids_root="bids")
@@ -154,6 +158,17 @@ def test_cohort_must_fill_every_split(n_hc, fractions, ok):
     assert (problems == []) == ok, problems
     if not ok:
         assert len(problems) == 1 and problems[0].startswith("config cohort.simulate: ")
+
+
+def test_age_bias_correction_needs_two_validation_subjects():
+    """10 controls leave one validation subject: no line to fit, said before any job runs."""
+    config = demo()
+    participants = plan_cohort(**{**config["cohort"]["simulate"], "n_hc": 10}, seed=config["seed"], bids_root="bids")
+    assert config["infer"]["bias_correction"] is True
+    problems = check_cohort(participants, config, "cohort.simulate")
+    assert len(problems) == 1 and "infer.bias_correction" in problems[0] and "1 subject(s)" in problems[0], problems
+    config["infer"]["bias_correction"] = False
+    assert check_cohort(participants, config, "cohort.simulate") == []
 
 
 def test_nested_config_values_are_typed():

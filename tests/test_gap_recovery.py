@@ -97,6 +97,28 @@ def test_figure_draws_each_groups_points(tmp_path):
     expected = frame[frame["split"] == "test"]
     assert sorted(hc["true_bag"]) == pytest.approx(sorted(expected["true_bag"]))
     assert len(points) == len(frame) - 10  # all but the validation subjects
+    assert "bag_corrected" not in points
+
+
+def test_figure_draws_the_corrected_gap_below_the_raw_one(tmp_path):
+    """With infer.bias_correction the predictions hold bag_corrected: a second block of panels
+    draws it against the same true BAG; a model predicted without it keeps its raw panel."""
+    from brainage.figures import fig_gap_recovery
+
+    frame = _predictions()
+    corrected = frame.assign(bag_corrected=frame["bag"] - (0.2 * frame["age"] - 12.0))
+    drawn = fig_gap_recovery({"m1": corrected, "m2": frame}, {"m1": "C0", "m2": "C1"}, [tmp_path / "g.png"])
+    ad = drawn["m1"][drawn["m1"]["group"] == "AD"]
+    expected = corrected[corrected["cohort"] == "AD"]
+    assert sorted(ad["bag_corrected"]) == pytest.approx(sorted(expected["bag_corrected"]))
+    assert sorted(ad["bag"]) == pytest.approx(sorted(expected["bag"]))
+    assert "bag_corrected" not in drawn["m2"]
+    from PIL import Image
+
+    raw_only = fig_gap_recovery({"m1": frame, "m2": frame}, {"m1": "C0", "m2": "C1"}, [tmp_path / "raw.png"])
+    assert set(raw_only) == {"m1", "m2"}
+    # two blocks of panels: the figure is about twice as tall
+    assert Image.open(tmp_path / "g.png").height > 1.8 * Image.open(tmp_path / "raw.png").height
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ def test_paper_training_settings_are_the_studys():
     assert paper["training"]["splits"]["fractions"] == [0.8, 0.1, 0.1]
     assert paper["training"]["augment"] == {"p": 0.5, "translate_vox": 10, "rotate_rad": [0.1, 0.5], "noise_sd": 0.025,
                                             "crop_min_scale": 0.7}
+    assert paper["infer"]["bias_correction"] is False  # the study reports the raw gap (the demo: corrected too)
 
 
 def _paper_workdir(tmp_path: Path, paper: dict | None = None) -> tuple[Path, Path]:

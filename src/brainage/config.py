@@ -163,6 +163,11 @@ def check_cohort(participants, config: Mapping, where: str) -> list[str]:
     if short:
         return [f"config {where}: {n_hc} healthy controls split {list(fractions)} leave too few subjects: "
                 f"{', '.join(short)}; add healthy controls or change training.splits.fractions"]
+    n_val = int(counts.get("val", 0))
+    if (config.get("infer") or {}).get("bias_correction") and n_val < 2:
+        return [f"config {where}: infer.bias_correction fits a line of BAG on age over the validation split, "
+                f"but {n_hc} healthy controls split {list(fractions)} leave it {n_val} subject(s) (needs 2); "
+                "set infer.bias_correction: false or add healthy controls"]
     return []
 
 

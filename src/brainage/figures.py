@@ -396,31 +396,54 @@ def fig_pred_vs_age(
 def fig_gap_recovery(predictions: Mapping[str, pd.DataFrame], colours: Mapping[str, str],
                      paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
     """Simulated cohorts: predicted against the simulator's true BAG per model, HC test, AD and
-    PD; identity line; r per group. Returns the points drawn per model (group, true, predicted)."""
+    PD; identity line; r per group. When a model's predictions hold the age-bias-corrected BAG
+    (infer.bias_correction), a second block of panels below shows it on the same axes. Returns
+    the points drawn per model (group, true_bag, bag and, when drawn, bag_corrected)."""
     names = list(predictions)
+    kinds = [("bag", "Predicted BAG (years)")]
+    if any(stats.has_corrected_gap(p) for p in predictions.values()):
+        kinds.append((stats.CORRECTED_BAG, "Predicted BAG, age-bias\ncorrected (years)"))
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.8 * nrows + 0.3), squeeze=False, sharex=True, sharey=True)
-    values = pd.concat([p[["true_bag", "bag"]] for p in predictions.values()]).to_numpy(float)
+    fig, axes = plt.subplots(nrows * len(kinds), ncols, figsize=(2.8 * ncols, 2.8 * nrows * len(kinds) + 0.3),
+                             squeeze=False, sharex=True, sharey=True)
+    columns = [k for k, _ in kinds]
+    values = pd.concat([p[["true_bag"] + [c for c in columns if c in p]] for p in predictions.values()])
+    values = values.apply(pd.to_numeric, errors="coerce").to_numpy(float)
     lim = 5 * math.ceil(np.nanmax(np.abs(values)) / 5) if np.isfinite(values).any() else 10
     drawn: dict[str, pd.DataFrame] = {}
-    for ax, name in zip(axes.flat, names):
-        points, text = [], []
-        for label, group in stats.gap_groups(predictions[name]):
-            cohort = "HC" if label.startswith("HC") else label
-            style = (dict(color=colours.get(name, "grey"), linewidths=0) if cohort == "HC"
-                     else dict(facecolors="none", edgecolors=COHORT_COLOURS[cohort], linewidths=0.7))
-            ax.scatter(group["true_bag"], group["bag"], s=10, marker=COHORT_MARKERS[cohort], alpha=0.8, label=label, **style)
-            points.append(pd.DataFrame({"group": label, "true_bag": group["true_bag"], "bag": group["bag"]}))
-            g = stats.gap_recovery(group["true_bag"], group["bag"])
-            if g.n:
-                text.append(f"{label}: r {g.r:.2f}" if np.isfinite(g.r) else f"{label}: n {g.n}")
-        ax.plot([-lim, lim], [-lim, lim], color="black", linestyle="--", linewidth=0.8)
-        ax.axhline(0, color="grey", linewidth=0.5), ax.axvline(0, color="grey", linewidth=0.5)
-        ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=7)
-        _square_panel(ax, name, colours.get(name, "black"), -lim, lim)
-        drawn[name] = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=["group", "true_bag", "bag"])
-    _label_panels(axes, len(names), "True BAG (years, simulator)", "Predicted BAG (years)")
+    for k, (column, ylabel) in enumerate(kinds):
+        block = axes[k * nrows:(k + 1) * nrows]
+        for ax, name in zip(block.flat, names):
+            pred = predictions[name]
+            if column not in pred:  # a model predicted without the correction
+                ax.text(0.5, 0.5, "no age-bias\ncorrection", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+                _square_panel(ax, name, colours.get(name, "black"), -lim, lim)
+                continue
+            points, text = [], []
+            for label, group in stats.gap_groups(pred):
+                cohort = "HC" if label.startswith("HC") else label
+                style = (dict(color=colours.get(name, "grey"), linewidths=0) if cohort == "HC"
+                         else dict(facecolors="none", edgecolors=COHORT_COLOURS[cohort], linewidths=0.7))
+                predicted = pd.to_numeric(group[column], errors="coerce")
+                ax.scatter(group["true_bag"], predicted, s=10, marker=COHORT_MARKERS[cohort], alpha=0.8, label=label, **style)
+                points.append(pd.DataFrame({"group": label, "true_bag": group["true_bag"], column: predicted}))
+                g = stats.gap_recovery(group["true_bag"], predicted)
+                if g.n:
+                    text.append(f"{label}: r {g.r:.2f}" if np.isfinite(g.r) else f"{label}: n {g.n}")
+            ax.plot([-lim, lim], [-lim, lim], color="black", linestyle="--", linewidth=0.8)
+            ax.axhline(0, color="grey", linewidth=0.5), ax.axvline(0, color="grey", linewidth=0.5)
+            ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=7)
+            _square_panel(ax, name if k == 0 else f"{name} (corrected)", colours.get(name, "black"), -lim, lim)
+            frame = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=["group", "true_bag", column])
+            drawn[name] = frame if k == 0 else drawn[name].assign(**{column: frame[column].to_numpy()})
+        for ax in block.flat[len(names):]:
+            ax.set_visible(False)
+        for ax in block[:, 0]:
+            ax.set_ylabel(ylabel)
+    for ax in axes[-1]:
+        ax.set_xlabel("True BAG (years, simulator)")
+    axes.flat[0].legend(loc="lower right", frameon=False, fontsize=7, markerscale=1.5)
     fig.tight_layout(w_pad=1.5)  # the panels' end ticks (-lim, lim) would touch
     save(fig, paths)
     return drawn

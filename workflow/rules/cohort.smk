@@ -50,6 +50,8 @@ if config["cohort"]["source"] == "simulate":
                 conda:
                     "../../envs/imaging.yaml"
                 threads: 1
+                # before any preprocessing (see rule simulate_cohort)
+                priority: 1
                 resources:
                     mem_mb=int(
                         900
@@ -80,6 +82,8 @@ if config["cohort"]["source"] == "simulate":
             conda:
                 "../../envs/imaging.yaml"
             threads: 1
+            # before any preprocessing (see rule simulate_cohort)
+            priority: 1
             resources:
                 mem_mb=int(
                     900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
@@ -121,6 +125,10 @@ if config["cohort"]["source"] == "simulate":
         conda:
             "../../envs/imaging.yaml"
         threads: 1
+        # It needs every simulated scan, and splits (hence training) need it: with the
+        # simulations first (priority), it runs beside preprocessing instead of after it, with
+        # one core idle (46 s of a 30-minute demo, benchmarks/bench_demo.py, 2026-12-06).
+        priority: 1
         resources:
             mem_mb=3000,
         params:
