@@ -47,11 +47,11 @@ if config["cohort"]["source"] == "simulate":
                     expand("logs/simulate_subject/{subject}.log", subject=SIM_MEMBERS),
                 benchmark:
                     f"logs/simulate_subject/{SIM_BATCH}.benchmark.tsv"
+                # before any preprocessing (see rule simulate_cohort)
+                priority: 1
                 conda:
                     "../../envs/imaging.yaml"
                 threads: 1
-                # before any preprocessing (see rule simulate_cohort)
-                priority: 1
                 resources:
                     mem_mb=int(
                         900
@@ -79,11 +79,11 @@ if config["cohort"]["source"] == "simulate":
                 "logs/simulate_subject/{subject}.benchmark.tsv"
             wildcard_constraints:
                 subject="sub-[A-Za-z0-9]+",
+            # before any preprocessing (see rule simulate_cohort)
+            priority: 1
             conda:
                 "../../envs/imaging.yaml"
             threads: 1
-            # before any preprocessing (see rule simulate_cohort)
-            priority: 1
             resources:
                 mem_mb=int(
                     900 + 2600 / float(config["cohort"]["simulate"]["voxel_mm"]) ** 3
@@ -122,13 +122,13 @@ if config["cohort"]["source"] == "simulate":
             "logs/simulate_cohort/simulate_cohort.log",
         benchmark:
             "logs/simulate_cohort/simulate_cohort.benchmark.tsv"
-        conda:
-            "../../envs/imaging.yaml"
-        threads: 1
         # It needs every simulated scan, and splits (hence training) need it: with the
         # simulations first (priority), it runs beside preprocessing instead of after it, with
         # one core idle (46 s of a 30-minute demo, benchmarks/bench_demo.py, 2026-12-06).
         priority: 1
+        conda:
+            "../../envs/imaging.yaml"
+        threads: 1
         resources:
             mem_mb=3000,
         params:
