@@ -70,9 +70,7 @@ def main() -> None:
     from brainage.simulate.model import SimulationModel
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
-    pp = config["preprocess"]
-    settings = {k: v for k, v in pp.items() if k not in ("engine", "grids", "qc", "subjects_per_job")}
-    settings["qc"] = pp["qc"]
+    pp = config["preprocess"]  # the engine reads its `native` and `qc` keys (settings_from_config)
 
     with tempfile.TemporaryDirectory(prefix="bench-pp-batch-") as tmp:
         tmp = Path(tmp)
@@ -90,7 +88,7 @@ def main() -> None:
                     cache.cache_clear()
             start = time.perf_counter()
             preprocess_or_exclude(t1w, tmp / mode.split()[0] / subject, subject, pp["grids"], engine="native",
-                                  settings=settings, threads=args.threads)
+                                  settings=pp, threads=args.threads)
             return time.perf_counter() - start
 
         modes = ["baseline (per subject)", "shared (per batch)"]

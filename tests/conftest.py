@@ -158,6 +158,32 @@ def tiny_run_config() -> dict:
     return config
 
 
+#: what differs between two runs of the same preprocessing: its own timing and paths
+PREPROCESS_VOLATILE = frozenset({"runtime_s", "timings_s", "t1w"})
+
+
+def assert_same_preprocessing(mine: Path, ref: Path, volatile=PREPROCESS_VOLATILE, png: bool = False) -> None:
+    """The preprocessing outputs in folder ``mine`` are those in ``ref``: the same file names,
+    volumes, QC json but its ``volatile`` keys, and bytes of every other file (of the QC PNG
+    too with ``png``)."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    names = sorted(p.name for p in ref.iterdir())
+    assert sorted(p.name for p in mine.iterdir()) == names
+    for name in names:
+        a, b = mine / name, ref / name
+        if name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata(), err_msg=name)
+        elif name.endswith(".json"):
+            drop = (lambda d: {k: v for k, v in d.items() if k not in volatile})
+            assert drop(json.loads(a.read_text())) == drop(json.loads(b.read_text())), name
+        elif png or not name.endswith(".png"):  # the QC figure's PNG bytes carry nothing more
+            assert a.read_bytes() == b.read_bytes(), name
+
+
 def spoil_header_voxel_size(path: Path, scale: float) -> None:
     """Rewrite ``path`` with its voxel sizes times ``scale`` (the data untouched): a wrong header."""
     import nibabel as nib
