@@ -16,7 +16,7 @@ affine component of its own -- above all the brain shrinkage of old subjects, up
 brain volume at 88 years -- which a 12-dof registration of the skull-stripped brain rightly
 absorbs. So the error is measured against the **best affine fit** of the full true map: the
 least-squares affine, over the same template-brain points, of ``z -> inv(P) (id + u)^-1 (z)``
-(:func:`brainage.simulate.scan.best_affine_template_to_native`), the closest any affine can
+(:func:`brainage.data.simulate.scan.best_affine_template_to_native`), the closest any affine can
 come. Printed beside it: the error against the pose alone (the affine the simulator's truth
 files state, ``native_to_mni``; what this script measured before), the distance between the
 two truths (how much of the pose error is the deformation's own affine part, not a
@@ -38,8 +38,8 @@ import nibabel as nib
 import numpy as np
 
 from brainage import TEMPLATE_SPACE
-from brainage.atlases import load_template_1mm
-from brainage.grids import TEMPLATE_AFFINE_1MM
+from brainage.data.atlases import load_template_1mm
+from brainage.core.grids import TEMPLATE_AFFINE_1MM
 
 
 def template_brain_points() -> np.ndarray:
@@ -58,9 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results")
     args = parser.parse_args()
-    from brainage.simulate.anatomy import Anatomy, cached_anatomy
-    from brainage.simulate.model import SimulationModel
-    from brainage.simulate.scan import best_affine_template_to_native
+    from brainage.data.simulate.anatomy import Anatomy, cached_anatomy
+    from brainage.data.simulate.model import SimulationModel
+    from brainage.data.simulate.scan import best_affine_template_to_native
 
     results = Path(args.results)
     truth_root = results / "cohort" / "truth"

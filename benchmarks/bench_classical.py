@@ -1,11 +1,11 @@
-"""The classical baseline (brainage.classical) on real brains: k-fold CV, plain and nested.
+"""The classical baseline (brainage.models.classical) on real brains: k-fold CV, plain and nested.
 
     python benchmarks/bench_classical.py --cache results/cache/res-4 [--grid 4] [--folds 5] [--seed 0]
         [--nested]
 
 Reads a cache the pipeline wrote (``volumes.npy`` + ``index.tsv``: every healthy subject of the
 index, whatever its split) and prints, per outer fold, MAE and R2 of the default settings
-(brainage.spec.Classical) and the mean-age baseline (the fold's training mean), then mean +- SD
+(brainage.models.spec.Classical) and the mean-age baseline (the fold's training mean), then mean +- SD
 over folds. ``--nested`` also picks features x smoothing x kernel inside each outer training
 fold by an inner k-fold CV (GP restarts 0 while selecting; the outer test fold never takes
 part) and reports that model's outer-fold accuracy: the honest number when the defaults were themselves chosen on the cohort.
@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from brainage.cache import CachedVolumes  # noqa: E402
-from brainage.classical import feature_maps, fit_features  # noqa: E402
-from brainage.spec import Classical  # noqa: E402
+from brainage.data.cache import CachedVolumes  # noqa: E402
+from brainage.models.classical import feature_maps, fit_features  # noqa: E402
+from brainage.models.spec import Classical  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 
 GRID = {"features": ("tissue", "intensity"), "smooth_mm": (2.0, 4.0, 8.0), "kernel": ("rbf", "linear")}

@@ -182,9 +182,9 @@ def units(overlays: list[Path], n_subjects: int, seed: int = 7) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from accuracy_preprocess import mean_distance_mm, template_brain_points
     from brainage.preprocess import preprocess_t1w
-    from brainage.simulate.anatomy import cached_anatomy
-    from brainage.simulate.model import plan_cohort
-    from brainage.simulate.scan import best_affine_template_to_native, simulate_scan
+    from brainage.data.simulate.anatomy import cached_anatomy
+    from brainage.data.simulate.model import plan_cohort
+    from brainage.data.simulate.scan import best_affine_template_to_native, simulate_scan
 
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     configs = {o.stem: _merge(base, yaml.safe_load(o.read_text()) or {}) for o in overlays}
@@ -231,7 +231,7 @@ def _synthetic_cache(folder: Path, grid: float, n_hc: int, seed: int):
     import numpy as np
     import pandas as pd
 
-    from brainage.grids import template_grid
+    from brainage.core.grids import template_grid
 
     rng = np.random.default_rng(seed)
     shape = template_grid(grid).shape
@@ -262,7 +262,7 @@ def epochs(overlays: list[Path], n_hc: int, measured_epochs: int = 1, seed: int 
     import pandas as pd
     import torch
 
-    from brainage.train import train_model
+    from brainage.train.engine import train_model
 
     torch.set_num_threads(2)
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -2,10 +2,10 @@
 
     python benchmarks/bench_explain.py [--backbone resnet18] [--width 1.0] [--reps 3]
 
-1. Grad-RAM of a batch (``brainage.explain.grad_ram``: one forward, one backward that stops
+1. Grad-RAM of a batch (``brainage.apply.explain.grad_ram``: one forward, one backward that stops
    at layer4) against one plain training-style forward + backward of the same batch (L1 loss,
    gradients of every parameter). Target: ratio <= 1.5.
-2. Inference throughput (subjects/s, ``brainage.infer.predict_ages``, batched, no gradients)
+2. Inference throughput (subjects/s, ``brainage.apply.infer.predict_ages``, batched, no gradients)
    at the demo grid (4 mm) and at 2 mm, beside the same model run one subject at a time.
 """
 
@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from brainage.explain import grad_ram
-from brainage.grids import template_grid
-from brainage.infer import predict_ages
-from brainage.models import iter_batches
-from brainage.networks import build_age_model
+from brainage.apply.explain import grad_ram
+from brainage.core.grids import template_grid
+from brainage.apply.infer import predict_ages
+from brainage.models.files import iter_batches
+from brainage.models.networks import build_age_model
 
 
 def _median_time(fn, reps: int) -> float:

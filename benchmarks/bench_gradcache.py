@@ -30,8 +30,8 @@ def child(batch: int, chunk: int | None, width: float, threads: int) -> dict:
     import monai
     import torch
 
-    from brainage.gradcache import contrastive_step
-    from brainage.losses import RnCLoss
+    from brainage.train.gradcache import contrastive_step
+    from brainage.train.losses import RnCLoss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from brainage.augment import AugmentConfig, AugmentParams, augment_volume, sample_params
-from brainage.cache import CachedVolumes, build_cache, normalise_intensity
-from brainage.grids import template_grid
+from brainage.train.augment import AugmentConfig, AugmentParams, augment_volume, sample_params
+from brainage.data.cache import CachedVolumes, build_cache, normalise_intensity
+from brainage.core.grids import template_grid
 
 
 def _brain_like(shape, rng) -> np.ndarray:
@@ -95,7 +95,7 @@ def main() -> None:
         for i in range(n_epoch):
             naive(i)
         naive_rate = n_epoch / (time.perf_counter() - t)
-        from brainage.train import _Volumes, _collate
+        from brainage.train.engine import _Volumes, _collate
 
         ds = _Volumes(cache, np.arange(len(ids)), np.full(len(ids), 50.0), cfg, 1, 0, 1, augment_here=True)
         batches = [[(e, i), (e, i + 1)] for e in range(epochs) for i in range(0, len(ids) - 1, 2)]

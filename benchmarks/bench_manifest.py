@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainage.manifest import COHORTS, SEXES, read_manifest, validate
+from brainage.data.manifest import COHORTS, SEXES, read_manifest, validate
 
 
 def best_of(repeats: int, func) -> float:

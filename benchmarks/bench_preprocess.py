@@ -43,7 +43,7 @@ def baseline(t1w: Path, tpl_img, grids=(1.0, 2.0)) -> np.ndarray:
     """The ANTsPy-defaults chain; returns the template-to-native RAS affine."""
     import ants
 
-    from brainage.grids import downsample_from_1mm
+    from brainage.core.grids import downsample_from_1mm
     from brainage.preprocess import load_t1w, native
 
     img = load_t1w(t1w, "bench")
@@ -68,12 +68,12 @@ def main() -> None:
 
     import json
 
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import TEMPLATE_AFFINE_1MM
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import TEMPLATE_AFFINE_1MM
     from brainage.preprocess import native, preprocess_t1w
-    from brainage.simulate.anatomy import build_anatomy
-    from brainage.simulate.model import plan_cohort
-    from brainage.simulate.scan import best_affine_template_to_native, simulate_scan
+    from brainage.data.simulate.anatomy import build_anatomy
+    from brainage.data.simulate.model import plan_cohort
+    from brainage.data.simulate.scan import best_affine_template_to_native, simulate_scan
 
     native.set_threads(args.threads)
     tpl, tpl_mask = load_template_1mm()

@@ -9,7 +9,7 @@ mask as ANTs images, smoothed and resampled to the pyramid's finest level
 (brainage.preprocess.native.registration_target) -- and deepbet's two networks. The baseline
 is the same code with those caches emptied before every subject, which is the work each
 subject did before they were shared; the two alternate subject by subject in one process, so
-both see the same machine load. Subjects: simulated raw scans (brainage.simulate, the demo's
+both see the same machine load. Subjects: simulated raw scans (brainage.data.simulate, the demo's
 2 mm voxels by default), written to a temporary folder. Every output of the two runs must be
 the same (volumes, masks, affines, QC json but its timings, QC figure bytes).
 """
@@ -63,11 +63,11 @@ def main() -> None:
 
     import yaml
 
-    from brainage.paths import simulated_subject_files
+    from brainage.core.paths import simulated_subject_files
     from brainage.preprocess import preprocess_or_exclude
-    from brainage.simulate import cached_anatomy, plan_cohort
-    from brainage.simulate.cohort import write_subject
-    from brainage.simulate.model import SimulationModel
+    from brainage.data.simulate import cached_anatomy, plan_cohort
+    from brainage.data.simulate.cohort import write_subject
+    from brainage.data.simulate.model import SimulationModel
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
     pp = config["preprocess"]  # the engine reads its `native` and `qc` keys (settings_from_config)

@@ -80,7 +80,7 @@ def write_config(work: Path, data: Path, args, models: dict) -> Path:
 
 def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool) -> float:
     """Snakemake up to every model's out-of-fold predictions; returns the wall time (s)."""
-    from brainage import paths
+    from brainage.core import paths
 
     targets = [str(paths.prediction_files(m)["tsv"]) for m in models]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", str(cores),
@@ -97,7 +97,7 @@ def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool
 
 def mean_age_baseline(work: Path) -> pd.DataFrame:
     """Each fold predicts its training (train + val) subjects' mean age for its test subjects."""
-    from brainage.splits import read_splits
+    from brainage.data.splits import read_splits
 
     rows = []
     for path in sorted((work / "results" / "splits").glob("r*f*.tsv")):
@@ -110,7 +110,7 @@ def mean_age_baseline(work: Path) -> pd.DataFrame:
 
 
 def summary_row(name: str, age: np.ndarray, pred: np.ndarray, folds: pd.DataFrame, wall: float | None) -> dict:
-    from brainage.stats import mean_absolute_error, r_squared
+    from brainage.report.stats import mean_absolute_error, r_squared
 
     return {"model": name, "n": len(age), "mae": mean_absolute_error(age, pred)[0], "r2": r_squared(age, pred),
             "mae_folds": folds["mae"].mean(), "mae_folds_sd": folds["mae"].std(ddof=1),
@@ -118,9 +118,9 @@ def summary_row(name: str, age: np.ndarray, pred: np.ndarray, folds: pd.DataFram
 
 
 def model_rows(work: Path, models: dict) -> list[dict]:
-    from brainage import paths
-    from brainage.cv import fold_accuracy
-    from brainage.stats import read_predictions
+    from brainage.core import paths
+    from brainage.data.cv import fold_accuracy
+    from brainage.report.stats import read_predictions
 
     rows = []
     for name in models:
@@ -133,7 +133,7 @@ def model_rows(work: Path, models: dict) -> list[dict]:
 
 
 def baseline_row(work: Path) -> dict:
-    from brainage.stats import mean_absolute_error, r_squared
+    from brainage.report.stats import mean_absolute_error, r_squared
 
     base = mean_age_baseline(work)
     folds = pd.DataFrame([{"mae": mean_absolute_error(g["age"], g["pred"])[0], "r2": r_squared(g["age"], g["pred"])}
@@ -143,13 +143,13 @@ def baseline_row(work: Path) -> dict:
 
 def demo_rows(work: Path, demo_models: Path, grid: float) -> list[dict]:
     """Models trained on the simulated demo cohort, applied to every real subject."""
-    from brainage.cache import CachedVolumes
-    from brainage.grids import res_label
-    from brainage.infer import predict_ages
-    from brainage.models import iter_batches, load_model, pick_device
-    from brainage.paths import cache_files
-    from brainage.splits import read_splits
-    from brainage.stats import mean_absolute_error, r_squared
+    from brainage.data.cache import CachedVolumes
+    from brainage.core.grids import res_label
+    from brainage.apply.infer import predict_ages
+    from brainage.models.files import iter_batches, load_model, pick_device
+    from brainage.core.paths import cache_files
+    from brainage.data.splits import read_splits
+    from brainage.report.stats import mean_absolute_error, r_squared
 
     files = cache_files(work / "results" / "cache", res_label(grid))
     cache = CachedVolumes(str(files["volumes"]), str(files["index"]))

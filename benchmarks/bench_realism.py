@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainage import realism
-from brainage.paths import simulated_cohort_files
+import realism  # benchmarks/realism.py: benchmark-only measurements, not the library
+from brainage.core.paths import simulated_cohort_files
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     sim_dir = work / args.sim_name
     manifest = simulated_cohort_files(sim_dir)["manifest"]
     if not manifest.exists():
-        from brainage.simulate import simulate_cohort
+        from brainage.data.simulate import simulate_cohort
 
         simulate_cohort(sim_dir, args.n_sim, 0, 0, args.seed, 2.0)
     cohorts = {"sim": pd.read_csv(manifest, sep="\t"),

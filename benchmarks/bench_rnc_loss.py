@@ -27,7 +27,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from brainage.losses import RnCLoss, feature_similarities, rnc_loss_reference
+from brainage.train.losses import RnCLoss, feature_similarities, rnc_loss_reference
 
 
 def forward_backward(loss_fn, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

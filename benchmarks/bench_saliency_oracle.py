@@ -9,11 +9,11 @@ The oracle maps use the preprocessed volumes themselves, no network, each divide
 voxelwise |Pearson r| of intensity with age over the healthy controls; for AD and PD, the
 voxelwise |Cohen's d| of the patients against the controls after removing the controls' linear
 age trend from both. Each map is ranked by AAL116 region (mean over the region's voxels) and
-scored exactly as the Grad-RAM maps are (brainage.explain.truth_check: precision at 10
+scored exactly as the Grad-RAM maps are (brainage.apply.explain.truth_check: precision at 10
 against the 10 regions of largest |signal change| in results/cohort/truth/effects_aal116.tsv,
-brainage.explain.TRUTH_MEASURE; |volume change| for a run simulated before 2026-12-05;
+brainage.apply.explain.TRUTH_MEASURE; |volume change| for a run simulated before 2026-12-05;
 p from 10,000 random rankings), once at the grid's resolution and once block-averaged to about
-``--cells`` cells per axis, the resolution of the Grad-RAM maps (brainage.explain `auto` layer).
+``--cells`` cells per axis, the resolution of the Grad-RAM maps (brainage.apply.explain `auto` layer).
 If the oracle maps miss the truth too, the limit is the data and the truth's definition, not
 the network or Grad-RAM. ``--grid 2`` (no model of the demo uses it, so it has no cache) reads
 every subject's preprocessed 2 mm volume: what a map on the study's 2 mm grid could find.
@@ -46,7 +46,7 @@ def block_average(volume: np.ndarray, cells: int) -> np.ndarray:
 
 
 def region_table(volume: np.ndarray, labels: np.ndarray, names: pd.DataFrame) -> pd.DataFrame:
-    """Mean of ``volume`` per AAL116 region, ranked (the shape of brainage.explain's tables)."""
+    """Mean of ``volume`` per AAL116 region, ranked (the shape of brainage.apply.explain's tables)."""
     rows = []
     for index, name in zip(names["index"], names["name"]):
         inside = (labels == index) & np.isfinite(volume)
@@ -85,9 +85,9 @@ def oracle_maps(volumes: np.ndarray, index: pd.DataFrame, brain: np.ndarray) -> 
 def load_volumes(run: Path, grid: str, raw: bool) -> tuple[np.ndarray, pd.DataFrame]:
     """Every subject's volume on ``grid`` (from the training cache, else the preprocessed NIfTIs)
     and its participant_id, age and split; normalised as the networks see them unless ``raw``."""
-    from brainage.cache import CachedVolumes, intensity_scale
-    from brainage.paths import cache_files, preprocessed_t1w
-    from brainage.splits import read_splits
+    from brainage.data.cache import CachedVolumes, intensity_scale
+    from brainage.core.paths import cache_files, preprocessed_t1w
+    from brainage.data.splits import read_splits
 
     files = cache_files(run / "results" / "cache", f"res-{grid}")
     if files["volumes"].exists():
@@ -109,8 +109,8 @@ def load_volumes(run: Path, grid: str, raw: bool) -> tuple[np.ndarray, pd.DataFr
 
 
 def main(argv=None) -> None:
-    from brainage.explain import TRUTH_MEASURE, read_effects, relevant_regions, truth_check
-    from brainage.stats import holm
+    from brainage.apply.explain import TRUTH_MEASURE, read_effects, relevant_regions, truth_check
+    from brainage.report.stats import holm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)

@@ -1,13 +1,13 @@
-"""Seconds per saliency PNG (brainage.explain.plot_group_map) in a process like the saliency
+"""Seconds per saliency PNG (brainage.apply.explain.plot_group_map) in a process like the saliency
 rule's (torch imported, a ResNet18 built), with and without the objects alive before the plot
-frozen out of garbage collection (brainage.explain.gc_frozen).
+frozen out of garbage collection (brainage.apply.explain.gc_frozen).
 
     python benchmarks/bench_saliency_png.py [--reps 4] [--res 4]
 
 nilearn calls gc.collect() every time it reads an image (12 times per PNG); each call walks
 every object of the process. The baseline runs the same function with gc_frozen replaced by a
 no-op; the two alternate, so both see the same machine load. A map of a smooth random field on
-the template, resources written by brainage.atlases.build_resources into a temporary folder.
+the template, resources written by brainage.data.atlases.build_resources into a temporary folder.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def main() -> None:
 
     import torch  # noqa: F401  (the saliency rule's process holds torch and a network)
 
-    from brainage import explain
-    from brainage.atlases import build_resources
-    from brainage.networks import build_age_model
+    from brainage.apply import explain
+    from brainage.data.atlases import build_resources
+    from brainage.models.networks import build_age_model
 
     model = build_age_model({"backbone": "resnet18"}, age_mean=55.0, age_sd=15.0)  # noqa: F841
     frozen = explain.gc_frozen

@@ -4,9 +4,9 @@
 
 Scores region rankings against three definitions of what the simulator changed, all from
 RUN_DIR/results/cohort/truth/effects_aal116.tsv (recomputed by
-brainage.simulate.cohort.effects_table for a run simulated before the ``AD_specific`` rows):
+brainage.data.simulate.cohort.effects_table for a run simulated before the ``AD_specific`` rows):
 
-``signal``: the pipeline's truth (brainage.explain.TRUTH_MEASURE, TRUTH_EFFECT): the mean
+``signal``: the pipeline's truth (brainage.apply.explain.TRUTH_MEASURE, TRUTH_EFFECT): the mean
     |signal change| per AAL116 region of the simulator's mean subject rendered on the template
     (20 -> 80 years for ageing; AD and PD: the cohort's mean patient, its disease atrophy and
     biological-age increment, against an age-matched control).
@@ -14,7 +14,7 @@ brainage.simulate.cohort.effects_table for a run simulated before the ``AD_speci
 ``volume``: |volume change| of the effect's deformation (the truth before 2026-12-05).
 
 1. Every group map the run wrote (results/saliency/<model>/aal116.tsv), scored by
-   brainage.explain.truth_checks (Holm across each model's groups): per truth and effect, the
+   brainage.apply.explain.truth_checks (Holm across each model's groups): per truth and effect, the
    precision@10 range over groups and models and the smallest Holm p.
 2. ``--methods``: on the run's 4 mm cache, the healthy test subjects' and the AD subjects' group
    maps of every network, recomputed by each method (Grad-RAM on layer1-layer3, the input
@@ -42,15 +42,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def run_truths(run: Path) -> dict[str, pd.DataFrame]:
     """{"signal": ..., "specific": ..., "volume": ...}: the run's truth table ranked three ways."""
-    from brainage.explain import TRUTH_MEASURE
+    from brainage.apply.explain import TRUTH_MEASURE
 
     effects = pd.read_csv(run / "results" / "cohort" / "truth" / "effects_aal116.tsv", sep="\t")
     if "AD_specific" not in set(effects["effect"]):  # simulated before 2026-12-06: recompute the table
         import yaml
 
-        from brainage.simulate.anatomy import Anatomy
-        from brainage.simulate.cohort import effects_table
-        from brainage.simulate.model import model_from_config
+        from brainage.data.simulate.anatomy import Anatomy
+        from brainage.data.simulate.cohort import effects_table
+        from brainage.data.simulate.model import model_from_config
 
         config = yaml.safe_load((run / "config" / "config.yaml").read_text())
         anatomy = Anatomy.load(run / "results" / "cohort" / "truth" / "anatomy.npz")
@@ -65,7 +65,7 @@ def run_truths(run: Path) -> dict[str, pd.DataFrame]:
 
 
 def score_written_maps(run: Path, truths: dict[str, pd.DataFrame]) -> None:
-    from brainage.explain import truth_checks
+    from brainage.apply.explain import truth_checks
 
     summary = defaultdict(list)
     for table in sorted((run / "results" / "saliency").glob("*/aal116.tsv")):
@@ -84,10 +84,10 @@ def compare_methods(run: Path, truths: dict[str, pd.DataFrame]) -> None:
     import nibabel as nib
     import torch
 
-    from brainage.atlases import aal_labels
-    from brainage.cache import CachedVolumes
-    from brainage.explain import parcel_table, relevant_regions, saliency_maps, truth_check
-    from brainage.models import load_model
+    from brainage.data.atlases import aal_labels
+    from brainage.data.cache import CachedVolumes
+    from brainage.apply.explain import parcel_table, relevant_regions, saliency_maps, truth_check
+    from brainage.models.files import load_model
 
     res = 4
     cache = CachedVolumes(run / "results" / "cache" / f"res-{res}" / "volumes.npy", run / "results" / "cache" / f"res-{res}" / "index.tsv")
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--methods", action="store_true", help="also recompute group maps by every method (2-3 min)")
     args = parser.parse_args()
     truths = run_truths(args.run)
-    from brainage.explain import relevant_regions
+    from brainage.apply.explain import relevant_regions
 
     for effect in ("ageing", "AD"):
         for truth, effects in truths.items():

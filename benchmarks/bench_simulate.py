@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from brainage.simulate import SITES, SimulationModel, build_anatomy, plan_subject
-from brainage.simulate.anatomy import HEAD_AFFINE, Anatomy
-from brainage.paths import simulated_subject_files
-from brainage.simulate.cohort import write_subject
-from brainage.simulate.scan import native_to_mni, raw_grid
+from brainage.data.simulate import SITES, SimulationModel, build_anatomy, plan_subject
+from brainage.data.simulate.anatomy import HEAD_AFFINE, Anatomy
+from brainage.core.paths import simulated_subject_files
+from brainage.data.simulate.cohort import write_subject
+from brainage.data.simulate.scan import native_to_mni, raw_grid
 
 DEMO = {"n_subjects": 120, "cores": 2}
 
@@ -70,7 +70,7 @@ def main() -> None:
               f"simulate+write {sim_s:.2f} s/subject; baseline one affine resampling {base_s:.2f} s "
               f"(ratio {sim_s / base_s:.1f}x); anatomy build {build_s:.1f} s, load {load_s:.2f} s")
     # a Snakemake job is a fresh Python process: start-up and imports count per subject
-    code = "import time; t = time.process_time(); import brainage.simulate.cohort, brainage.logs; print(time.process_time() - t)"
+    code = "import time; t = time.process_time(); import brainage.data.simulate.cohort, brainage.core.logs; print(time.process_time() - t)"
     imports_s = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     startup_s = imports_s + 0.05  # interpreter start-up
     build_s, load_s, sim_s, _, _ = results[2.0]

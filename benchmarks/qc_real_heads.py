@@ -46,7 +46,7 @@ MISREGISTRATIONS = [("shift 4 mm", 4.0, 0.0), ("shift 8 mm", 8.0, 0.0), ("rotate
 def participant_id(scan: Path) -> str:
     """``sub-IXI012`` for ``IXI012-HH-1211-T1_ds.nii.gz`` (the manifest's IXI ids); BIDS names
     give their ``sub-`` label; anything else its letters and digits."""
-    from brainage.manifest import _IXI_T1
+    from brainage.data.manifest import _IXI_T1
     from brainage.preprocess import _id_from_name
 
     match = _IXI_T1.fullmatch(scan.name)
@@ -62,7 +62,7 @@ def _run_one(scan: str, out: str, sub: str, settings: dict) -> tuple[str, float]
 
 
 def outputs(out: Path, sub: str) -> dict[str, Path]:
-    from brainage.paths import preprocess_outputs
+    from brainage.core.paths import preprocess_outputs
 
     return preprocess_outputs(out / sub / "anat", sub, GRIDS)
 
@@ -86,8 +86,8 @@ def misregistered_ncc(out: Path, subs: list[str]) -> pd.DataFrame:
     import nibabel as nib
     from scipy import ndimage
 
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import downsample_from_1mm
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import downsample_from_1mm
     from brainage.preprocess.qc import ncc
 
     tpl, mask = load_template_1mm()
@@ -133,7 +133,7 @@ def summary(table: pd.DataFrame, moved: pd.DataFrame, label: str) -> None:
 
 def demographics_check(table: pd.DataFrame, data_dirs: list[Path]) -> None:
     """Ages and sexes through the project's IXI importer, where a demographics.csv is beside the scans."""
-    from brainage.manifest import from_ixi
+    from brainage.data.manifest import from_ixi
 
     frames = [from_ixi(d / "demographics.csv", d) for d in data_dirs if (d / "demographics.csv").exists()]
     if not frames:

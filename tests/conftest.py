@@ -35,7 +35,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def atlas_root(tmp_path_factory) -> Path:
     """Template, mask and AAL116 at 1, 2 and 4 mm, written once by the library."""
-    from brainage.atlases import build_resources
+    from brainage.data.atlases import build_resources
 
     root = tmp_path_factory.mktemp("atlases")
     build_resources(root, [1, 2, 4])

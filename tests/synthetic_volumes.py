@@ -45,8 +45,8 @@ def synthetic_cohort(root: Path, n_hc: int = 40, n_ad: int = 4, n_pd: int = 0,
 def synthetic_cache(root: Path, n_hc: int, n_ad: int, shape: tuple[int, int, int]):
     """:func:`synthetic_cohort` split 80/10/10 (seed 0) and cached: (participants, {id: path}, splits,
     volumes.npy path, index.tsv path)."""
-    from brainage.cache import build_cache
-    from brainage.splits import make_splits
+    from brainage.data.cache import build_cache
+    from brainage.data.splits import make_splits
 
     root = Path(root)
     participants, paths = synthetic_cohort(root / "vols", n_hc=n_hc, n_ad=n_ad, shape=shape)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.augment import AugmentConfig, AugmentParams, augment_volume, sample_params
+from brainage.train.augment import AugmentConfig, AugmentParams, augment_volume, sample_params
 
 SHAPE = (40, 46, 40)
 
@@ -48,7 +48,7 @@ def test_folded_matrix_matches_monai(seed):
     Resize (the study's sequential path, and ours) clamps to the crop's edge."""
     from monai.transforms import Compose
 
-    from brainage.augment import spatial_transforms
+    from brainage.train.augment import spatial_transforms
 
     vol = _smooth_volume()
     cfg = AugmentConfig(p=1.0)
@@ -102,7 +102,7 @@ def test_p_zero_is_identity():
 def test_axis_aligned_path_equals_grid_sample(seed):
     """Without rotation the folded path interpolates axis by axis; it equals trilinear grid_sample
     of the same map (zero outside), including translations that move content out of the grid."""
-    from brainage.augment import resample_affine, voxel_matrix
+    from brainage.train.augment import resample_affine, voxel_matrix
 
     vol = torch.rand(1, *SHAPE)  # non-zero up to the borders: padding is exercised
     p = sample_params(AugmentConfig(p=1.0), SHAPE, np.random.default_rng(200 + seed))

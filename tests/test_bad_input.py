@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from brainage.cli import main
-from brainage.grids import template_grid
-from brainage.io import atomic_dir, check_output_dir
-from brainage.networks import build_age_model
+from brainage.core.grids import template_grid
+from brainage.core.io import atomic_dir, check_output_dir
+from brainage.models.networks import build_age_model
 
 REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi"
@@ -160,7 +160,7 @@ def test_atomic_dir_moves_everything_or_nothing(tmp_path):
 
 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
-    from brainage.io import atomic_path
+    from brainage.core.io import atomic_path
 
     stale = tmp_path / ".volumes.npy.abc123.tmp.npy"  # what SIGKILL left mid-write
     other = tmp_path / ".index.tsv.def456.tmp.tsv"  # another output's: not touched
@@ -180,7 +180,7 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
 
 
 def test_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path):
-    from brainage.io import InputError
+    from brainage.core.io import InputError
 
     (tmp_path / "f").write_text("")
     with pytest.raises(InputError, match="is a file"):

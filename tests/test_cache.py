@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainage.cache import CachedVolumes, build_cache, normalise_intensity
+from brainage.data.cache import CachedVolumes, build_cache, normalise_intensity
 from synthetic_volumes import synthetic_cohort
 
 

@@ -1,4 +1,4 @@
-"""The classical baseline (brainage.classical): PCA of smoothed tissue maps, then a Gaussian process.
+"""The classical baseline (brainage.models.classical): PCA of smoothed tissue maps, then a Gaussian process.
 
 Judged against independent expectations: it recovers age from a known age-driven pattern and
 not from shuffled ages; the saved model predicts as scikit-learn's own PCA + GP do; nothing it
@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from brainage.cache import CachedVolumes, build_cache
-from brainage.classical import fit_classical, tissue_maps
-from brainage.infer import predictions_table
-from brainage.models import load_model
-from brainage.spec import has_saliency, resolve_spec
-from brainage.stats import model_roles
-from brainage.train import train_model
+from brainage.data.cache import CachedVolumes, build_cache
+from brainage.models.classical import fit_classical, tissue_maps
+from brainage.apply.infer import predictions_table
+from brainage.models.files import load_model
+from brainage.models.spec import has_saliency, resolve_spec
+from brainage.report.stats import model_roles
+from brainage.train.engine import train_model
 from conftest import REPO
 from synthetic_volumes import synthetic_cache
 
@@ -101,9 +101,9 @@ def test_saved_model_loads_safely_and_predicts_as_fitted(data, trained, fitted):
 
 
 def test_saliency_refuses_a_classical_model(data, trained, tmp_path):
-    from brainage.explain import run_saliency
-    from brainage.io import InputError
-    from brainage.predict import predict_scan
+    from brainage.apply.explain import run_saliency
+    from brainage.core.io import InputError
+    from brainage.apply.predict import predict_scan
 
     _, paths, _, _, root = data
     cache = (root / "cache" / "volumes.npy", root / "cache" / "index.tsv")

@@ -20,7 +20,7 @@ from brainage.config import (
     schema_problems,
     typed_overrides,
 )
-from brainage.simulate import plan_cohort
+from brainage.data.simulate import plan_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -78,7 +78,7 @@ def test_demo_and_paper_configs_are_valid():
 def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
     """config/pretrain_sim.yaml (the README's pretraining on simulated brains) layered as its
     comment says, and its encoder usable by config/ixi.yaml's RNC model through init_from."""
-    from brainage.spec import Architecture, source_mismatch
+    from brainage.models.spec import Architecture, source_mismatch
 
     config = as_snakemake_layers("pretrain_sim.yaml")
     check_config(config, SCHEMA)

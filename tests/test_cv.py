@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from brainage.cv import fold_accuracy, merge_folds
-from brainage.io import InputError
-from brainage.splits import fold_names, make_cv_splits, splits_from_config
-from brainage.tables import table2_accuracy
+from brainage.data.cv import fold_accuracy, merge_folds
+from brainage.core.io import InputError
+from brainage.data.splits import fold_names, make_cv_splits, splits_from_config
+from brainage.report.tables import table2_accuracy
 
 
 def _cohort(n_hc=57, seed=0):

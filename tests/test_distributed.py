@@ -16,15 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from brainage.distributed import (
+from brainage.train.distributed import (
     all_gather_with_grad,
     cleanup_distributed,
     global_rnc_loss,
     init_distributed,
     is_main_process,
 )
-from brainage.gradcache import contrastive_step
-from brainage.losses import RnCLoss
+from brainage.train.gradcache import contrastive_step
+from brainage.train.losses import RnCLoss
 
 WORLD = 2
 GLOBAL_VIEWS = 8

@@ -13,8 +13,8 @@ from monai.networks.nets import resnet18
 from monai.visualize import GradCAM
 from torch import nn
 
-from brainage.atlases import aal_labels, resource_paths
-from brainage.explain import (
+from brainage.data.atlases import aal_labels, resource_paths
+from brainage.apply.explain import (
     GroupMeans,
     age_group,
     grad_ram,
@@ -130,7 +130,7 @@ def test_grad_ram_for_frozen_rnc_encoder_and_linear_head(trained_like):
 
 @pytest.mark.parametrize("backbone", ["resnet18", "sfcn"])
 def test_grad_ram_with_the_project_age_models(backbone):
-    from brainage.networks import build_age_model
+    from brainage.models.networks import build_age_model
 
     torch.manual_seed(0)
     model = build_age_model({"backbone": backbone, "width": 0.25, "conv1_stride": 2}, age_mean=55.0, age_sd=15.0).eval()
@@ -311,7 +311,7 @@ def _effects_fixture() -> tuple[pd.DataFrame, dict[str, list[str]]]:
 
 
 def test_truth_tables_of_an_older_simulator_rank_by_volume_change(tmp_path):
-    from brainage.explain import read_effects
+    from brainage.apply.explain import read_effects
 
     eff, truth = _effects_fixture()
     old = eff.drop(columns="volume_change_pct").rename(columns={"signal_change": "volume_change_pct"})
@@ -381,10 +381,10 @@ def test_truth_checks_on_a_known_answer():
 @pytest.mark.parametrize("method", ["gradram", "gradient"])
 def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_path, method):
     """Per-subject maps, group means, difference map and AAL116 table re-derived from the files."""
-    from brainage.cache import build_cache
-    from brainage.explain import run_saliency, saliency_file
-    from brainage.grids import template_grid
-    from brainage.networks import build_age_model
+    from brainage.data.cache import build_cache
+    from brainage.apply.explain import run_saliency, saliency_file
+    from brainage.core.grids import template_grid
+    from brainage.models.networks import build_age_model
 
     grid = template_grid(4)
     torch.manual_seed(0)
@@ -433,7 +433,7 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     for m in subj.values():
         assert m.min() == pytest.approx(0, abs=1e-4) and m.max() == pytest.approx(1, abs=1e-4)
     # each stored map is the Grad-RAM (the input gradient) of the normalised cached volume
-    from brainage.cache import CachedVolumes
+    from brainage.data.cache import CachedVolumes
 
     cache = CachedVolumes(tmp_path / "volumes.npy", tmp_path / "index.tsv")
     one = torch.from_numpy(cache.volume("sub-h2"))[None, None]
@@ -489,9 +489,9 @@ def test_run_saliency_files_against_independent_recomputation(atlas_root, tmp_pa
     ("resnet18", 1, 2.0, "layer4"),  # the study's 2 mm grid keeps layer4 (6 x 8 x 6)
 ])
 def test_auto_target_layer_keeps_six_voxels_per_axis(backbone, stride, res, expected):
-    from brainage.explain import auto_target_layer, block_shapes
-    from brainage.grids import template_grid
-    from brainage.networks import build_age_model
+    from brainage.apply.explain import auto_target_layer, block_shapes
+    from brainage.core.grids import template_grid
+    from brainage.models.networks import build_age_model
 
     model = build_age_model({"backbone": backbone, "width": 0.125, "conv1_stride": stride})
     shape = template_grid(res).shape
@@ -509,7 +509,7 @@ def test_auto_target_layer_keeps_six_voxels_per_axis(backbone, stride, res, expe
 def test_truth_checks_holm_corrects_across_groups():
     from statsmodels.stats.multitest import multipletests
 
-    from brainage.explain import truth_checks
+    from brainage.apply.explain import truth_checks
 
     regions = [f"R{i}" for i in range(30)]
     rng = np.random.default_rng(0)
@@ -531,7 +531,7 @@ def test_a_constant_map_ranks_nothing():
     and no p-value, and leaves the other groups' Holm correction to the groups that rank."""
     from statsmodels.stats.multitest import multipletests
 
-    from brainage.explain import truth_checks
+    from brainage.apply.explain import truth_checks
 
     regions = [f"R{i}" for i in range(30)]
     effects = pd.DataFrame([{"index": i + 1, "name": r, "effect": e, "signal_change": -float(30 - i)}
@@ -559,7 +559,7 @@ def test_group_png_is_the_same_with_garbage_collection_frozen(atlas_root, tmp_pa
 
     import matplotlib.image as mpimg
 
-    from brainage import explain
+    from brainage.apply import explain
 
     paths = resource_paths(atlas_root, 4)
     template = nib.load(str(paths["template"]))

@@ -13,10 +13,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from brainage import figures, stats, tables
-from brainage.io import read_participants
-from brainage.atlases import build_resources, resource_paths
-from brainage.paths import saliency_file
+from brainage.report import figures
+
+from brainage.report import stats
+
+from brainage.report import tables
+from brainage.core.io import read_participants
+from brainage.data.atlases import build_resources, resource_paths
+from brainage.core.paths import saliency_file
 
 import _stats_fixtures as fx
 
@@ -183,7 +187,7 @@ def test_fig3_three_sweep_points_sorted_by_batch_size(data, tmp_path):
     check_png(tmp_path / "f3.png", (1000, 700))
     check_vector(tmp_path / "f3.svg")
     # the TSV the rule writes keeps the same order
-    from brainage.io import write_tsv
+    from brainage.core.io import write_tsv
 
     write_tsv(tmp_path / "f3.tsv", sweep)
     assert list(pd.read_csv(tmp_path / "f3.tsv", sep="\t")["model"]) == list(sweep["model"])
@@ -273,7 +277,7 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
     (wf / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "cohort": {"source": "simulate"}, "models": models, "stats": stats_cfg}))
     (wf / "Snakefile").write_text(
         f'import sys\nsys.path.insert(0, "{REPO / "src"}")\n'
-        "from brainage.atlases import resource_paths\nfrom brainage.provenance import script_code_hash\n"
+        "from brainage.data.atlases import resource_paths\nfrom brainage.core.provenance import script_code_hash\n"
         f'def script_code(script):\n    return script_code_hash("{REPO / "workflow" / "scripts"}/" + script)\n'
         "from brainage import paths\n"
         "def model_dir(model):\n    return paths.model_dir(model)\n"

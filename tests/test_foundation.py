@@ -11,7 +11,7 @@ import yaml
 from snakemake.utils import validate
 
 from brainage import __version__
-from brainage.io import atomic_path
+from brainage.core.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -69,7 +69,7 @@ def test_code_hash_follows_the_module_source(tmp_path, monkeypatch):
     (pkg / "a.py").write_text("x = 1\n")
     (pkg / "b.py").write_text("y = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    script = "import sys; from brainage.provenance import code_hash; print(code_hash(*sys.argv[1:]))"
+    script = "import sys; from brainage.core.provenance import code_hash; print(code_hash(*sys.argv[1:]))"
 
     def digest(*modules):
         return subprocess.run([sys.executable, "-c", script, *modules], env={"PYTHONPATH": str(tmp_path)},

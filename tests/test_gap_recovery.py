@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from brainage import stats, tables
-from brainage.infer import add_true_gap
-from brainage.io import InputError
+from brainage.report import stats
+
+from brainage.report import tables
+from brainage.apply.infer import add_true_gap
+from brainage.core.io import InputError
 
 
 def _predictions(seed: int = 0) -> pd.DataFrame:
@@ -86,7 +88,7 @@ def test_add_true_gap_from_the_simulators_subjects_table(tmp_path):
 
 
 def test_figure_draws_each_groups_points(tmp_path):
-    from brainage.figures import fig_gap_recovery
+    from brainage.report.figures import fig_gap_recovery
 
     frame = _predictions()
     drawn = fig_gap_recovery({"m1": frame, "m2": frame}, {"m1": "C0", "m2": "C1"}, [tmp_path / "g.png", tmp_path / "g.svg"])
@@ -103,7 +105,7 @@ def test_figure_draws_each_groups_points(tmp_path):
 def test_figure_draws_the_corrected_gap_below_the_raw_one(tmp_path):
     """With infer.bias_correction the predictions hold bag_corrected: a second block of panels
     draws it against the same true BAG; a model predicted without it keeps its raw panel."""
-    from brainage.figures import fig_gap_recovery
+    from brainage.report.figures import fig_gap_recovery
 
     frame = _predictions()
     corrected = frame.assign(bag_corrected=frame["bag"] - (0.2 * frame["age"] - 12.0))

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from brainage.gradcache import contrastive_step
-from brainage.losses import RnCLoss
+from brainage.train.gradcache import contrastive_step
+from brainage.train.losses import RnCLoss
 
 
 class TinyEncoder(nn.Module):

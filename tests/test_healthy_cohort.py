@@ -8,9 +8,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from brainage import figures, tables
-from brainage.atlases import build_resources, resource_paths
-from brainage.paths import saliency_file
+from brainage.report import figures
+
+from brainage.report import tables
+from brainage.data.atlases import build_resources, resource_paths
+from brainage.core.paths import saliency_file
 
 import _stats_fixtures as fx
 

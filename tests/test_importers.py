@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage import manifest
-from brainage.io import InputError
+from brainage.data import manifest
+from brainage.core.io import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +143,7 @@ def test_conflicting_duplicate_rows_are_refused_all_listed(tmp_path, source):
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_rows_without_a_scan_are_one_warning_with_the_count(tmp_path, source, caplog):
     load, _ = SOURCES[source](tmp_path, "12,38.5,M\n14,40,F\n77,50,M\n88,51,F\n")
-    with caplog.at_level(logging.INFO, logger="brainage.manifest"):
+    with caplog.at_level(logging.INFO, logger="brainage.data.manifest"):
         frame = load()
     assert len(frame) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

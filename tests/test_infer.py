@@ -9,8 +9,8 @@ import torch
 from monai.networks.nets import resnet18
 from torch import nn
 
-from brainage.infer import fit_age_bias, predict_ages, predictions_table
-from brainage.models import iter_batches
+from brainage.apply.infer import fit_age_bias, predict_ages, predictions_table
+from brainage.models.files import iter_batches
 
 SHAPE = (8, 10, 8)
 

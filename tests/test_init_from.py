@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from brainage.cache import CachedVolumes
-from brainage.models import load_model
-from brainage.networks import build_age_model
-from brainage.spec import entry_problems
-from brainage.train import _predict, rebase_head, train_model
+from brainage.data.cache import CachedVolumes
+from brainage.models.files import load_model
+from brainage.models.networks import build_age_model
+from brainage.models.spec import entry_problems
+from brainage.train.engine import _predict, rebase_head, train_model
 from conftest import make_workdir, snakemake_cmd, tiny_config
 from test_train import TRAINING, _entry, data  # noqa: F401  (data: the tiny cache fixture)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainage import manifest
+from brainage.data import manifest
 
 
 def _scan(path: Path) -> None:
@@ -26,7 +26,7 @@ def test_ixi_scans_without_an_age_are_left_out_in_one_warning(tmp_path, caplog):
     sheet = tmp_path / "IXI.csv"
     # IXI013 has a row without an age; IXI099 has no row; IXI050 has a row but no scan
     sheet.write_text("IXI_ID,SEX_ID,AGE\n2,2,35.8\n12,1,38.78\n13,1,\n50,2,61.0\n")
-    with caplog.at_level(logging.INFO, logger="brainage.manifest"):
+    with caplog.at_level(logging.INFO, logger="brainage.data.manifest"):
         frame = manifest.from_ixi(sheet, scans)
     assert frame["participant_id"].tolist() == ["sub-IXI002", "sub-IXI012"]
     assert manifest.validate(frame) == []

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from brainage.losses import RnCLoss, rnc_loss_reference
+from brainage.train.losses import RnCLoss, rnc_loss_reference
 
 
 def brute_force_rnc(features: torch.Tensor, labels: torch.Tensor, t: float) -> torch.Tensor:

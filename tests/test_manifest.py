@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage import manifest
-from brainage.io import InputError
+from brainage.data import manifest
+from brainage.core.io import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi"

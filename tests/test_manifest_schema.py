@@ -1,4 +1,4 @@
-"""brainage.manifest validates rows with row numbers and file checks; the rules that write the
+"""brainage.data.manifest validates rows with row numbers and file checks; the rules that write the
 manifest apply workflow/schemas/participants.schema.yaml. The two state the same rules: checked
 here against each other, and both against the same bad rows."""
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainage import manifest
+from brainage.data import manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "participants.schema.yaml").read_text())
@@ -43,7 +43,7 @@ def test_a_bad_row_is_refused_by_both(bad):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(row, SCHEMA)
     frame = pd.DataFrame([{k: ("n/a" if v is None else v) for k, v in row.items()}])
-    assert manifest.validate(frame, check_files=False), f"brainage.manifest accepts {bad}"
+    assert manifest.validate(frame, check_files=False), f"brainage.data.manifest accepts {bad}"
     jsonschema.validate(ROW, SCHEMA)
     assert not manifest.validate(pd.DataFrame([{k: ("n/a" if v is None else v) for k, v in ROW.items()}]), check_files=False)
 

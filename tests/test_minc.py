@@ -181,8 +181,8 @@ def test_mincresample_through_an_xfm_matches_scipy(tmp_path):
 
 def test_finish_minc_on_identity_products(tmp_path):
     """The host-side finishing of MINC products: template in, template out, QC passes."""
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import TEMPLATE_AFFINE_1MM, template_grid
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import TEMPLATE_AFFINE_1MM, template_grid
     from brainage.preprocess.minc import finish_minc
 
     tpl, mask = load_template_1mm()

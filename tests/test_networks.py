@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from brainage.grids import template_grid
-from brainage.networks import build_age_model
+from brainage.core.grids import template_grid
+from brainage.models.networks import build_age_model
 
 SHAPE = template_grid(4).shape  # 48 x 57 x 48
 
@@ -43,7 +43,7 @@ def test_age_scale_buffers_shift_output():
 @pytest.mark.parametrize("backbone,n_norms", [("resnet18", 1 + 2 * 8 + 3), ("resnet50", 1 + 3 * 16 + 4)])
 @pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm3d)])
 def test_per_sample_norm_replaces_every_batchnorm(backbone, n_norms, norm, layer):
-    from brainage.networks import build_encoder, group_count
+    from brainage.models.networks import build_encoder, group_count
 
     reference = build_encoder(backbone, width=0.25, norm="batch")
     bn_channels = [m.num_features for m in reference.modules() if isinstance(m, torch.nn.BatchNorm3d)]
@@ -62,7 +62,7 @@ def test_per_sample_norm_replaces_every_batchnorm(backbone, n_norms, norm, layer
 
 
 def test_group_count_divides():
-    from brainage.networks import group_count
+    from brainage.models.networks import group_count
 
     assert [group_count(c) for c in (4, 8, 12, 16, 19, 20, 64, 6)] == [4, 8, 6, 8, 1, 5, 8, 6]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.cache import normalise_intensity
-from brainage.grids import template_grid
-from brainage.networks import build_age_model
+from brainage.data.cache import normalise_intensity
+from brainage.core.grids import template_grid
+from brainage.models.networks import build_age_model
 
 IXI = Path(__file__).parent / "data" / "ixi"
 ARCH = {"backbone": "resnet18", "width": 0.25, "conv1_stride": 1, "norm": "batch"}
@@ -125,7 +125,7 @@ def test_preprocessed_input_on_the_model_grid(model_4mm, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def demo_model_4mm(tmp_path_factory):
-    """A demo model trained here by the train stage's engine (brainage.train.train_model).
+    """A demo model trained here by the train stage's engine (brainage.train.engine.train_model).
 
     Tiny ResNet18 (width 1/8) on 24 synthetic 4 mm template-grid volumes, 2 epochs: its ages
     are not meaningful, but its model.pt is exactly what the pipeline writes, with the demo
@@ -133,9 +133,9 @@ def demo_model_4mm(tmp_path_factory):
     """
     import yaml
 
-    from brainage.cache import build_cache
-    from brainage.splits import make_splits
-    from brainage.train import train_model
+    from brainage.data.cache import build_cache
+    from brainage.data.splits import make_splits
+    from brainage.train.engine import train_model
     from synthetic_volumes import synthetic_cohort
 
     root = tmp_path_factory.mktemp("demo_model")
@@ -159,12 +159,12 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
     import pandas as pd
     import yaml
 
-    from brainage.cache import CachedVolumes, build_cache
-    from brainage.infer import predict_ages
-    from brainage.models import iter_batches
-    from brainage.paths import preprocessed_t1w
+    from brainage.data.cache import CachedVolumes, build_cache
+    from brainage.apply.infer import predict_ages
+    from brainage.models.files import iter_batches
+    from brainage.core.paths import preprocessed_t1w
     from brainage.preprocess import preprocess_t1w
-    from brainage.models import load_model
+    from brainage.models.files import load_model
 
     scan = IXI / "IXI012-HH-1211-T1_ds.nii.gz"
     proc = _run_here(capsys, "--model", str(demo_model_4mm), "--t1w", str(scan), "--threads", "2")
@@ -197,7 +197,7 @@ def test_real_ixi_scans(scan, demo_model_4mm, tmp_path, capsys):
     Run in this process (the command's own ``main``), sharing one trained demo model; the
     child-process command line is covered by the failure tests above.
     """
-    from brainage.models import load_model
+    from brainage.models.files import load_model
 
     assert len(list(IXI.glob("IXI*-T1_ds.nii.gz"))) == 3
     age = _ixi_ages()[scan.split("-")[0]]

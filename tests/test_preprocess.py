@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import assert_same_preprocessing
 
-from brainage.grids import TEMPLATE_AFFINE_1MM, downsample_from_1mm, template_grid
-from brainage.io import InputError
-from brainage.simulate import scan as sim
-from brainage.simulate.anatomy import build_anatomy
-from brainage.simulate.model import SimulationModel, plan_cohort
+from brainage.core.grids import TEMPLATE_AFFINE_1MM, downsample_from_1mm, template_grid
+from brainage.core.io import InputError
+from brainage.data.simulate import scan as sim
+from brainage.data.simulate.anatomy import build_anatomy
+from brainage.data.simulate.model import SimulationModel, plan_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi" / "IXI012-HH-1211-T1_ds.nii.gz"
@@ -32,7 +32,7 @@ def _ixi() -> Path:
 
 def _template_brain_points(step: int = 2) -> np.ndarray:
     """Homogeneous MNI coordinates (4, N) of every ``step``-th template brain voxel."""
-    from brainage.atlases import load_template_1mm
+    from brainage.data.atlases import load_template_1mm
 
     _, mask = load_template_1mm()
     ijk = np.argwhere(mask[::step, ::step, ::step]) * step
@@ -249,7 +249,7 @@ def test_cli_reports_bad_input_on_one_line(tmp_path):
 
 def test_failed_registration_is_bad_input(tmp_path):
     """An affine that collapses the head (determinant ~0.001) is a failed registration."""
-    from brainage.atlases import load_template_1mm
+    from brainage.data.atlases import load_template_1mm
     from brainage.preprocess import finish_from_base, load_template
     from brainage.preprocess.qc import QCThresholds
 
@@ -306,7 +306,7 @@ def test_ncc_is_pearson_r_and_affine_summary_is_svd():
 
 
 def test_block_downsampling_matches_the_1mm_definition():
-    """2 mm -> 4 mm block means equal 1 mm -> 4 mm (brainage.grids), on a random 1 mm volume."""
+    """2 mm -> 4 mm block means equal 1 mm -> 4 mm (brainage.core.grids), on a random 1 mm volume."""
     from brainage.preprocess import base_resolution, downsample_grid
 
     vol = np.random.default_rng(1).random((193, 229, 193)).astype(np.float32)

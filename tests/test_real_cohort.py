@@ -67,7 +67,7 @@ def test_every_real_head_is_imported_with_its_age_and_passes_qc(real_run):
 
 
 def test_each_subject_is_predicted_once_by_the_fold_model_that_never_trained_on_it(real_run):
-    from brainage.splits import read_splits, split_hash
+    from brainage.data.splits import read_splits, split_hash
 
     pred = pd.read_csv(real_run / "results" / "predictions" / "resnet18_e2e.tsv", sep="\t")
     assert sorted(pred["participant_id"]) == sorted("sub-" + pd.read_csv(DATA / "demographics.csv")["IXI_ID"])

@@ -104,7 +104,7 @@ def test_figure_script_edit_reruns_that_figure_only(tiny_copy):
 def test_loss_module_edit_reruns_rnc_training_not_preprocessing(tiny_copy):
     models = yaml.safe_load((tiny_copy / "config" / "config.yaml").read_text())["models"]
     rnc = {name for name, spec in models.items() if spec.get("loss") == "rnc"}
-    touch_code(tiny_copy / "src" / "brainage" / "losses.py")
+    touch_code(tiny_copy / "src" / "brainage" / "train" / "losses.py")
 
     jobs = real_jobs(tiny_copy)
     stages = stage_rules(tiny_copy)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from skimage.measure import block_reduce
 
-from brainage.atlases import load_template_1mm, resource_paths
-from brainage.grids import TEMPLATE_AFFINE_1MM, downsample_from_1mm, template_grid
+from brainage.data.atlases import load_template_1mm, resource_paths
+from brainage.core.grids import TEMPLATE_AFFINE_1MM, downsample_from_1mm, template_grid
 
 
 def _load(path):

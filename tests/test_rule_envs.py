@@ -6,7 +6,7 @@ What is built is the `pip:` part of each file, at the versions of requirements.l
 is not reachable from these machines, so the conda part (python=3.11 and pip) is the test's own
 interpreter. Which modules a script can import comes from a static walk of its imports and,
 transitively, of every library module it reaches, imports inside functions included
-(`brainage.provenance.import_closure`): a lazy import that a rule may reach counts, so the
+(`brainage.core.provenance.import_closure`): a lazy import that a rule may reach counts, so the
 statistics environment cannot draw a figure through a module that imports torch.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainage.provenance import import_closure
+from brainage.core.provenance import import_closure
 
 REPO = Path(__file__).resolve().parents[1]
 ENVS = sorted((REPO / "envs").glob("*.yaml"))

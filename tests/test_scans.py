@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage.io import InputError
+from brainage.core.io import InputError
 from brainage.preprocess import load_t1w
-from brainage.scans import scan_problem
+from brainage.core.scans import scan_problem
 
 SCAN = Path(__file__).resolve().parent / "data" / "ixi" / "IXI012-HH-1211-T1_ds.nii.gz"
 
@@ -59,7 +59,7 @@ def test_pipeline_entry_excludes_a_bad_scan_with_its_reason(tmp_path):
 
     import pandas as pd
 
-    from brainage.paths import preprocess_outputs
+    from brainage.core.paths import preprocess_outputs
     from brainage.preprocess import preprocess_or_exclude
     from brainage.preprocess.qc import write_cohort_qc
 
@@ -93,7 +93,7 @@ def test_the_pipeline_excludes_a_bad_scan_and_goes_on(tmp_path):
 
     import pandas as pd
 
-    from brainage import manifest
+    from brainage.data import manifest
 
     repo = Path(__file__).resolve().parents[1]
     ixi = repo / "tests" / "data" / "ixi"

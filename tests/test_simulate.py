@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage, stats
 
-from brainage.io import InputError
-from brainage.simulate import SITES, SimulationModel, cached_anatomy, plan_cohort, plan_subject, simulate_scan
-from brainage.paths import simulated_subject_files
-from brainage.simulate.cohort import write_subject
-from brainage.simulate.model import AD_SITE
+from brainage.core.io import InputError
+from brainage.data.simulate import SITES, SimulationModel, cached_anatomy, plan_cohort, plan_subject, simulate_scan
+from brainage.core.paths import simulated_subject_files
+from brainage.data.simulate.cohort import write_subject
+from brainage.data.simulate.model import AD_SITE
 
 VOXEL_MM = 3.0
 SEED = 11
@@ -195,8 +195,8 @@ def test_stored_affine_brings_raw_scan_back_onto_the_template(anatomy, tmp_path)
     """SimpleITK resamples the raw scan with the stored ITK transform: NCC with the template > 0.9."""
     import SimpleITK as sitk
 
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import downsample_from_1mm, template_grid
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import downsample_from_1mm, template_grid
 
     res = 2.0
     template, brain = load_template_1mm()
@@ -253,7 +253,7 @@ def test_model_parameters_are_documented_in_schema_and_config(repo):
     schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
     props = schema["properties"]["cohort"]["properties"]["simulate"]["properties"]
     config = yaml.safe_load((repo / "config/config.yaml").read_text())["cohort"]["simulate"]
-    import brainage.simulate as sim
+    import brainage.data.simulate as sim
 
     for field in dataclasses.fields(SimulationModel):
         assert props[field.name].get("description"), field.name
@@ -266,8 +266,8 @@ def test_model_parameters_are_documented_in_schema_and_config(repo):
 
 def _template_brain_points(erode_mm: int = 0) -> np.ndarray:
     """MNI points (3, N) mm of every 4th voxel of the 1 mm template brain mask (eroded)."""
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import TEMPLATE_AFFINE_1MM
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import TEMPLATE_AFFINE_1MM
 
     _, mask = load_template_1mm()
     if erode_mm:
@@ -281,7 +281,7 @@ def test_full_true_map_lands_in_the_true_mask_and_best_affine_absorbs_brain_shri
     """The full true map (pose + warp + ageing fields) of the template's inner brain lands in the
     simulated scan's true brain mask; its least-squares affine is the pose when there is no
     deformation, and is smaller than the pose for an old brain shrunk inside its skull."""
-    from brainage.simulate.scan import best_affine_template_to_native, native_to_mni, true_template_to_native
+    from brainage.data.simulate.scan import best_affine_template_to_native, native_to_mni, true_template_to_native
 
     inner = _template_brain_points(erode_mm=3)
     old = _row("sub-hcold", "HC", SITES["HCP-like"], 88.0, SimulationModel())
@@ -338,8 +338,8 @@ def test_signal_truth_follows_the_model_design(anatomy):
     """The per-region |signal change| (the saliency truth) puts first what the model was built to
     change: the ventricles grow with age (caudate and thalamus line them), AD shrinks the medial
     temporal lobe, PD the basal ganglia; with every ageing effect set to zero it is exactly 0."""
-    from brainage.atlases import aal_labels
-    from brainage.simulate.cohort import signal_change
+    from brainage.data.atlases import aal_labels
+    from brainage.data.simulate.cohort import signal_change
 
     names = aal_labels()["name"].to_numpy()
     frame = pd.DataFrame({"cohort": ["AD", "PD", "HC"], "age": [75.0, 68.0, 60.0], "severity": [0.6, 0.5, 0.0],

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.splits import make_splits
+from brainage.data.splits import make_splits
 
 
 def _participants(n_hc=400, n_ad=30, n_pd=30, seed=0):

@@ -1,4 +1,4 @@
-"""brainage.stats against independent computations: hand formulas, scipy/statsmodels/sklearn on
+"""brainage.report.stats against independent computations: hand formulas, scipy/statsmodels/sklearn on
 rearranged inputs, textbook identities."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from brainage import stats
-from brainage.io import InputError
+from brainage.report import stats
+from brainage.core.io import InputError
 
 from _stats_fixtures import MODELS
 

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import REPO, make_workdir, planned_jobs, snakemake_cmd
 
-from brainage.spec import resolve_spec
+from brainage.models.spec import resolve_spec
 
 PAPER = REPO / "config" / "paper.yaml"
 

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from brainage import stats, tables
-from brainage.io import read_participants
+from brainage.report import stats
+
+from brainage.report import tables
+from brainage.core.io import read_participants
 
 import _stats_fixtures as fx
 

@@ -50,7 +50,7 @@ def run(tiny_run) -> dict:
 
 
 def _group(pred: pd.DataFrame, name: str) -> pd.DataFrame:
-    """HC: the healthy test split; AD, PD: the cohort (independent of brainage.stats)."""
+    """HC: the healthy test split; AD, PD: the cohort (independent of brainage.report.stats)."""
     return pred[pred["split"] == "test"] if name == "HC" else pred[pred["cohort"] == name]
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.models import load_model
-from brainage.train import TrainingInterrupted, train_model
+from brainage.models.files import load_model
+from brainage.train.engine import TrainingInterrupted, train_model
 from synthetic_volumes import synthetic_cache
 
 TRAINING = {"augment": {}, "num_workers": 0}
@@ -93,7 +93,7 @@ def test_resume_mid_epoch_from_step_checkpoint(data, tmp_path):
     job = {"name": "b", "entry": entry, "training": training, "splits": str(tmp_path / "splits.tsv"), "volumes": str(vols),
            "index": str(index), "out_dir": str(tmp_path / "b"), "seed": 2, "progress": False}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    proc = subprocess.Popen([sys.executable, "-m", "brainage.train", str(tmp_path / "job.json")])
+    proc = subprocess.Popen([sys.executable, "-m", "brainage.train.engine", str(tmp_path / "job.json")])
     ckpt = tmp_path / "b" / "checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -124,7 +124,7 @@ def test_torchrun_two_processes_equal_single_process(data, tmp_path):
     """DDP under torchrun (gloo, 2 CPU processes) trains the same model as one process on the same
     global batches: an RNC encoder (gathered global-batch loss, gradient caching, augmentation
     drawn per subject) and its linear head, GroupNorm throughout, no dropout. Only rank 0 writes."""
-    from brainage.train import launch_torchrun
+    from brainage.train.engine import launch_torchrun
 
     splits, vols, index = data
     splits.to_csv(tmp_path / "splits.tsv", sep="\t", index=False)
@@ -153,8 +153,8 @@ def test_linear_head_selection(data, tmp_path, select):
     saved model, run on the validation volumes, reproduces that epoch's logged validation MAE."""
     import pandas as pd
 
-    from brainage.cache import CachedVolumes
-    from brainage.train import _predict
+    from brainage.data.cache import CachedVolumes
+    from brainage.train.engine import _predict
 
     splits, vols, index = data
     entry = _entry(loss="rnc", epochs=1, rnc={"chunk_size": 6}, head={"epochs": 8, "lr": 0.2, "select": select})

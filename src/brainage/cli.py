@@ -13,11 +13,11 @@ import sys
 from brainage import __version__
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "manifest": ("brainage.manifest", "build and validate a participants manifest (BIDS, IXI, ADNI, PPMI)"),
-    "resources": ("brainage.atlases", "write the packaged template, brain mask and AAL116 on template grids"),
-    "simulate": ("brainage.simulate", "simulate a raw T1w cohort with known ground truth (BIDS)"),
+    "manifest": ("brainage.data.manifest", "build and validate a participants manifest (BIDS, IXI, ADNI, PPMI)"),
+    "resources": ("brainage.data.atlases", "write the packaged template, brain mask and AAL116 on template grids"),
+    "simulate": ("brainage.data.simulate", "simulate a raw T1w cohort with known ground truth (BIDS)"),
     "preprocess": ("brainage.preprocess", "preprocess one T1w scan: brain mask, N4, affine to MNI152"),
-    "predict": ("brainage.predict", "predict the brain age of a new raw T1w scan with a trained model"),
+    "predict": ("brainage.apply.predict", "predict the brain age of a new raw T1w scan with a trained model"),
 }
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from brainage.io import InputError
-from brainage.spec import entry_problems
+from brainage.core.io import InputError
+from brainage.models.spec import entry_problems
 
 #: smallest number of healthy controls in each split (batch norm needs two to train)
 MIN_SPLIT_SIZES: dict[str, int] = {"train": 2, "val": 1, "test": 1}
@@ -141,7 +141,7 @@ def check_cohort(participants, config: Mapping, where: str) -> list[str]:
     seed, fractions and age bins; QC exclusions are not known yet), and each split must hold
     at least :data:`MIN_SPLIT_SIZES` healthy controls.
     """
-    from brainage.splits import make_splits
+    from brainage.data.splits import make_splits
 
     splits_cfg = (config.get("training") or {}).get("splits") or {}
     fractions = tuple(splits_cfg.get("fractions", (0.8, 0.1, 0.1)))

@@ -4,7 +4,7 @@
 
 if config["cohort"]["source"] == "simulate":
 
-    from brainage.simulate.model import plan_row
+    from brainage.data.simulate.model import plan_row
 
     rule simulate_anatomy:
         output:

@@ -13,14 +13,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [SRC, os.environ.get("PYTHONPATH")])
 )
 
-from brainage.atlases import resource_paths
+from brainage.data.atlases import resource_paths
 from brainage.config import ConfigError, check_cohort, check_config, layered
-from brainage.grids import res_label
-from brainage.io import InputError
-from brainage import paths
-from brainage.provenance import code_hash, script_code_hash
-from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
-from brainage.splits import fold_names
+from brainage.core.grids import res_label
+from brainage.core.io import InputError
+from brainage.core import paths
+from brainage.core.provenance import code_hash, script_code_hash
+from brainage.report.categories import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
+from brainage.data.splits import fold_names
 
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
@@ -61,12 +61,12 @@ def load_participants():
     validated manifest given as ``cohort.manifest``.
     """
     if config["cohort"]["source"] == "simulate":
-        from brainage.simulate import plan_cohort
+        from brainage.data.simulate import plan_cohort
 
         return plan_cohort(
             **config["cohort"]["simulate"], seed=SEED, bids_root=SIM_BIDS
         )
-    from brainage.manifest import read_manifest
+    from brainage.data.manifest import read_manifest
 
     if not config["cohort"].get("manifest"):
         raise InputError(
@@ -77,7 +77,7 @@ def load_participants():
 
 SIM_COHORT = str(paths.SIM_COHORT)
 SIM_BIDS = f"{SIM_COHORT}/bids"
-# the pipeline's layout, from brainage.paths
+# the pipeline's layout, from brainage.core.paths
 PARTICIPANTS_TSV = str(paths.PARTICIPANTS)
 SPLITS_TSV = str(paths.SPLITS)
 QC_EXCLUDED = str(paths.QC_EXCLUDED)
@@ -103,7 +103,7 @@ def model_splits():
 
 
 def patterns(files):
-    """A brainage.paths mapping (built with wildcards such as "{subject}") as rule patterns."""
+    """A brainage.core.paths mapping (built with wildcards such as "{subject}") as rule patterns."""
     return {key: str(path) for key, path in files.items()}
 
 

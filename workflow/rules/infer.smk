@@ -1,12 +1,12 @@
 # Stage 'infer': brain-age predictions of every trained model for the HC test split, AD and
 # PD (results/predictions/<model>.tsv), and Grad-RAM saliency maps summarised by AAL116
-# region (results/saliency/<model>/). All logic is in brainage.infer and brainage.explain.
+# region (results/saliency/<model>/). All logic is in brainage.apply.infer and brainage.apply.explain.
 
 
 def infer_models(saliency=False):
     """Models to run: ``infer.models`` if given, else every model of config ``models:``; with
     ``saliency``, only those Grad-RAM applies to (networks, not a classical model)."""
-    from brainage.spec import has_saliency
+    from brainage.models.spec import has_saliency
 
     names = list(config["infer"].get("models") or MODELS)
     return [m for m in names if not saliency or has_saliency(config["models"][m])]
@@ -73,7 +73,7 @@ rule predict_cohort:
 if FOLDS:
 
     # Cross-validation: each fold's model predicts its test fold, the patients and its val
-    # subjects; predict_oof merges the folds into the model's predictions table (brainage.cv).
+    # subjects; predict_oof merges the folds into the model's predictions table (brainage.data.cv).
     use rule predict_cohort as predict_fold with:
         output:
             **patterns(paths.fold_prediction_files("{model}", "{fold}")),

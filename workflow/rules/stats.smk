@@ -2,10 +2,10 @@
 # Every figure and table is a rule without wildcards named as the target a user types
 # (`snakemake fig6_bag_violin`); each asks only for the files it draws from. Which models are
 # "best end-to-end", "RNC", "SFCN" and the batch-size sweep comes from config models via
-# brainage.stats.model_roles (no model names here).
-from brainage import paths
-from brainage.report import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
-from brainage.stats import model_roles, normalise_models
+# brainage.report.roles.model_roles (no model names here).
+from brainage.core import paths
+from brainage.report.categories import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
+from brainage.report.roles import model_roles, normalise_models
 
 STATS = config["stats"]
 STATS_MODELS = normalise_models(config.get("models"))

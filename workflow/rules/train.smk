@@ -2,7 +2,7 @@
 # config `models:` (results/models/<name>/). All logic is in brainage.{splits,cache,train}.
 
 
-from brainage.spec import init_from_input
+from brainage.models.spec import init_from_input
 
 MODELS = list(config.get("models") or {})
 MODEL_FILES = patterns(paths.model_files(paths.MODELS_ROOT / "{model}"))

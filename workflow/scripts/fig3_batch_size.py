@@ -1,9 +1,9 @@
-"""Figure 3: test MAE of the RNC sweep models against batch size (brainage.figures)."""
+"""Figure 3: test MAE of the RNC sweep models against batch size (brainage.report.figures)."""
 
-from brainage.figures import fig3_batch_size
-from brainage.io import write_tsv
-from brainage.logs import redirect_to_log
-from brainage.tables import load_predictions
+from brainage.report.figures import fig3_batch_size
+from brainage.core.io import write_tsv
+from brainage.core.logs import redirect_to_log
+from brainage.report.tables import load_predictions
 
 with redirect_to_log(snakemake.log[0]):
     p = snakemake.params.stats

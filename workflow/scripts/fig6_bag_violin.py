@@ -1,9 +1,9 @@
-"""Figure 6: brain-age gap by cohort for the best end-to-end, RNC and SFCN models (brainage.figures)."""
+"""Figure 6: brain-age gap by cohort for the best end-to-end, RNC and SFCN models (brainage.report.figures)."""
 
-from brainage.figures import fig6_bag_violin, model_colours
-from brainage.logs import redirect_to_log
-from brainage.stats import validation_maes
-from brainage.tables import headline_models, load_predictions
+from brainage.report.figures import fig6_bag_violin, model_colours
+from brainage.core.logs import redirect_to_log
+from brainage.report.stats import validation_maes
+from brainage.report.tables import headline_models, load_predictions
 
 with redirect_to_log(snakemake.log[0]):
     models = snakemake.params.models

@@ -1,11 +1,11 @@
-"""Figures 4, 5 and 7: group-mean saliency (config explain.method; the study: Grad-RAM) of the best model of a role (brainage.figures)."""
+"""Figures 4, 5 and 7: group-mean saliency (config explain.method; the study: Grad-RAM) of the best model of a role (brainage.report.figures)."""
 
 from pathlib import Path
 
-from brainage.paths import SALIENCY_METHOD_LABELS as METHOD_LABELS
-from brainage.figures import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
-from brainage.logs import redirect_to_log
-from brainage.stats import validation_maes
+from brainage.core.paths import SALIENCY_METHOD_LABELS as METHOD_LABELS
+from brainage.report.figures import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
+from brainage.core.logs import redirect_to_log
+from brainage.report.stats import validation_maes
 
 # rows, title, difference map beside each row (Figure 7: patients minus age-matched controls)
 ROWS = {

@@ -1,7 +1,7 @@
-"""Training curves of every model (brainage.figures)."""
+"""Training curves of every model (brainage.report.figures)."""
 
-from brainage.figures import fig_training_curves, model_colours
-from brainage.logs import redirect_to_log
+from brainage.report.figures import fig_training_curves, model_colours
+from brainage.core.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     names = snakemake.params.models

@@ -7,8 +7,8 @@ stops the DAG before any job. `brainage manifest --check` checks them all before
 
 from snakemake.utils import validate
 
-from brainage.logs import redirect_to_log
-from brainage.manifest import read_manifest, summary, write_manifest
+from brainage.core.logs import redirect_to_log
+from brainage.data.manifest import read_manifest, summary, write_manifest
 
 with redirect_to_log(snakemake.log[0]) as log:
     frame = read_manifest(snakemake.input.manifest, check_files=False)

@@ -1,7 +1,7 @@
-"""Predictions of one model for the HC test split, AD and PD (brainage.infer)."""
+"""Predictions of one model for the HC test split, AD and PD (brainage.apply.infer)."""
 
-from brainage.infer import run_predict_cohort
-from brainage.logs import redirect_to_log
+from brainage.apply.infer import run_predict_cohort
+from brainage.core.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     run_predict_cohort(

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from brainage.logs import redirect_to_log
+from brainage.core.logs import redirect_to_log
 from brainage.preprocess.minc import finish_minc
 
 with redirect_to_log(snakemake.log[0]):

@@ -5,8 +5,8 @@ config preprocess.subjects_per_job); a bad scan is excluded with its reason inst
 
 from pathlib import Path
 
-from brainage.logs import redirect_to_log
-from brainage.paths import as_list
+from brainage.core.logs import redirect_to_log
+from brainage.core.paths import as_list
 from brainage.preprocess import preprocess_or_exclude
 
 

@@ -1,6 +1,6 @@
 """Cohort preprocessing QC: qc.tsv, excluded.tsv (failed thresholds, with reason) and a montage."""
 
-from brainage.logs import redirect_to_log
+from brainage.core.logs import redirect_to_log
 from brainage.preprocess.qc import QCThresholds, write_cohort_qc
 
 with redirect_to_log(snakemake.log[0]) as log:

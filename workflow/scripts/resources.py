@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainage.atlases import build_resources
-from brainage.logs import redirect_to_log
+from brainage.data.atlases import build_resources
+from brainage.core.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     build_resources(Path(snakemake.output[0]).parent, snakemake.params.grids)

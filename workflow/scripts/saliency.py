@@ -1,7 +1,7 @@
-"""Saliency maps (config explain.method: Grad-RAM or input gradient) of one model: per subject, per group, PNGs and AAL116 tables (brainage.explain)."""
+"""Saliency maps (config explain.method: Grad-RAM or input gradient) of one model: per subject, per group, PNGs and AAL116 tables (brainage.apply.explain)."""
 
-from brainage.explain import run_saliency
-from brainage.logs import redirect_to_log
+from brainage.apply.explain import run_saliency
+from brainage.core.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     run_saliency(

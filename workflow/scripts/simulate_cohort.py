@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from brainage.logs import redirect_to_log
-from brainage.simulate.anatomy import Anatomy
-from brainage.simulate.cohort import read_truths, write_cohort
-from brainage.simulate.model import model_from_config, plan_cohort
+from brainage.core.logs import redirect_to_log
+from brainage.data.simulate.anatomy import Anatomy
+from brainage.data.simulate.cohort import read_truths, write_cohort
+from brainage.data.simulate.model import model_from_config, plan_cohort
 
 with redirect_to_log(snakemake.log[0]):
     sim = snakemake.params.simulate

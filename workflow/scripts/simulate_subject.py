@@ -2,11 +2,11 @@
 (rule ``simulate_subject``) or a batch of them in one process (rules ``simulate_b<k>``,
 config cohort.subjects_per_job), the anatomy loaded once."""
 
-from brainage.logs import redirect_to_log
-from brainage.paths import as_list
-from brainage.simulate.anatomy import Anatomy
-from brainage.simulate.cohort import write_subject
-from brainage.simulate.model import model_from_config
+from brainage.core.logs import redirect_to_log
+from brainage.core.paths import as_list
+from brainage.data.simulate.anatomy import Anatomy
+from brainage.data.simulate.cohort import write_subject
+from brainage.data.simulate.model import model_from_config
 
 
 rows = snakemake.params.get("rows") or [snakemake.params.row]

@@ -1,8 +1,8 @@
-"""Table 3: best end-to-end and RNC models against the baselines (brainage.tables)."""
+"""Table 3: best end-to-end and RNC models against the baselines (brainage.report.tables)."""
 
-from brainage.logs import redirect_to_log
-from brainage.stats import read_predictions, validation_maes
-from brainage.tables import External, load_predictions, table3_baselines, train_size
+from brainage.core.logs import redirect_to_log
+from brainage.report.stats import read_predictions, validation_maes
+from brainage.report.tables import External, load_predictions, table3_baselines, train_size
 
 with redirect_to_log(snakemake.log[0]):
     ext = snakemake.params.external

@@ -1,8 +1,8 @@
-"""rule cache: float16 memory-mapped cache of one grid (brainage.cache)."""
+"""rule cache: float16 memory-mapped cache of one grid (brainage.data.cache)."""
 
-from brainage.cache import build_cache
-from brainage.logs import redirect_to_log
-from brainage.splits import read_splits
+from brainage.data.cache import build_cache
+from brainage.core.logs import redirect_to_log
+from brainage.data.splits import read_splits
 
 with redirect_to_log(snakemake.log[0]):
     splits = read_splits(snakemake.input.splits)

@@ -1,10 +1,10 @@
-"""rule train: one model of config `models:` (brainage.train); torchrun when it asks for > 1 GPU."""
+"""rule train: one model of config `models:` (brainage.train.engine); torchrun when it asks for > 1 GPU."""
 
 import torch
 
-from brainage.logs import redirect_to_log
-from brainage.splits import read_splits
-from brainage.train import launch_torchrun, train_model
+from brainage.core.logs import redirect_to_log
+from brainage.data.splits import read_splits
+from brainage.train.engine import launch_torchrun, train_model
 
 with redirect_to_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

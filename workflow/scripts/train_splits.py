@@ -1,10 +1,10 @@
 """rule splits: participant-level train/val/test of the healthy controls, and the fold tables
-of a cross-validation (brainage.splits)."""
+of a cross-validation (brainage.data.splits)."""
 
-from brainage.io import read_participants, write_tsv
-from brainage.logs import redirect_to_log
-from brainage.paths import fold_splits
-from brainage.splits import read_excluded, splits_from_config
+from brainage.core.io import read_participants, write_tsv
+from brainage.core.logs import redirect_to_log
+from brainage.core.paths import fold_splits
+from brainage.data.splits import read_excluded, splits_from_config
 
 with redirect_to_log(snakemake.log[0]) as log:
     participants = read_participants(snakemake.input.participants)

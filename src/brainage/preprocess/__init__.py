@@ -23,7 +23,7 @@ by ``brainage preprocess`` and by the tests. The native engine (:mod:`.native`) 
 The MINC engine (:mod:`.minc`) runs the study's MINC Toolkit chain in a container (Snakemake
 ``container:`` rules) and hands its 1 mm result to :func:`finish_from_base` for the same outputs.
 
-Outputs (BIDS derivatives, under ``out_dir``; see :func:`brainage.paths.preprocess_outputs`)::
+Outputs (BIDS derivatives, under ``out_dir``; see :func:`brainage.core.paths.preprocess_outputs`)::
 
     <sub>_space-MNI152NLin2009cAsym_res-<r>_desc-preproc_T1w.nii.gz   one per grid
     <sub>_desc-brain_mask.nii.gz                                      native space
@@ -37,9 +37,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from brainage.grids import check_grids
-from brainage.io import InputError, atomic_dir
-from brainage.paths import preprocess_outputs
+from brainage.core.grids import check_grids
+from brainage.core.io import InputError, atomic_dir
+from brainage.core.paths import preprocess_outputs
 from brainage.preprocess.finish import (  # noqa: F401  (the package's face)
     DETERMINANT_RANGE,
     base_resolution,
@@ -65,7 +65,7 @@ def preprocess_t1w(
     ``template``: the 1 mm template brain NIfTI (default: ``resources_root``'s res-1 template when
     it exists, else the packaged one; its brain mask is the template's non-zero voxels).
     """
-    from brainage.manifest import check_participant_id
+    from brainage.data.manifest import check_participant_id
 
     check_participant_id(participant_id)  # it names every file: no path may leave out_dir
     grids = check_grids(grids)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brainage.grids import check_grids
-from brainage.io import InputError
+from brainage.core.grids import check_grids
+from brainage.core.io import InputError
 from brainage.preprocess import preprocess_t1w
 from brainage.preprocess.finish import settings_from_config
 
@@ -41,8 +41,8 @@ def _checked_arguments(args) -> tuple[str, list[float], dict | None]:
     before any work (InputError, one line): scan, id, grids, threads, config, output folder."""
     import yaml
 
-    from brainage.io import check_output_dir
-    from brainage.manifest import check_image, check_participant_id
+    from brainage.core.io import check_output_dir
+    from brainage.data.manifest import check_image, check_participant_id
 
     sub = check_participant_id(args.participant_id if args.participant_id is not None else _id_from_name(args.t1w))
     problem = check_image(args.t1w)

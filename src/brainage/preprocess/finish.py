@@ -17,19 +17,19 @@ import nibabel as nib
 import numpy as np
 
 from brainage import TEMPLATE_SPACE
-from brainage.grids import (
+from brainage.core.grids import (
     TEMPLATE_AFFINE_1MM,
     TEMPLATE_SHAPE_1MM,
     downsample_from_1mm,
     res_label,
     template_grid,
 )
-from brainage.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
-from brainage.paths import preprocess_outputs
+from brainage.core.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
+from brainage.core.paths import preprocess_outputs
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
 # one rule for what a usable scan is, with `brainage manifest --check` (VOXEL_MM_RANGE: a voxel
 # size outside it is a broken header, not a scan)
-from brainage.scans import MIN_AXIS_VOXELS, VOXEL_MM_RANGE, header_problem
+from brainage.core.scans import MIN_AXIS_VOXELS, VOXEL_MM_RANGE, header_problem
 
 log = logging.getLogger("brainage.preprocess")
 
@@ -121,7 +121,7 @@ def base_resolution(grids: list[float], voxel_mm: float) -> float:
 def downsample_grid(volume: np.ndarray, src_res: float, res: float) -> np.ndarray:
     """Anti-aliased copy of a template-grid volume at ``src_res`` mm on the ``res`` mm grid.
 
-    From 1 mm: :func:`brainage.grids.downsample_from_1mm`. From a coarser grid: exact block means,
+    From 1 mm: :func:`brainage.core.grids.downsample_from_1mm`. From a coarser grid: exact block means,
     valid because grid ``k * r`` voxel centres are the centres of ``k^3`` blocks of grid ``r``.
     """
     if float(src_res) == 1.0:
@@ -245,7 +245,7 @@ class Template:
         self._grids: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def on_grid(self, res: float) -> tuple[np.ndarray, np.ndarray]:
-        """The brain (:func:`brainage.grids.downsample_from_1mm`) and its mask (block share of
+        """The brain (:func:`brainage.core.grids.downsample_from_1mm`) and its mask (block share of
         brain >= 0.5) on the ``res`` mm template grid, read-only."""
         res = float(res)
         if res not in self._grids:
@@ -266,7 +266,7 @@ def load_template(resources_root: str | Path | None = None, template: str | Path
     voxels, holes filled), else ``resources_root``'s res-1 template when it exists, else the
     packaged one. Read once per process and file: every subject of a batch gets the same
     (read-only) :class:`Template`."""
-    from brainage.atlases import resource_paths
+    from brainage.data.atlases import resource_paths
 
     if template is None and resources_root is not None and resource_paths(resources_root, 1)["template"].exists():
         template = resource_paths(resources_root, 1)["template"]
@@ -277,7 +277,7 @@ def load_template(resources_root: str | Path | None = None, template: str | Path
 def _load_template(template: str | None) -> Template:
     from scipy import ndimage
 
-    from brainage.atlases import load_template_1mm
+    from brainage.data.atlases import load_template_1mm
 
     if template is None:
         return Template(*load_template_1mm())

@@ -33,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainage.io import InputError
+from brainage.core.io import InputError
 
 #: the MINC Toolkit image (carries the BEaST library and the ICBM 2009c models)
 DEFAULT_CONTAINER = "docker://nistmni/minc-toolkit:1.9.18"
@@ -105,7 +105,7 @@ def minc_script(t1w: str, brain_1mm: str, mask: str, xfm: str, settings: MincSet
 
 def write_ras_input(t1w_path: str | Path, out: str | Path, participant_id: str) -> None:
     """Check the raw scan (:func:`brainage.preprocess.load_t1w`) and write it reoriented to RAS+."""
-    from brainage.io import save_nifti
+    from brainage.core.io import save_nifti
     from brainage.preprocess.finish import load_t1w
 
     img = nib.as_closest_canonical(load_t1w(t1w_path, participant_id))
@@ -133,7 +133,7 @@ def finish_minc(brain_1mm: str | Path, mask: str | Path, xfm: str | Path, t1w_pa
                 participant_id: str, grids: list[float], settings: dict | None = None,
                 template: str | Path | None = None, started: float | None = None) -> dict:
     """The MINC chain's products -> the pipeline's outputs and QC (same names as the native engine)."""
-    from brainage.grids import resample_image, template_grid
+    from brainage.core.grids import resample_image, template_grid
     from brainage.preprocess.finish import finish_from_base, load_template, settings_from_config
 
     started = time.perf_counter() if started is None else started

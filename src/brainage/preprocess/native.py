@@ -29,8 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
-from brainage.grids import TEMPLATE_AFFINE_1MM, template_grid
-from brainage.io import InputError
+from brainage.core.grids import TEMPLATE_AFFINE_1MM, template_grid
+from brainage.core.io import InputError
 from brainage.preprocess.finish import (
     Template,
     base_resolution,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainage.io import save_figure, write_tsv
+from brainage.core.io import save_figure, write_tsv
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def write_cohort_qc(qc_jsons: list[str | Path], qc_tsv: str | Path, excluded_tsv
     if montage_png is not None and volumes is not None:
         qc_montage(table, qc_jsons, volumes, montage_png)
     if on_fail == "stop" and len(excluded):
-        from brainage.io import InputError
+        from brainage.core.io import InputError
 
         first = excluded.iloc[0]
         raise InputError(
@@ -182,8 +182,8 @@ def qc_montage(table: pd.DataFrame, qc_jsons: list, volumes: list, path: str | P
     import matplotlib.pyplot as plt
     import nibabel as nib
 
-    from brainage.atlases import load_template_1mm
-    from brainage.grids import downsample_from_1mm
+    from brainage.data.atlases import load_template_1mm
+    from brainage.core.grids import downsample_from_1mm
 
     ids = [json.loads(Path(p).read_text())["participant_id"] for p in qc_jsons]
     passed = dict(zip(table["participant_id"], table["passed"]))

@@ -1,0 +1,244 @@
+"""A model's settings and their defaults, defined once: the study's settings.
+
+One model = one entry under ``models:`` in the config. :func:`resolve_spec` fills in every
+default; the trainer (``brainage.train.engine``), the networks (``brainage.models.networks``) and the config
+schema (``workflow/schemas/config.schema.yaml``, whose ``models`` keys a test compares with the
+fields here) all read them from this module. Torch-free.
+
+Keys: backbone (resnet18|resnet34|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc),
+batch_size, epochs, augment (true: ``training.augment``; false; or a mapping overriding keys of
+``training.augment`` for this model), patience (epochs without val improvement; null = never
+stop early), width, conv1_stride, norm (batch|group|instance), gpus, optimiser {name adam|sgd,
+lr, momentum, weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature,
+chunk_size}, head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, select
+(best_val|last), patience}, init_from (the folder of a trained model: model.pt and
+model_card.json; see :func:`init_from_problems`).
+
+``init_from`` (pretraining, e.g. on the simulated cohort): an RNC model's encoder starts from the
+source's encoder; with ``epochs: 0`` it is used as is and only the linear head is fitted. An
+end-to-end model starts from the whole source network (its encoder only when the source is an
+RNC model) and trains ``epochs >= 1`` as usual. The source must have this model's architecture
+and grid; a classical model starts from nothing.
+
+A classical entry (``backbone: pca_gpr``, brainage.models.classical: PCA of smoothed tissue maps, then
+a Gaussian process) needs only backbone and grid, takes ``classical`` {features, smooth_mm,
+mask_fraction, components, kernel, restarts} and none of the network keys; it has no epochs and
+no saliency (:func:`has_saliency`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from brainage.core.paths import MODELS_ROOT, model_files
+
+LOSSES = ("l1", "rnc")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What defines a network (stored in model.pt): backbone and its shape."""
+
+    backbone: str
+    width: float = 1.0
+    conv1_stride: int = 1
+    norm: str = "batch"
+
+    @classmethod
+    def of(cls, spec: dict) -> "Architecture":
+        defaults = cls(spec["backbone"])
+        return cls(
+            backbone=spec["backbone"],
+            width=float(spec.get("width", defaults.width)),
+            conv1_stride=int(spec.get("conv1_stride", defaults.conv1_stride)),
+            norm=spec.get("norm", defaults.norm),
+        )
+
+
+@dataclass(frozen=True)
+class Optimiser:
+    name: str
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+
+
+#: end-to-end: Adam lr 1e-3, constant; RNC encoder: SGD lr 0.5, step decay 0.1 at 70/80/90 %
+OPTIMISER = {
+    "l1": Optimiser("adam", 1e-3),
+    "rnc": Optimiser("sgd", 0.5, 0.9, 1e-4, [0.7, 0.8, 0.9], 0.1),
+}
+
+
+@dataclass(frozen=True)
+class Rnc:
+    temperature: float = 2.0
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The linear head on the frozen RNC encoder: SGD lr 0.05, decay 0.2 at 60/75/90 %."""
+
+    epochs: int = 100
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list = field(default_factory=lambda: [0.6, 0.75, 0.9])
+    gamma: float = 0.2
+    batch_size: int = 32
+    select: str = "best_val"
+    patience: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Defaults of the top-level keys (backbone, grid, loss, batch_size, epochs are required)."""
+
+    augment: bool | dict = True
+    patience: int | None = None
+    width: float = Architecture.width
+    conv1_stride: int = Architecture.conv1_stride
+    norm: str = Architecture.norm
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Classical:
+    """The classical baseline (brainage.models.classical, brainageR-style): voxel features, PCA, GP.
+
+    features: tissue (soft CSF/GM/WM maps; 6.2 y MAE on 86 real IXI heads at 4 mm, 5-fold CV)
+    or intensity (8.0 y); smooth_mm: Gaussian sigma (mm); mask_fraction: a voxel is in the mask
+    when it is brain in at least this share of the training volumes; components: PCA axes kept
+    (null: all, n_train - 1); kernel: rbf or linear (6.35 y); restarts: extra seeded starts of
+    the marginal-likelihood optimiser.
+    """
+
+    features: str = "tissue"
+    smooth_mm: float = 4.0
+    mask_fraction: float = 0.5
+    components: int | None = None
+    kernel: str = "rbf"
+    restarts: int = 2
+
+
+#: backbones that are not networks: a classical model (brainage.models.classical)
+CLASSICAL_BACKBONES = ("pca_gpr",)
+#: what every entry needs; a network also needs NETWORK_REQUIRED (and loss, l1 when absent)
+REQUIRED = ("backbone", "grid")
+NETWORK_REQUIRED = ("batch_size", "epochs")
+#: every key a model entry may hold (the schema's ``models`` properties)
+KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
+        "optimiser", "rnc", "head", "classical", "init_from")
+#: the keys of each nested mapping
+NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
+               "head": tuple(f.name for f in fields(Head)), "classical": tuple(f.name for f in fields(Classical))}
+
+
+def is_classical(entry: dict) -> bool:
+    """True for a classical model (no network: brainage.models.classical)."""
+    return str((entry or {}).get("backbone", "")).lower() in CLASSICAL_BACKBONES
+
+
+def has_saliency(entry: dict) -> bool:
+    """Whether Grad-RAM saliency applies (networks only; a classical model has no layers)."""
+    return not is_classical(entry)
+
+
+def entry_problems(name: str, entry: dict) -> list[str]:
+    """What a ``models:`` entry lacks or holds wrongly for its kind, one ``config ...`` line each
+    (brainage.config lists them with the schema's problems, before any job)."""
+    where = f"config models.{name}"
+    if is_classical(entry):
+        extra = [k for k in entry if k not in (*REQUIRED, "classical", "init_from")]
+        lines = [f"{where}.{k}: a classical model ({entry['backbone']}) takes no {k!r}; its settings go "
+                 f"under 'classical' ({', '.join(NESTED_KEYS['classical'])})" for k in extra]
+        if "init_from" in entry:
+            lines.append(f"{where}.init_from: a classical model ({entry['backbone']}) has no network weights to "
+                         f"start from a trained model; remove init_from")
+        return lines
+    lines = [f"{where}: a network needs {k!r}" for k in ("loss", *NETWORK_REQUIRED) if k not in entry]
+    if "classical" in entry:
+        lines.append(f"{where}.classical: only for backbone {' or '.join(CLASSICAL_BACKBONES)}")
+    return lines + init_from_problems(name, entry)
+
+
+def init_from_problems(name: str, entry: dict) -> list[str]:
+    """A network entry's ``epochs: 0`` and ``init_from``, one ``config ...`` line at most.
+
+    The source is checked against its model card when the card exists already (config time);
+    a source that this run trains first (under results/models/) is checked by the trainer
+    against its model.pt at job start.
+    """
+    where, source = f"config models.{name}", entry.get("init_from")
+    loss = entry.get("loss", "l1")
+    if entry.get("epochs") == 0 and loss != "rnc":
+        return [f"{where}.epochs: 0 trains nothing in an end-to-end model (loss {loss}); give epochs >= 1 "
+                f"(with init_from they start from the pretrained weights)"]
+    if entry.get("epochs") == 0 and not source:
+        return [f"{where}.epochs: 0 needs init_from (a pretrained encoder used as is, only its linear head fitted)"]
+    if not source:
+        return []
+    files = model_files(source)
+    if not files["model"].is_file():
+        if Path(source).resolve().is_relative_to(MODELS_ROOT.resolve()):
+            return []  # possibly a model this run trains first
+        return [f"{where}.init_from: {source} holds no model.pt (give the folder of a trained model, "
+                f"results/models/<name> of a finished run)"]
+    if not files["card"].is_file():
+        return []
+    problem = source_mismatch(entry, json.loads(files["card"].read_text()))
+    return [f"{where}.init_from: {source} does not fit this model ({problem})"] if problem else []
+
+
+def source_mismatch(entry: dict, source: dict) -> str | None:
+    """What keeps model ``entry`` from starting from a trained model (its card or model.pt meta), or None."""
+    if source.get("kind") == "classical":
+        return "the source is a classical model, it has no network weights"
+    ours, theirs = asdict(Architecture.of(entry)), asdict(Architecture.of(source["architecture"]))
+    diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours if ours[k] != theirs[k]]
+    if float(source["grid_res"]) != float(entry["grid"]):
+        diffs.append(f"grid {float(entry['grid']):g} mm here, {float(source['grid_res']):g} mm in the source")
+    return "; ".join(diffs) or None
+
+
+def init_from_input(entry: dict) -> dict[str, str]:
+    """The training job's input ``init_from``: the source's model.pt (a new source retrains), or none."""
+    source = (entry or {}).get("init_from")
+    return {"init_from": str(model_files(source)["model"])} if source and not is_classical(entry) else {}
+
+
+def _resolve_classical(spec: dict) -> dict:
+    if "grid" not in spec:
+        raise ValueError("model config needs 'grid'")
+    problems = entry_problems(str(spec["backbone"]), spec)
+    if problems:
+        raise ValueError(problems[0])
+    spec["classical"] = {**asdict(Classical()), **(spec.get("classical") or {})}
+    return spec
+
+
+def resolve_spec(entry: dict) -> dict:
+    """A model's config entry with every default filled in (the study's settings)."""
+    spec = copy.deepcopy(dict(entry))
+    if is_classical(spec):
+        return _resolve_classical(spec)
+    loss = spec.setdefault("loss", "l1")
+    if loss not in LOSSES:
+        raise ValueError(f"model loss must be l1 or rnc, got {loss!r}")
+    for key in (*REQUIRED, *NETWORK_REQUIRED):
+        if key not in spec:
+            raise ValueError(f"model config needs {key!r}")
+    if "classical" in spec:
+        raise ValueError(entry_problems(str(spec["backbone"]), spec)[-1])
+    for key, value in asdict(ModelDefaults()).items():
+        spec.setdefault(key, value)
+    spec["optimiser"] = {**asdict(OPTIMISER[loss]), **(spec.get("optimiser") or {})}
+    spec["rnc"] = {**asdict(Rnc()), **(spec.get("rnc") or {})}
+    spec["head"] = {**asdict(Head()), **(spec.get("head") or {})}
+    return spec

@@ -1,0 +1,1 @@
+"""Stage 'stats': statistics, tables, figures and report entries. Reads tables and images; never imports torch."""

@@ -1,0 +1,1 @@
+"""Stage 'train': the training engine, the model kinds' fitting, losses, augmentation, checkpoints, gradient cache, distributed training."""
