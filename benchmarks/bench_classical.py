@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from brainage.data.cache import CachedVolumes  # noqa: E402
-from brainage.models.classical import feature_maps, fit_features  # noqa: E402
+from brainage.models.classical import feature_maps  # noqa: E402
+from brainage.train.classical import fit_features  # noqa: E402
 from brainage.models.spec import Classical  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 

@@ -95,7 +95,7 @@ def main() -> None:
         for i in range(n_epoch):
             naive(i)
         naive_rate = n_epoch / (time.perf_counter() - t)
-        from brainage.train.engine import _Volumes, _collate
+        from brainage.train.data import VolumeViews as _Volumes, collate as _collate
 
         ds = _Volumes(cache, np.arange(len(ids)), np.full(len(ids), 50.0), cfg, 1, 0, 1, augment_here=True)
         batches = [[(e, i), (e, i + 1)] for e in range(epochs) for i in range(0, len(ids) - 1, 2)]

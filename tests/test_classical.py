@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from brainage.data.cache import CachedVolumes, build_cache
-from brainage.models.classical import fit_classical, tissue_maps
+from brainage.models.classical import tissue_maps
+from brainage.train.classical import fit_classical
 from brainage.apply.infer import predictions_table
 from brainage.models.files import load_model
 from brainage.models.spec import has_saliency, resolve_spec

@@ -15,7 +15,9 @@ from brainage.data.cache import CachedVolumes
 from brainage.models.files import load_model
 from brainage.models.networks import build_age_model
 from brainage.models.spec import entry_problems
-from brainage.train.engine import _predict, rebase_head, train_model
+from brainage.train.engine import train_model
+from brainage.train.pretrained import rebase_head
+from brainage.train.run import predict_ages as _predict
 from conftest import make_workdir, snakemake_cmd, tiny_config
 from test_train import TRAINING, _entry, data  # noqa: F401  (data: the tiny cache fixture)
 

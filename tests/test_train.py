@@ -154,7 +154,7 @@ def test_linear_head_selection(data, tmp_path, select):
     import pandas as pd
 
     from brainage.data.cache import CachedVolumes
-    from brainage.train.engine import _predict
+    from brainage.train.run import predict_ages as _predict
 
     splits, vols, index = data
     entry = _entry(loss="rnc", epochs=1, rnc={"chunk_size": 6}, head={"epochs": 8, "lr": 0.2, "select": select})

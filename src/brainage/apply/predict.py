@@ -23,6 +23,7 @@ import numpy as np
 
 from brainage.core.grids import Grid, template_grid
 from brainage.core.io import InputError
+from brainage.models.kinds import kind_named
 
 #: grids a template-space input is recognised on (mm)
 KNOWN_GRIDS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -137,7 +138,7 @@ def predict_scan(
     except Exception as err:
         raise InputError(f"{model_path}: cannot load the model ({type(err).__name__}: {err})") from None
     name = meta.get("name", model_path.parent.name)
-    if saliency is not None and meta.get("kind") == "classical":
+    if saliency is not None and not kind_named(str(meta.get("kind")), str(model_path)).saliency:
         raise InputError(f"{model_path}: {name} is a classical model (no layers): no Grad-RAM saliency")
     grid = model_grid(meta)
     result: dict = {"model": name, "grid_mm": grid.res, "t1w": str(t1w)}

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from brainage.core.io import InputError, atomic_path, json_text
+from brainage.models.classical import ClassicalAgeModel
+from brainage.models.kinds import kind_named
 from brainage.models.networks import AgeModel, build_age_model
 
 __all__ = [
@@ -81,9 +83,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
         raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
     meta = blob["meta"]
-    if meta.get("kind") == "classical":  # brainage.models.classical: arrays, not a network
-        from brainage.models.classical import ClassicalAgeModel
-
+    if not kind_named(str(meta.get("kind")), str(path)).network:  # brainage.models.classical: arrays
         return ClassicalAgeModel.from_blob(blob["state_dict"], meta), meta
     model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"])
     model.load_state_dict(blob["state_dict"])

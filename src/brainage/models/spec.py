@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from brainage.core.paths import MODELS_ROOT, model_files
+from brainage.models.kinds import CLASSICAL_BACKBONES, RNC, ModelKind, kind_named, kind_of
 
 LOSSES = ("l1", "rnc")
 
@@ -127,8 +128,6 @@ class Classical:
     restarts: int = 2
 
 
-#: backbones that are not networks: a classical model (brainage.models.classical)
-CLASSICAL_BACKBONES = ("pca_gpr",)
 #: what every entry needs; a network also needs NETWORK_REQUIRED (and loss, l1 when absent)
 REQUIRED = ("backbone", "grid")
 NETWORK_REQUIRED = ("batch_size", "epochs")
@@ -140,21 +139,16 @@ NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tup
                "head": tuple(f.name for f in fields(Head)), "classical": tuple(f.name for f in fields(Classical))}
 
 
-def is_classical(entry: dict) -> bool:
-    """True for a classical model (no network: brainage.models.classical)."""
-    return str((entry or {}).get("backbone", "")).lower() in CLASSICAL_BACKBONES
-
-
 def has_saliency(entry: dict) -> bool:
     """Whether Grad-RAM saliency applies (networks only; a classical model has no layers)."""
-    return not is_classical(entry)
+    return kind_of(entry).saliency
 
 
 def entry_problems(name: str, entry: dict) -> list[str]:
     """What a ``models:`` entry lacks or holds wrongly for its kind, one ``config ...`` line each
     (brainage.config lists them with the schema's problems, before any job)."""
     where = f"config models.{name}"
-    if is_classical(entry):
+    if not kind_of(entry).network:
         extra = [k for k in entry if k not in (*REQUIRED, "classical", "init_from")]
         lines = [f"{where}.{k}: a classical model ({entry['backbone']}) takes no {k!r}; its settings go "
                  f"under 'classical' ({', '.join(NESTED_KEYS['classical'])})" for k in extra]
@@ -177,7 +171,7 @@ def init_from_problems(name: str, entry: dict) -> list[str]:
     """
     where, source = f"config models.{name}", entry.get("init_from")
     loss = entry.get("loss", "l1")
-    if entry.get("epochs") == 0 and loss != "rnc":
+    if entry.get("epochs") == 0 and kind_of(entry) is not RNC:
         return [f"{where}.epochs: 0 trains nothing in an end-to-end model (loss {loss}); give epochs >= 1 "
                 f"(with init_from they start from the pretrained weights)"]
     if entry.get("epochs") == 0 and not source:
@@ -198,7 +192,7 @@ def init_from_problems(name: str, entry: dict) -> list[str]:
 
 def source_mismatch(entry: dict, source: dict) -> str | None:
     """What keeps model ``entry`` from starting from a trained model (its card or model.pt meta), or None."""
-    if source.get("kind") == "classical":
+    if not kind_of_card(source).network:
         return "the source is a classical model, it has no network weights"
     ours, theirs = asdict(Architecture.of(entry)), asdict(Architecture.of(source["architecture"]))
     diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours if ours[k] != theirs[k]]
@@ -210,7 +204,7 @@ def source_mismatch(entry: dict, source: dict) -> str | None:
 def init_from_input(entry: dict) -> dict[str, str]:
     """The training job's input ``init_from``: the source's model.pt (a new source retrains), or none."""
     source = (entry or {}).get("init_from")
-    return {"init_from": str(model_files(source)["model"])} if source and not is_classical(entry) else {}
+    return {"init_from": str(model_files(source)["model"])} if source and kind_of(entry).network else {}
 
 
 def _resolve_classical(spec: dict) -> dict:
@@ -226,7 +220,7 @@ def _resolve_classical(spec: dict) -> dict:
 def resolve_spec(entry: dict) -> dict:
     """A model's config entry with every default filled in (the study's settings)."""
     spec = copy.deepcopy(dict(entry))
-    if is_classical(spec):
+    if not kind_of(spec).network:
         return _resolve_classical(spec)
     loss = spec.setdefault("loss", "l1")
     if loss not in LOSSES:
@@ -242,3 +236,34 @@ def resolve_spec(entry: dict) -> dict:
     spec["rnc"] = {**asdict(Rnc()), **(spec.get("rnc") or {})}
     spec["head"] = {**asdict(Head()), **(spec.get("head") or {})}
     return spec
+
+
+def kind_of_card(card: dict) -> ModelKind:
+    """The kind a model card or model.pt meta records."""
+    return kind_named(str(card.get("kind")), "init_from source")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """One ``models:`` entry resolved once, at the edge (the training script), and passed on.
+
+    name: the entry's name; kind: its :class:`~brainage.models.kinds.ModelKind`; settings: the
+    entry with every default filled in (:func:`resolve_spec`), as model.pt and the model card
+    record it. ``spec["key"]`` and ``spec.get`` read the settings.
+    """
+
+    name: str
+    kind: ModelKind
+    settings: dict
+
+    @classmethod
+    def resolve(cls, name: str, entry: dict) -> "ModelSpec":
+        settings = resolve_spec(entry)
+        return cls(name, kind_of(settings), settings)
+
+    def __getitem__(self, key: str):
+        return self.settings[key]
+
+    def get(self, key: str, default=None):
+        return self.settings.get(key, default)
+

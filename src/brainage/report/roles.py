@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.models.spec import is_classical
+from brainage.models.kinds import CLASSICAL, RNC, kind_of
 
 
 #: config keys that may differ between the models of one batch-size sweep
@@ -59,13 +59,12 @@ def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
     models = normalise_models(models)
     e2e, rnc, sfcn, classical = [], [], [], []
     for name, spec in models.items():
-        backbone = str(spec.get("backbone", "")).lower()
-        loss = str(spec.get("loss", "l1")).lower()
-        if is_classical(spec):
+        kind = kind_of(spec)
+        if kind is CLASSICAL:
             classical.append(name)
-        elif backbone == "sfcn":
+        elif str(spec.get("backbone", "")).lower() == "sfcn":
             sfcn.append(name)
-        elif loss == "rnc":
+        elif kind is RNC:
             rnc.append(name)
         else:
             e2e.append(name)
