@@ -44,7 +44,7 @@ def baseline(t1w: Path, tpl_img, grids=(1.0, 2.0)) -> np.ndarray:
     import ants
 
     from brainage.core.grids import downsample_from_1mm
-    from brainage.preprocess import load_t1w, native
+    from brainage.preprocess import load_t1w, native, transforms
 
     img = load_t1w(t1w, "bench")
     mask = native.brain_mask_deepbet(img)
@@ -55,7 +55,7 @@ def baseline(t1w: Path, tpl_img, grids=(1.0, 2.0)) -> np.ndarray:
     warped = ants.apply_transforms(tpl_img, corrected * mask_img, reg["fwdtransforms"], interpolator="bSpline")
     for r in grids:
         downsample_from_1mm(warped.numpy(), r)
-    return native.read_ants_affine(reg["fwdtransforms"][0])
+    return transforms.read_ants_affine(reg["fwdtransforms"][0])
 
 
 def main() -> None:

@@ -32,12 +32,13 @@ def main() -> None:
 
     import torch  # noqa: F401  (the saliency rule's process holds torch and a network)
 
-    from brainage.apply import explain
+    # gc_frozen is swapped where plot_group_map looks it up: in its own module
+    from brainage.apply.explain import plots
     from brainage.data.atlases import build_resources
     from brainage.models.networks import build_age_model
 
     model = build_age_model({"backbone": "resnet18"}, age_mean=55.0, age_sd=15.0)  # noqa: F841
-    frozen = explain.gc_frozen
+    frozen = plots.gc_frozen
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_resources(tmp, [args.res])[args.res]
         template = nib.load(str(paths["template"]))
@@ -45,14 +46,14 @@ def main() -> None:
         field = ndimage.gaussian_filter(np.random.default_rng(0).random(mask.shape), 2.0).astype(np.float32)
         img = nib.Nifti1Image(field, template.affine)
         times: dict[str, list[float]] = {"baseline (gc as is)": [], "gc_frozen": []}
-        explain.plot_group_map(img, template, mask, "warm-up", Path(tmp) / "warm.png")
+        plots.plot_group_map(img, template, mask, "warm-up", Path(tmp) / "warm.png")
         for rep in range(args.reps):
             for name in times:
-                explain.gc_frozen = frozen if name == "gc_frozen" else contextlib.nullcontext
+                plots.gc_frozen = frozen if name == "gc_frozen" else contextlib.nullcontext
                 start = time.perf_counter()
-                explain.plot_group_map(img, template, mask, name, Path(tmp) / f"{rep}.png")
+                plots.plot_group_map(img, template, mask, name, Path(tmp) / f"{rep}.png")
                 times[name].append(time.perf_counter() - start)
-        explain.gc_frozen = frozen
+        plots.gc_frozen = frozen
     base = statistics.median(times["baseline (gc as is)"])
     print(f"saliency PNG at {args.res:g} mm, median of {args.reps}:")
     for name, values in times.items():

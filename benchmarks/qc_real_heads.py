@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 GRIDS = [2.0, 4.0]
 PCTS = [1, 5, 50, 95]
@@ -46,7 +45,7 @@ MISREGISTRATIONS = [("shift 4 mm", 4.0, 0.0), ("shift 8 mm", 8.0, 0.0), ("rotate
 def participant_id(scan: Path) -> str:
     """``sub-IXI012`` for ``IXI012-HH-1211-T1_ds.nii.gz`` (the manifest's IXI ids); BIDS names
     give their ``sub-`` label; anything else its letters and digits."""
-    from brainage.data.manifest import _IXI_T1
+    from brainage.data.manifest.ixi import _IXI_T1
     from brainage.preprocess import _id_from_name
 
     match = _IXI_T1.fullmatch(scan.name)
@@ -181,13 +180,15 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/qc_real_heads", type=Path)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--config", default="config/config.yaml", type=Path,
-                        help="YAML whose 'preprocess' section (chain and QC thresholds) is used")
+                        help="YAML whose 'preprocess' section (chain and QC thresholds) is used, layered over "
+                             "config/defaults.yaml as --configfile layers it")
     args = parser.parse_args()
 
+    from brainage.config import resolved_config
     from brainage.preprocess import settings_from_config
     from brainage.preprocess.qc import write_cohort_qc
 
-    settings = yaml.safe_load(args.config.read_text())["preprocess"]
+    settings = resolved_config([args.config])["preprocess"]
     thresholds = settings_from_config(settings)["qc"]
     sets = {"real": (args.out, {participant_id(p): p for d in args.data for p in sorted(d.glob("*.nii*"))})}
     if args.simulated is not None:

@@ -103,7 +103,8 @@ def test_every_import_of_the_library_is_covered():
     """Each third-party distribution the package depends on is in at least one environment."""
     required = metadata.requires("brainage-rnc") or []
     names = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in required if "extra ==" not in r}
-    names -= {"snakemake", "snakemake-executor-plugin-slurm"}  # the runner, not a rule's environment
+    # the runner and what its report needs, not a rule's environment
+    names -= {"snakemake", "snakemake-executor-plugin-slurm", "pygments"}
     covered = set()
     for path in ENVS:
         covered |= {n.lower() for n in pins(yaml.safe_load(path.read_text()))}
@@ -124,3 +125,18 @@ def test_the_laptop_install_has_no_slurm_plugin():
     assert "snakemake" in base and "snakemake-executor-plugin-slurm" not in base
     assert "snakemake-executor-plugin-slurm" in extras["slurm"]
     assert {"brainage-rnc", "pytest"} <= extras["test"]  # test pulls the slurm extra
+
+
+def test_the_base_install_can_make_the_report():
+    """`snakemake --report results/report.html` (README) stops with "Python package pygments must
+    be installed to create reports" unless the base install (the README's run line) brings it:
+    Snakemake does not depend on it, and only the [test] extra pulled it in (through pytest)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {normalise(Requirement(r).name) for r in project["dependencies"]}
+    snakemake_needs = {normalise(Requirement(r).name) for r in metadata.requires("snakemake") or [] if "extra ==" not in r}
+    assert "pygments" in base and "pygments" not in snakemake_needs
+

@@ -559,17 +559,18 @@ def test_group_png_is_the_same_with_garbage_collection_frozen(atlas_root, tmp_pa
 
     import matplotlib.image as mpimg
 
-    from brainage.apply import explain
+    # gc_frozen is patched where plot_group_map looks it up: in its own module
+    from brainage.apply.explain import plots
 
     paths = resource_paths(atlas_root, 4)
     template = nib.load(str(paths["template"]))
     mask = np.asanyarray(nib.load(str(paths["mask"])).dataobj) > 0
     data = np.random.default_rng(0).random(mask.shape).astype(np.float32)
     img = nib.Nifti1Image(data, template.affine)
-    explain.plot_group_map(img, template, mask, "map", tmp_path / "frozen.png")
+    plots.plot_group_map(img, template, mask, "map", tmp_path / "frozen.png")
     assert gc.get_freeze_count() == 0
-    monkeypatch.setattr(explain, "gc_frozen", contextlib.nullcontext)
-    explain.plot_group_map(img, template, mask, "map", tmp_path / "as_is.png")
+    monkeypatch.setattr(plots, "gc_frozen", contextlib.nullcontext)
+    plots.plot_group_map(img, template, mask, "map", tmp_path / "as_is.png")
     frozen, as_is = mpimg.imread(tmp_path / "frozen.png"), mpimg.imread(tmp_path / "as_is.png")
     assert frozen.shape == as_is.shape and frozen.shape[0] > 300
     np.testing.assert_array_equal(frozen, as_is)

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from brainage.report import figures
+from brainage.report import figures, figures_gap, figures_saliency
 
 from brainage.report import stats
 
-from brainage.report import tables
+from brainage.report import tables, tables_disease
 from brainage.core.io import read_participants
 from brainage.data.atlases import build_resources, resource_paths
 from brainage.core.paths import saliency_file
@@ -64,7 +64,7 @@ def test_model_colours_are_stable_when_models_are_added():
 
 @pytest.fixture
 def drawn(monkeypatch) -> list:
-    """Every Matplotlib figure the figures module saves, kept open for the test to read its data."""
+    """Every Matplotlib figure the figures modules save, kept open for the test to read its data."""
     kept = []
 
     def keep(fig, paths):
@@ -72,7 +72,8 @@ def drawn(monkeypatch) -> list:
         for path in paths:
             figures.save_figure(fig, path, dpi=figures.DPI)
 
-    monkeypatch.setattr(figures, "save", keep)
+    for module in (figures, figures_gap):  # Figure 6 is drawn by figures_gap with the shared save
+        monkeypatch.setattr(module, "save", keep)
     yield kept
     import matplotlib.pyplot as plt
 
@@ -103,8 +104,8 @@ def test_fig1_fig3_fig6_pred_curves(data, tmp_path, drawn):
     figures.fig1_age_distribution(parts, [tmp_path / "f1.png", tmp_path / "f1.svg"])
     sweep = figures.fig3_batch_size(preds, fx.MODELS, [tmp_path / "f3.png", tmp_path / "f3.pdf"], n_resamples=100)
     assert set(sweep["model"]) == set(stats.model_roles(fx.MODELS).sweep_models)
-    chosen, _ = tables.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
-    figures.fig6_bag_violin(preds, chosen, colours, [tmp_path / "f6.png", tmp_path / "f6.svg"])
+    chosen, _ = tables_disease.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
+    figures_gap.fig6_bag_violin(preds, chosen, colours, [tmp_path / "f6.png", tmp_path / "f6.svg"])
     figures.fig_pred_vs_age(preds, colours, [tmp_path / "pa.png"])
     figures.fig_training_curves(data["paths"]["train_logs"], colours, [tmp_path / "tc.png"])
     for name, size in (("f1", (900, 1200)), ("f3", (1000, 700)), ("f6", (1500, 700)), ("pa", (2000, 1000)), ("tc", (2000, 700))):
@@ -151,17 +152,17 @@ def test_fig1_fig3_fig6_pred_curves(data, tmp_path, drawn):
 def test_saliency_figures_and_missing_groups(data, tmp_path):
     val = stats.validation_maes(data["paths"]["train_logs"].values())
     models4 = {k: v for k, v in fx.MODELS.items() if v["grid"] == 4}
-    chosen = figures.fig_gradram(models4, val, data["groups"], [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
-                                 ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD")
+    chosen = figures_saliency.fig_gradram(models4, val, data["groups"], [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+                                          ["rnc", "e2e"], figures_saliency.DISEASE_ROWS, "Grad-RAM in AD and PD")
     assert set(chosen) == {"rnc", "e2e"}
     check_png(tmp_path / "f7.png", (1500, 1800))
     check_vector(tmp_path / "f7.svg")
     template = resource_paths(data["resources"], 4)["template"]
     maps = [("HC 20-40 y", data["groups"]["sfcn"] / saliency_file("4", group="HC_20-40")), ("empty", tmp_path / "absent.nii.gz")]
-    figures.fig_saliency(maps, template, [tmp_path / "f4.png"], "two rows, one without subjects")
+    figures_saliency.fig_saliency(maps, template, [tmp_path / "f4.png"], "two rows, one without subjects")
     check_png(tmp_path / "f4.png", (1500, 800))
     with pytest.raises(ValueError, match="differs from the template"):
-        figures.fig_saliency(maps[:1], _other_grid_template(tmp_path), [tmp_path / "x.png"], "x")
+        figures_saliency.fig_saliency(maps[:1], _other_grid_template(tmp_path), [tmp_path / "x.png"], "x")
 
 
 
@@ -195,11 +196,11 @@ def test_fig3_three_sweep_points_sorted_by_batch_size(data, tmp_path):
 
 def test_fig6_second_panel_for_corrected_gap(data, tmp_path):
     preds = data["predictions"]
-    chosen, _ = tables.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
+    chosen, _ = tables_disease.headline_models(fx.MODELS, stats.validation_maes(data["paths"]["train_logs"].values()))
     colours = figures.model_colours(list(fx.MODELS))
-    assert figures.fig6_bag_violin(preds, chosen, colours, [tmp_path / "raw.png"]) == ["bag"]
+    assert figures_gap.fig6_bag_violin(preds, chosen, colours, [tmp_path / "raw.png"]) == ["bag"]
     corrected = {n: p.assign(bag_corrected=p["bag"] - (-0.12 * p["age"] + 6.6)) for n, p in preds.items()}
-    assert figures.fig6_bag_violin(corrected, chosen, colours, [tmp_path / "both.png", tmp_path / "both.svg"]) == ["bag", "bag_corrected"]
+    assert figures_gap.fig6_bag_violin(corrected, chosen, colours, [tmp_path / "both.png", tmp_path / "both.svg"]) == ["bag", "bag_corrected"]
     with Image.open(tmp_path / "raw.png") as one, Image.open(tmp_path / "both.png") as two:
         assert two.size[0] == one.size[0] and two.size[1] > 1.6 * one.size[1]  # a second panel below the raw one
     assert "age-bias corrected" in (tmp_path / "both.svg").read_text()
@@ -222,20 +223,20 @@ def test_fig7_difference_maps_beside_group_means(data, tmp_path):
         for c in ("AD", "PD"):
             diff = np.asarray(nib.load(str(d / saliency_file("4", group=c))).dataobj) - hc  # signed: +/- both occur
             nib.save(nib.Nifti1Image(diff.astype(np.float32), mean.affine), str(groups[name] / saliency_file("4", group=f"{c}-minus-HC")))
-    chosen = figures.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
-                                 ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD",
-                                 differences=figures.DISEASE_DIFFERENCES)
+    chosen = figures_saliency.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "f7.png", tmp_path / "f7.svg"],
+                                          ["rnc", "e2e"], figures_saliency.DISEASE_ROWS, "Grad-RAM in AD and PD",
+                                          differences=figures_saliency.DISEASE_DIFFERENCES)
     assert set(chosen) == {"rnc", "e2e"}
     check_png(tmp_path / "f7.png", (3000, 1800))
     svg = (tmp_path / "f7.svg").read_text()
     assert "Minus age-matched HC" in svg and "Group mean" in svg
     (groups[chosen["rnc"]] / saliency_file("4", group="PD-minus-HC")).unlink()
-    figures.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "g7.svg"], ["rnc", "e2e"], figures.DISEASE_ROWS,
-                        "x", differences=figures.DISEASE_DIFFERENCES)
+    figures_saliency.fig_gradram(models4, val, groups, [resource_paths(data["resources"], 4)["template"]], [tmp_path / "g7.svg"], ["rnc", "e2e"], figures_saliency.DISEASE_ROWS,
+                                 "x", differences=figures_saliency.DISEASE_DIFFERENCES)
     assert "no difference map" in (tmp_path / "g7.svg").read_text()
     with pytest.raises(ValueError, match="difference maps for"):
-        figures.fig_saliency([("a", None)], resource_paths(data["resources"], 4)["template"], [tmp_path / "x.png"], "x",
-                             differences=[None, None])
+        figures_saliency.fig_saliency([("a", None)], resource_paths(data["resources"], 4)["template"], [tmp_path / "x.png"], "x",
+                                      differences=[None, None])
 
 
 def test_fig_saliency_tells_a_missing_group_from_an_all_zero_map(data, tmp_path):
@@ -248,7 +249,7 @@ def test_fig_saliency_tells_a_missing_group_from_an_all_zero_map(data, tmp_path)
     img = nib.load(str(template))
     zero = tmp_path / "zero.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), str(zero))
-    figures.fig_saliency([("absent", None), ("zero", zero)], template, [tmp_path / "z.svg"], "x")
+    figures_saliency.fig_saliency([("absent", None), ("zero", zero)], template, [tmp_path / "z.svg"], "x")
     svg = (tmp_path / "z.svg").read_text()
     # matplotlib writes each text as an SVG comment before its glyphs: one per slice of the row
     assert svg.count("<!-- no subjects -->") == 3 and svg.count("<!-- Grad-RAM 0 in every subject -->") == 3
@@ -271,7 +272,7 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
     shutil.copytree(data["resources"], wf / "resources" / "atlases")
     (wf / "results" / "qc").mkdir()
     shutil.copy(wf / "results" / "models" / "sfcn" / "train_log.tsv", wf / "results" / "qc" / "qc.tsv")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "defaults.yaml").read_text())
     stats_cfg = dict(config["stats"], bootstrap=100)
     models = {k: dict(v, grid=4) for k, v in fx.MODELS.items()}
     (wf / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "cohort": {"source": "simulate"}, "models": models, "stats": stats_cfg}))

@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from brainage.report import stats
 
-from brainage.report import tables
+from brainage.report import tables_recovery
 from brainage.apply.infer import add_true_gap
 from brainage.core.io import InputError
 
@@ -57,7 +57,7 @@ def test_gap_recovery_drops_missing_pairs_and_needs_three():
 
 def test_table_rows_per_model_and_group_recomputed():
     frame = _predictions()
-    table = tables.table_gap_recovery({"m1": frame}, {"m1": {"backbone": "resnet18", "loss": "l1"}})
+    table = tables_recovery.table_gap_recovery({"m1": frame}, {"m1": {"backbone": "resnet18", "loss": "l1"}})
     data = table.data.set_index("group")
     assert list(data.index) == ["HC test", "AD", "PD"]  # validation subjects are not test subjects
     for group, rows in (("HC test", frame[frame["split"] == "test"]), ("AD", frame[frame["cohort"] == "AD"])):
@@ -71,7 +71,7 @@ def test_table_rows_per_model_and_group_recomputed():
 def test_table_needs_the_truth():
     frame = _predictions().drop(columns="true_bag")
     with pytest.raises(InputError, match="true_bag"):
-        tables.table_gap_recovery({"m1": frame}, {})
+        tables_recovery.table_gap_recovery({"m1": frame}, {})
 
 
 def test_add_true_gap_from_the_simulators_subjects_table(tmp_path):
@@ -88,7 +88,7 @@ def test_add_true_gap_from_the_simulators_subjects_table(tmp_path):
 
 
 def test_figure_draws_each_groups_points(tmp_path):
-    from brainage.report.figures import fig_gap_recovery
+    from brainage.report.figures_gap import fig_gap_recovery
 
     frame = _predictions()
     drawn = fig_gap_recovery({"m1": frame, "m2": frame}, {"m1": "C0", "m2": "C1"}, [tmp_path / "g.png", tmp_path / "g.svg"])
@@ -105,7 +105,7 @@ def test_figure_draws_each_groups_points(tmp_path):
 def test_figure_draws_the_corrected_gap_below_the_raw_one(tmp_path):
     """With infer.bias_correction the predictions hold bag_corrected: a second block of panels
     draws it against the same true BAG; a model predicted without it keeps its raw panel."""
-    from brainage.report.figures import fig_gap_recovery
+    from brainage.report.figures_gap import fig_gap_recovery
 
     frame = _predictions()
     corrected = frame.assign(bag_corrected=frame["bag"] - (0.2 * frame["age"] - 12.0))

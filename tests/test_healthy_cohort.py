@@ -8,9 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from brainage.report import figures
+from brainage.report import figures, figures_gap, figures_saliency
 
-from brainage.report import tables
+from brainage.report import comparison, tables, tables_disease
 from brainage.data.atlases import build_resources, resource_paths
 from brainage.core.paths import saliency_file
 
@@ -37,7 +37,7 @@ def _svg_texts(path) -> str:
 
 def test_table4_of_a_healthy_cohort_is_one_line(healthy, tmp_path):
     _, preds = healthy
-    table = tables.table4_disease(preds, MODELS, n_resamples=50)
+    table = tables_disease.table4_disease(preds, MODELS, n_resamples=50)
     table.write(tmp_path / "t4.tsv", tmp_path / "t4.md", tmp_path / "t4.html")
     md = (tmp_path / "t4.md").read_text().strip().splitlines()
     assert md[0].startswith("# Table 4")
@@ -49,7 +49,7 @@ def test_table4_of_a_healthy_cohort_is_one_line(healthy, tmp_path):
 
 def test_table4_with_ad_only_names_the_missing_pd(tmp_path):
     _, preds = _cohort(n_ad=15)
-    table = tables.table4_disease(preds, MODELS, n_resamples=50)
+    table = tables_disease.table4_disease(preds, MODELS, n_resamples=50)
     assert set(table.data["cohort"]) == {"AD"} and len(table.data) == len(MODELS)
     assert table.notes[-1] == "No PD subjects in this cohort."
 
@@ -57,7 +57,7 @@ def test_table4_with_ad_only_names_the_missing_pd(tmp_path):
 def test_table1_and_study_comparison_say_what_is_absent(healthy):
     parts, preds = healthy
     assert tables.table1_cohort(parts).notes[-1] == "No AD or PD subjects in this cohort."
-    sheet = tables.study_comparison(preds, MODELS, {m: 5.0 for m in MODELS}, "healthy only")
+    sheet = comparison.study_comparison(preds, MODELS, {m: 5.0 for m in MODELS}, "healthy only")
     ad_rows = [line for line in sheet.splitlines() if line.startswith("| AD mean BAG") or line.startswith("| r(AD BAG")]
     assert len(ad_rows) == 2 and all(row.endswith("| No AD subjects in this cohort |") for row in ad_rows)
 
@@ -65,7 +65,7 @@ def test_table1_and_study_comparison_say_what_is_absent(healthy):
 def test_fig6_and_pred_vs_age_draw_only_the_healthy(healthy, tmp_path):
     _, preds = healthy
     colours = figures.model_colours(list(MODELS))
-    figures.fig6_bag_violin(preds, CHOSEN, colours, [tmp_path / "f6.svg"])
+    figures_gap.fig6_bag_violin(preds, CHOSEN, colours, [tmp_path / "f6.svg"])
     svg = _svg_texts(tmp_path / "f6.svg")
     # one x position (HC test) and the one line; no AD or PD slot
     assert "<!-- No AD or PD subjects in this cohort -->" in svg
@@ -95,9 +95,9 @@ def saliency(tmp_path_factory):
 
 def test_fig7_of_a_healthy_cohort_is_its_title_and_one_line(saliency, tmp_path):
     groups, template = saliency
-    chosen = figures.fig_gradram(MODELS, {m: 5.0 for m in MODELS}, groups, [template], [tmp_path / "f7.svg"],
-                                 ["rnc", "e2e"], figures.DISEASE_ROWS, "Grad-RAM in AD and PD",
-                                 differences=figures.DISEASE_DIFFERENCES)
+    chosen = figures_saliency.fig_gradram(MODELS, {m: 5.0 for m in MODELS}, groups, [template], [tmp_path / "f7.svg"],
+                                          ["rnc", "e2e"], figures_saliency.DISEASE_ROWS, "Grad-RAM in AD and PD",
+                                          differences=figures_saliency.DISEASE_DIFFERENCES)
     assert chosen == {"rnc": "rnc_b16", "e2e": "resnet18_e2e"}
     svg = _svg_texts(tmp_path / "f7.svg")
     assert "<!-- No subjects in this cohort for AD, PD -->" in svg
@@ -106,8 +106,8 @@ def test_fig7_of_a_healthy_cohort_is_its_title_and_one_line(saliency, tmp_path):
 
 def test_fig4_leaves_out_an_age_group_without_subjects(saliency, tmp_path):
     groups, template = saliency
-    figures.fig_gradram(MODELS, {m: 5.0 for m in MODELS}, groups, [template], [tmp_path / "f4.svg"], ["e2e"],
-                        figures.AGE_GROUP_ROWS, "Grad-RAM by age group")
+    figures_saliency.fig_gradram(MODELS, {m: 5.0 for m in MODELS}, groups, [template], [tmp_path / "f4.svg"], ["e2e"],
+                                 figures_saliency.AGE_GROUP_ROWS, "Grad-RAM by age group")
     svg = _svg_texts(tmp_path / "f4.svg")
     assert "No subjects in this cohort for HC 80+ y: not drawn" in svg
     assert "<!-- HC 80+ y -->" not in svg and "no subjects" not in svg

@@ -50,7 +50,7 @@ def test_a_bad_row_is_refused_by_both(bad):
 
 def test_every_importer_is_on_the_command_line():
     """The CLI is built from manifest.IMPORTERS: each source's options exist and pair up."""
-    parser = manifest._parser()
+    parser = manifest.cli._parser()
     flags = {a for action in parser._actions for a in action.option_strings}
     for imp in manifest.IMPORTERS:
         assert imp.table[0] in flags and (imp.folder is None or imp.folder[0] in flags)

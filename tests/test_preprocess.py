@@ -270,7 +270,7 @@ def test_affine_round_trip_through_itk_file(tmp_path):
     import ants
     import pandas as pd
 
-    from brainage.preprocess.native import read_ants_affine, write_ants_affine
+    from brainage.preprocess.transforms import read_ants_affine, write_ants_affine
 
     rng = np.random.default_rng(3)
     matrix = np.eye(4)
@@ -319,7 +319,7 @@ def test_block_downsampling_matches_the_1mm_definition():
 
 
 def test_normalisation_maps_brain_percentiles_to_unit_range():
-    from brainage.preprocess.native import normalise_in_brain
+    from brainage.preprocess.finish import normalise_in_brain
 
     rng = np.random.default_rng(2)
     vol = rng.normal(100, 20, (30, 30, 30)).astype(np.float32)

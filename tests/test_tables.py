@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from brainage.report import stats
 
-from brainage.report import tables
+from brainage.report import comparison, tables, tables_disease
 from brainage.core.io import read_participants
 
 import _stats_fixtures as fx
@@ -102,15 +102,15 @@ def test_table3_roles_external_and_train_size(data):
     preds, val = data["predictions"], data["val"]
     n_train = tables.train_size(data["paths"]["splits"])
     assert n_train == (pd.read_csv(data["paths"]["splits"], sep="\t")["split"] == "train").sum()
-    t = tables.table3_baselines(preds, fx.MODELS, val, n_train, n_resamples=0)
+    t = tables_disease.table3_baselines(preds, fx.MODELS, val, n_train, n_resamples=0)
     roles = dict(zip(t.data["role"], t.data["model"]))
     assert roles["best end-to-end"] == min(("resnet18_e2e", "resnet50_e2e"), key=val.get)
     assert roles["RNC"] == min(("rnc_b16", "rnc_b32", "rnc_g2_b8", "rnc_g2_b24"), key=val.get)
     assert roles["SFCN baseline"] == "sfcn"
     assert any("No external model" in n for n in t.notes)
     assert (t.data["n_train"] == n_train).all()
-    ext = tables.External("published-model", preds["resnet50_e2e"].drop(columns=["split", "bag"]), 2001)
-    t = tables.table3_baselines(preds, fx.MODELS, val, n_train, external=ext, n_resamples=0)
+    ext = tables_disease.External("published-model", preds["resnet50_e2e"].drop(columns=["split", "bag"]), 2001)
+    t = tables_disease.table3_baselines(preds, fx.MODELS, val, n_train, external=ext, n_resamples=0)
     row = t.data.set_index("role").loc["external"]
     assert row["model"] == "published-model" and row["n_train"] == 2001
     assert row["n_test"] == (preds["resnet50_e2e"]["split"] == "test").sum()  # HC rows taken as test
@@ -119,7 +119,7 @@ def test_table3_roles_external_and_train_size(data):
 
 def test_table4_disease_gap_and_correlation(data):
     preds = data["predictions"]
-    t = tables.table4_disease(preds, fx.MODELS, n_resamples=200, seed=0)
+    t = tables_disease.table4_disease(preds, fx.MODELS, n_resamples=200, seed=0)
     rows = t.data.set_index(["model", "cohort"])
     for name, pred in preds.items():
         ad = pred[pred["cohort"] == "AD"]
@@ -138,14 +138,14 @@ def test_table4_disease_gap_and_correlation(data):
 
 def test_study_comparison_is_labelled_as_different_data(data):
     preds = data["predictions"]
-    sheet = tables.study_comparison(preds, fx.MODELS, data["val"], "the simulated cohort")
+    sheet = comparison.study_comparison(preds, fx.MODELS, data["val"], "the simulated cohort")
     assert "**Different data.**" in sheet and "not a replication" in sheet
     assert "4.27 \u00b1 3.32" in sheet and "4.92 \u00b1 3.96" in sheet and "+2.12" in sheet and "0.37" in sheet
     # the computed column, recomputed here from the predictions of the models the sheet names
     this_run = [cells[3].strip() for cells in (line.split("|") for line in sheet.splitlines() if line.startswith("| "))
                 if "mm):" in cells[3]]
     assert len(this_run) == 4, sheet
-    chosen, _ = tables.headline_models(fx.MODELS, data["val"])
+    chosen, _ = tables_disease.headline_models(fx.MODELS, data["val"])
     rnc, e2e = chosen["RNC"], chosen["best end-to-end"]
     numbers = [[float(x) for x in re.findall(r"(?<![\w.])[-+]?\d+\.\d+", row.split("mm):")[1])] for row in this_run]
     for row, name, (mae, sd, r2) in zip(this_run, (rnc, e2e), numbers[:2]):
@@ -163,7 +163,7 @@ def test_study_comparison_is_labelled_as_different_data(data):
     r, p_r = numbers[3]
     ref = sps.pearsonr(ad["bag"], ad["adas_cog11"].astype(float))
     assert (r, p_r) == (pytest.approx(ref.statistic, abs=0.005), pytest.approx(ref.pvalue, abs=0.0005))
-    page = tables.markdown_to_html(sheet, "Study comparison")
+    page = comparison.markdown_to_html(sheet, "Study comparison")
     assert page.count("<tr>") == 5 and "Different data." in page
 
 
@@ -183,7 +183,7 @@ def test_tables_3_and_4_report_corrected_gap_beside_raw(data, tmp_path):
     back = tables.load_predictions([path])["rnc_b16"]
     np.testing.assert_allclose(back["bag_corrected"], preds["rnc_b16"]["bag_corrected"])
 
-    t4 = tables.table4_disease(preds, fx.MODELS, n_resamples=0)
+    t4 = tables_disease.table4_disease(preds, fx.MODELS, n_resamples=0)
     rows = t4.data.set_index(["model", "cohort"])
     for name, pred in preds.items():
         ad = pred[pred["cohort"] == "AD"]
@@ -199,7 +199,7 @@ def test_tables_3_and_4_report_corrected_gap_beside_raw(data, tmp_path):
     assert cols.index("BAG (years)") < cols.index("BAG, age-bias corrected (years)") and "r, age-bias corrected BAG" in cols
     assert any("age-bias corrected" in n and "primary" in n for n in t4.notes)
 
-    t3 = tables.table3_baselines(preds, fx.MODELS, data["val"], 100, n_resamples=0)
+    t3 = tables_disease.table3_baselines(preds, fx.MODELS, data["val"], 100, n_resamples=0)
     for _, row in t3.data.iterrows():
         hc = preds[row["model"]]
         hc = hc[(hc["cohort"] == "HC") & (hc["split"] == "test")]
@@ -210,6 +210,6 @@ def test_tables_3_and_4_report_corrected_gap_beside_raw(data, tmp_path):
     assert "age-bias corrected" in t3.markdown() and "age-bias corrected" in t3.html()
 
     # without the column (bias correction off, as in the study): no corrected columns or note
-    for t in (tables.table4_disease(raw, fx.MODELS, n_resamples=0), tables.table3_baselines(raw, fx.MODELS, data["val"], 100, n_resamples=0)):
+    for t in (tables_disease.table4_disease(raw, fx.MODELS, n_resamples=0), tables_disease.table3_baselines(raw, fx.MODELS, data["val"], 100, n_resamples=0)):
         assert not any("corrected" in c for c in [*t.data.columns, *t.display.columns])
         assert not any("age-bias corrected" in n for n in t.notes)

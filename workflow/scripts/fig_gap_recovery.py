@@ -1,6 +1,7 @@
-"""Predicted against the simulator's true brain-age gap, per model (brainage.report.figures)."""
+"""Predicted against the simulator's true brain-age gap, per model (brainage.report.figures_gap)."""
 
-from brainage.report.figures import fig_gap_recovery, model_colours
+from brainage.report.figures import model_colours
+from brainage.report.figures_gap import fig_gap_recovery
 from brainage.core.logs import redirect_to_log
 from brainage.report.tables import load_predictions
 

@@ -1,9 +1,9 @@
-"""Figures 4, 5 and 7: group-mean saliency (config explain.method; the study: Grad-RAM) of the best model of a role (brainage.report.figures)."""
+"""Figures 4, 5 and 7: group-mean saliency (config explain.method; the study: Grad-RAM) of the best model of a role (brainage.report.figures_saliency)."""
 
 from pathlib import Path
 
 from brainage.core.paths import SALIENCY_METHOD_LABELS as METHOD_LABELS
-from brainage.report.figures import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
+from brainage.report.figures_saliency import AGE_GROUP_ROWS, DISEASE_DIFFERENCES, DISEASE_ROWS, fig_gradram
 from brainage.core.logs import redirect_to_log
 from brainage.report.stats import validation_maes
 

@@ -1,9 +1,10 @@
-"""Study comparison sheet: the study's published figures beside this run's (brainage.report.tables)."""
+"""Study comparison sheet: the study's published figures beside this run's (brainage.report.comparison)."""
 
 from brainage.core.io import write_text
 from brainage.core.logs import redirect_to_log
+from brainage.report.comparison import markdown_to_html, study_comparison
 from brainage.report.stats import validation_maes
-from brainage.report.tables import load_predictions, markdown_to_html, study_comparison
+from brainage.report.tables import load_predictions
 
 with redirect_to_log(snakemake.log[0]):
     cohort = snakemake.params.cohort

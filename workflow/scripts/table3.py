@@ -1,8 +1,9 @@
-"""Table 3: best end-to-end and RNC models against the baselines (brainage.report.tables)."""
+"""Table 3: best end-to-end and RNC models against the baselines (brainage.report.tables_disease)."""
 
 from brainage.core.logs import redirect_to_log
 from brainage.report.stats import read_predictions, validation_maes
-from brainage.report.tables import External, load_predictions, table3_baselines, train_size
+from brainage.report.tables import load_predictions, train_size
+from brainage.report.tables_disease import External, table3_baselines
 
 with redirect_to_log(snakemake.log[0]):
     ext = snakemake.params.external

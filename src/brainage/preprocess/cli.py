@@ -6,8 +6,8 @@ from pathlib import Path
 
 from brainage.core.grids import check_grids
 from brainage.core.io import InputError
-from brainage.preprocess import preprocess_t1w
-from brainage.preprocess.finish import settings_from_config
+from brainage.preprocess.run import preprocess_t1w
+from brainage.preprocess.settings import settings_from_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +61,7 @@ def _checked_arguments(args) -> tuple[str, list[float], dict | None]:
         except yaml.YAMLError as err:
             raise InputError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, dict) or not isinstance(loaded.get("preprocess"), dict):
-            raise InputError(f"--config {path}: no 'preprocess' section (see config/config.yaml)")
+            raise InputError(f"--config {path}: no 'preprocess' section (see config/defaults.yaml)")
         settings = loaded["preprocess"]
         try:
             settings_from_config(settings)

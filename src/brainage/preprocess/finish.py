@@ -1,7 +1,8 @@
-"""What both engines share: the preprocess settings, reading a raw scan, the template, the grid
-arithmetic, and the finishing of an engine's result on its base grid into the pipeline's outputs
-(every configured grid, native mask, affine files, QC json and figure) -- or the outputs of a
-subject whose scan is bad input (:func:`write_excluded`)."""
+"""What both engines share: reading a raw scan, the template, the grid arithmetic, and the
+finishing of an engine's result on its base grid into the pipeline's outputs (intensities
+normalised in the brain, every configured grid, native mask, affine files, QC json and figure)
+-- or the outputs of a subject whose scan is bad input (:func:`write_excluded`). The settings
+are in :mod:`.settings`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import functools
 import logging
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -27,6 +27,7 @@ from brainage.core.grids import (
 from brainage.core.io import InputError, atomic_dir, atomic_path, nifti_image, save_nifti, write_json
 from brainage.core.paths import preprocess_outputs
 from brainage.preprocess.qc import QCThresholds, affine_summary, ncc, qc_failures, qc_figure
+from brainage.preprocess.transforms import write_ants_affine
 # one rule for what a usable scan is, with `brainage manifest --check` (VOXEL_MM_RANGE: a voxel
 # size outside it is a broken header, not a scan)
 from brainage.core.scans import MIN_AXIS_VOXELS, VOXEL_MM_RANGE, header_problem
@@ -36,30 +37,6 @@ log = logging.getLogger("brainage.preprocess")
 
 #: a registration whose affine shrinks or stretches the head beyond these determinants failed
 DETERMINANT_RANGE = (0.2, 5.0)
-
-
-def settings_from_config(section: dict | None) -> dict[str, Any]:
-    """Settings objects from the ``preprocess`` config section (missing keys: defaults)."""
-    from brainage.preprocess.native import BrainMaskSettings, N4Settings, RegistrationSettings
-
-    section = section or {}
-    native = section.get("native", {}) or {}
-
-    def build(cls, values: dict):
-        names = {f.name for f in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"config preprocess: unknown {cls.__name__} keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    qc = dict(section.get("qc", {}) or {})
-    qc.pop("on_fail", None)
-    return {
-        "brain_mask": build(BrainMaskSettings, native.get("brain_mask", {}) or {}),
-        "n4": build(N4Settings, native.get("n4", {}) or {}),
-        "registration": build(RegistrationSettings, native.get("registration", {}) or {}),
-        "qc": build(QCThresholds, qc),
-    }
 
 
 def load_t1w(path: str | Path, participant_id: str) -> nib.Nifti1Image:
@@ -152,7 +129,7 @@ def finish_from_base(
     """
     started = time.perf_counter() if started is None else started
     paths = preprocess_outputs(out_dir, participant_id, grids)
-    volume = _normalise(volume, brain)
+    volume = normalise_in_brain(volume, brain)
     native_to_template = np.linalg.inv(template_to_native)
     summary = affine_summary(native_to_template)
     if not DETERMINANT_RANGE[0] <= summary["determinant"] <= DETERMINANT_RANGE[1]:
@@ -181,8 +158,6 @@ def finish_from_base(
         if transform_file is not None:
             shutil.copyfile(transform_file, tmp)
         else:
-            from brainage.preprocess.native import write_ants_affine
-
             write_ants_affine(template_to_native, tmp)
     write_json(paths["xfm_json"], {
         "template_to_native_ras": template_to_native,
@@ -198,10 +173,22 @@ def finish_from_base(
     return metrics
 
 
-def _normalise(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    from brainage.preprocess.native import normalise_in_brain
+def normalise_in_brain(volume: np.ndarray, brain: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Robust min-max intensity normalisation inside the brain: ``(X, Y, Z)`` float32 in [0, 1].
 
-    return normalise_in_brain(volume, brain)
+    ``v' = clip((v - p_low) / (p_high - p_low), 0, 1)`` with the percentiles taken over the brain
+    voxels (``brain`` bool), and 0 outside the brain. Percentiles rather than min/max make the
+    scale immune to B-spline overshoot and to a few bright vessels; the upper one sits in white
+    matter, so white matter is about 1 in every subject whatever the scanner gain.
+    """
+    values = volume[brain]
+    if values.size == 0:
+        raise ValueError("empty brain mask: nothing to normalise")
+    lo, hi = np.percentile(values, [low_pct, high_pct])
+    scale = hi - lo if hi > lo else 1.0
+    out = np.clip((volume - lo) / scale, 0.0, 1.0).astype(np.float32)
+    out[~brain] = 0.0
+    return out
 
 
 def write_excluded(out_dir: str | Path, participant_id: str, t1w_path: str | Path, grids: list[float],

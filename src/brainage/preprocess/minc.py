@@ -134,7 +134,8 @@ def finish_minc(brain_1mm: str | Path, mask: str | Path, xfm: str | Path, t1w_pa
                 template: str | Path | None = None, started: float | None = None) -> dict:
     """The MINC chain's products -> the pipeline's outputs and QC (same names as the native engine)."""
     from brainage.core.grids import resample_image, template_grid
-    from brainage.preprocess.finish import finish_from_base, load_template, settings_from_config
+    from brainage.preprocess.finish import finish_from_base, load_template
+    from brainage.preprocess.settings import settings_from_config
 
     started = time.perf_counter() if started is None else started
     cfg = settings_from_config(settings)

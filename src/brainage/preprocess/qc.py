@@ -27,7 +27,7 @@ class QCThresholds:
     Scales are the singular values of the native-to-template affine (template size over head
     size per principal axis). Measured on 89 real IXI heads (benchmarks/qc_real_heads.py):
     NCC 0.51-0.61 for correct registrations, 0.31-0.42 for the same brains moved 8 mm or turned
-    10 degrees; scales 0.96-1.33; brain volume 1164-1748 ml (numbers in config/config.yaml).
+    10 degrees; scales 0.96-1.33; brain volume 1164-1748 ml (docs/measurements.md).
     """
 
     min_ncc: float = 0.45

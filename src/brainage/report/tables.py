@@ -1,9 +1,12 @@
-"""The study's Tables 1-4 and the comparison sheet with its published figures.
+"""Shared parts of the study's tables, and Tables 1 and 2.
 
 Each table is written three ways: a TSV with plain numbers (machine-readable, one value per
 column), a Markdown rendering and an HTML rendering (``mean +- SD`` cells, marks, notes) for
-people and for the Snakemake report. Statistics come from :mod:`brainage.report.stats`; which model is
-"best end-to-end", "RNC" or "SFCN" comes from the config via :func:`brainage.report.stats.model_roles`.
+people and for the Snakemake report. This module holds what every table uses (:class:`Table`,
+the cell formatting, the corrected-BAG columns, the inputs) and Tables 1-2; Tables 3-4 are in
+:mod:`brainage.report.tables_disease`, the gap-recovery table in
+:mod:`brainage.report.tables_recovery` and the comparison sheet with the study's published
+figures in :mod:`brainage.report.comparison`. Statistics come from :mod:`brainage.report.stats`.
 """
 
 from __future__ import annotations
@@ -23,14 +26,6 @@ from brainage.report import stats
 from brainage.core.io import InputError, write_text, write_tsv
 
 PM = "\u00b1"
-
-#: the study's published results (../shared/DESIGN.md), different subjects from any run here
-PUBLISHED = {
-    "rnc_highrez": {"label": "RNC-highRez (ResNet18, RNC, 1 mm)", "mae": 4.27, "mae_sd": 3.32, "r2": 0.93},
-    "e2e_highrez": {"label": "ResNet50-highRez (end-to-end L1, 1 mm)", "mae": 4.92, "mae_sd": 3.96, "r2": 0.90},
-    "ad_bag": {"label": "AD mean BAG, RNC model (years)", "value": 2.12},
-    "ad_r": {"label": "Pearson r, AD BAG vs ADAS-Cog-11", "value": 0.37},
-}
 
 
 @dataclass
@@ -59,10 +54,11 @@ class Table:
     def html(self) -> str:
         table = self.display.to_html(index=False, escape=True, border=0, na_rep="") if len(self.display.columns) else ""
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return _HTML.format(title=html.escape(self.title), table=table, notes=f"<ul>{notes}</ul>" if notes else "")
+        return HTML_PAGE.format(title=html.escape(self.title), table=table, notes=f"<ul>{notes}</ul>" if notes else "")
 
 
-_HTML = """<!DOCTYPE html>
+#: the page around a table (or, from brainage.report.comparison, a sheet) and its notes
+HTML_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{font-family: sans-serif; font-size: 14px; margin: 1em;}}
@@ -231,38 +227,7 @@ def table2_accuracy(
     names = [m for m in models if m in predictions] + [m for m in predictions if m not in models]
     if not names:
         raise InputError("table 2: no predictions given")
-    rows = []
-    for name in names:
-        spec = models.get(name, {})
-        test = stats.healthy_test(predictions[name])
-        older = stats.healthy_test(predictions[name], older_than)
-        acc = stats.accuracy(test, n_resamples, seed)
-        acc_old = stats.accuracy(older, n_resamples, seed)
-        rows.append(
-            {
-                "model": name,
-                "backbone": spec.get("backbone", "n/a"),
-                "loss": spec.get("loss", "n/a"),
-                "grid_mm": spec.get("grid", math.nan),
-                "batch_size": spec.get("batch_size", math.nan),
-                "augment": _augment_label(spec.get("augment", spec.get("augmentation", "n/a"))),
-                "n_test": acc.n,
-                "mae": acc.mae,
-                "mae_sd": acc.mae_sd,
-                "mae_ci_low": acc.mae_ci[0],
-                "mae_ci_high": acc.mae_ci[1],
-                "r2": acc.r2,
-                "r2_ci_low": acc.r2_ci[0],
-                "r2_ci_high": acc.r2_ci[1],
-                "bag_mean": acc.bag_mean,
-                "bag_sd": acc.bag_sd,
-                f"n_over{older_than:g}": acc_old.n,
-                f"mae_over{older_than:g}": acc_old.mae,
-                f"mae_sd_over{older_than:g}": acc_old.mae_sd,
-                f"r2_over{older_than:g}": acc_old.r2,
-                **cv.fold_summary(predictions[name]),
-            }
-        )
+    rows = [_accuracy_row(name, models.get(name, {}), predictions[name], n_resamples, seed, older_than) for name in names]
     data = pd.DataFrame(rows)
     best = data.loc[data["mae"].idxmin(), "model"] if data["mae"].notna().any() else names[0]
     best_test = stats.healthy_test(predictions[best])
@@ -303,7 +268,7 @@ def table2_accuracy(
                     "'folds' columns: mean \u00b1 SD of each fold's MAE and R2."]
     notes = [
         *cv_notes,
-        f"Healthy test split; MAE \u00b1 SD of the absolute errors; R2 = 1 - SS_res/SS_tot; BAG = predicted - chronological age.",
+        "Healthy test split; MAE \u00b1 SD of the absolute errors; R2 = 1 - SS_res/SS_tot; BAG = predicted - chronological age.",
         f"* p < {alpha:g}, two-sided paired t-test on absolute errors against {best} (lowest test MAE); "
         "p (Holm): Holm-corrected over the comparisons.",
         f"95% CI: BCa bootstrap over subjects, {n_resamples} resamples, seed {seed}.",
@@ -312,341 +277,35 @@ def table2_accuracy(
     return Table("Table 2. Accuracy of every model on the healthy test split", data, display, notes)
 
 
-# --------------------------------------------------------------------------- Table 3
-@dataclass(frozen=True)
-class External:
-    """A model the user brings: its predictions on (some of) the same test subjects."""
-
-    name: str
-    predictions: pd.DataFrame
-    train_size: int | None = None
-
-
-def headline_models(models: Mapping[str, Mapping[str, Any]], val_mae: Mapping[str, float]) -> tuple[dict[str, str], list[str]]:
-    """{role: model} for the best e2e, the best RNC, each SFCN and each classical model (PCA + GP,
-    brainage.models.classical), and how they were chosen.
-
-    "Best" is the lowest validation MAE (never the test MAE, which the tables report), so the
-    tables, Figure 6 and the saliency figures all pick the same models from the same files.
-    """
-    roles = stats.model_roles(models)
-    chosen: dict[str, str] = {}
-    notes = []
-    for role, candidates in (("best end-to-end", roles.e2e), ("RNC", roles.rnc)):
-        name, why = stats.select_best(candidates, val_mae)
-        if name is not None:
-            chosen[role] = name
-            if len(candidates) > 1:
-                notes.append(f"{role}: {name}, {why} among {', '.join(candidates)}.")
-    for label, names in (("SFCN baseline", roles.sfcn), ("classical baseline", roles.classical)):
-        for i, name in enumerate(names):
-            chosen[label + (f" {i + 1}" if len(names) > 1 else "")] = name
-    return chosen, notes
-
-
-def table3_baselines(
-    predictions: Mapping[str, pd.DataFrame],
-    models: Mapping[str, Mapping[str, Any]],
-    val_mae: Mapping[str, float],
-    n_train: int | None,
-    external: External | None = None,
-    alpha: float = 0.05,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> Table:
-    """The best end-to-end model and the RNC model against the baselines (SFCN, classical, external)."""
-    chosen, notes = headline_models(models, val_mae)
-    entries = [(role, name, predictions[name], n_train) for role, name in chosen.items() if name in predictions]
-    if not any(role.startswith("SFCN") for role in chosen):
-        notes.append("No SFCN model configured (config models: backbone sfcn): SFCN row skipped.")
-    if not any(role.startswith("classical") for role in chosen):
-        notes.append("No classical model configured (config models: backbone pca_gpr): classical row skipped.")
-    if external is not None:
-        entries.append(("external", external.name, external.predictions, external.train_size))
-    else:
-        notes.append("No external model supplied (config stats.external): row skipped.")
-    reference = chosen.get("RNC")
-    ref_test = stats.healthy_test(predictions[reference]) if reference in predictions else None
-    rows = []
-    for role, name, pred, n_tr in entries:
-        hc_test = stats.healthy_test(pred)
-        acc = stats.accuracy(hc_test, n_resamples, seed)
-        test = stats.paired_error_test(hc_test, ref_test) if ref_test is not None and name != reference else None
-        rows.append(
-            {
-                "role": role,
-                "model": name,
-                "n_train": n_tr if n_tr is not None else math.nan,
-                "n_test": acc.n,
-                "mae": acc.mae,
-                "mae_sd": acc.mae_sd,
-                "mae_ci_low": acc.mae_ci[0],
-                "mae_ci_high": acc.mae_ci[1],
-                "r2": acc.r2,
-                "bag_mean": acc.bag_mean,
-                "bag_sd": acc.bag_sd,
-                "p_bag_vs_0": acc.bag_test.pvalue,
-                **corrected_gap(hc_test),
-                "n_paired_vs_rnc": test.n if test else math.nan,
-                "p_vs_rnc": test.pvalue if test else math.nan,
-            }
-        )
-    data = pd.DataFrame(rows)
-    with_corrected = bool(data["bag_corrected_mean"].notna().any())
-    display = pd.DataFrame(
-        {
-            "Role": data["role"],
-            "Model": data["model"],
-            "Train N": data["n_train"].map(lambda n: fmt(n, 0)),
-            "Test N": data["n_test"],
-            "MAE (years)": [fmt_pm(m, s) + mark(p, alpha) for m, s, p in zip(data["mae"], data["mae_sd"], data["p_vs_rnc"])],
-            "MAE 95% CI": [fmt_ci(c) for c in zip(data["mae_ci_low"], data["mae_ci_high"])],
-            "R2": data["r2"].map(fmt),
-            "Mean BAG (years)": [fmt_pm(m, s, signed=True) + mark(p, alpha) for m, s, p in zip(data["bag_mean"], data["bag_sd"], data["p_bag_vs_0"])],
-            "p vs RNC": data["p_vs_rnc"].map(fmt_p),
-        }
-    )
-    if with_corrected:
-        # beside the raw mean BAG, never instead of it
-        display.insert(display.columns.get_loc("Mean BAG (years)") + 1, f"Mean BAG, {CORRECTED_LABEL} (years)", _fmt_corrected(data, alpha))
-    else:
-        data = _drop_corrected(data)
-    cv_note = next((n for n in (cv.pooled_note(e[2]) for e in entries) if n), None)
-    notes = [
-        *([cv_note + " Train N: the first fold's."] if cv_note else []),
-        "Healthy test split. MAE * : differs from the RNC model, two-sided paired t-test on absolute errors "
-        f"(p < {alpha:g}, subjects common to both); BAG * : mean BAG differs from 0 (one-sample t-test).",
-        *([CORRECTED_NOTE] if with_corrected else []),
-        *notes,
-    ]
-    return Table("Table 3. Best end-to-end and RNC models against the baselines", data, display, notes)
-
-
-def _drop_corrected(data: pd.DataFrame) -> pd.DataFrame:
-    """``data`` without the (all-nan) corrected-BAG columns: predictions made without bias correction."""
-    return data.drop(columns=[c for c in data.columns if "corrected" in c])
-
-
-def _fmt_corrected(data: pd.DataFrame, alpha: float) -> list[str]:
-    """``mean +- SD`` (* one-sample test against 0) of the corrected BAG, "n/a" where absent."""
-    return [fmt_pm(m, s, signed=True) + mark(p, alpha)
-            for m, s, p in zip(data["bag_corrected_mean"], data["bag_corrected_sd"], data["p_bag_corrected_vs_0"])]
-
-
-# --------------------------------------------------------------------------- Table 4
-def table4_disease(
-    predictions: Mapping[str, pd.DataFrame],
-    models: Mapping[str, Mapping[str, Any]],
-    alpha: float = 0.05,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    older_than: float = 60.0,
-) -> Table:
-    """AD and PD per model: MAE, BAG (one-sample test), Cohen's d vs HC, correlation with severity."""
-    names = [m for m in models if m in predictions] + [m for m in predictions if m not in models]
-    rows = []
-    for name in names:
-        pred = predictions[name]
-        hc = stats.healthy_test(pred)
-        hc_old = stats.healthy_test(pred, older_than)
-        for cohort, score in stats.SEVERITY.items():
-            group = stats.disease_group(pred, cohort)
-            if not len(group):
-                continue
-            acc = stats.accuracy(group, n_resamples, seed)
-            scores = group[score].astype(float) if score in group else pd.Series(np.nan, index=group.index)
-            corr = stats.severity_correlation(group["bag"], scores)
-            rows.append(
-                {
-                    "model": name,
-                    "cohort": cohort,
-                    "n": acc.n,
-                    "age_mean": group["age"].mean(),
-                    "mae": acc.mae,
-                    "mae_sd": acc.mae_sd,
-                    "bag_mean": acc.bag_mean,
-                    "bag_sd": acc.bag_sd,
-                    "bag_ci_low": acc.bag_ci[0],
-                    "bag_ci_high": acc.bag_ci[1],
-                    "t_bag_vs_0": acc.bag_test.statistic,
-                    "p_bag_vs_0": acc.bag_test.pvalue,
-                    "hc_bag_mean": hc["bag"].mean() if len(hc) else math.nan,
-                    "d_vs_hc": stats.cohens_d(group["bag"], hc["bag"]),
-                    f"d_vs_hc_over{older_than:g}": stats.cohens_d(group["bag"], hc_old["bag"]),
-                    "severity": score,
-                    "n_severity": corr.n,
-                    "r": corr.r,
-                    "p_r": corr.pvalue,
-                    "r_ci_low": math.nan,
-                    "r_ci_high": math.nan,
-                    **corrected_gap(group, scores),
-                }
-            )
-            rows[-1]["r_ci_low"], rows[-1]["r_ci_high"] = stats.correlation_ci(group["bag"], scores, n_resamples, seed)
-    data = pd.DataFrame(rows)
-    title = "Table 4. Brain-age gap in Alzheimer's and Parkinson's disease"
-    absent = stats.absent_cohorts(list(predictions.values()))
-    if data.empty:  # a healthy-only cohort: the table says so in one line
-        line = f"{stats.absent_line(absent or list(stats.SEVERITY))}: no disease brain-age gap to report."
-        return Table(title, pd.DataFrame(columns=["model", "cohort", "n"]), pd.DataFrame(), [line])
-    o = f"{older_than:g}"
-    display = pd.DataFrame(
-        {
-            "Model": data["model"],
-            "Cohort": data["cohort"],
-            "N": data["n"],
-            "MAE (years)": [fmt_pm(m, s) for m, s in zip(data["mae"], data["mae_sd"])],
-            "BAG (years)": [fmt_pm(m, s, signed=True) + mark(p, alpha) for m, s, p in zip(data["bag_mean"], data["bag_sd"], data["p_bag_vs_0"])],
-            "BAG 95% CI": [fmt_ci(c) for c in zip(data["bag_ci_low"], data["bag_ci_high"])],
-            "p (BAG=0)": data["p_bag_vs_0"].map(fmt_p),
-            "d vs HC": data["d_vs_hc"].map(fmt),
-            f"d vs HC >{o}": data[f"d_vs_hc_over{o}"].map(fmt),
-            "Severity": data["severity"].map(lambda s: stats.SEVERITY_LABEL.get(s, s)),
-            "r": [fmt(r) + mark(p, alpha) for r, p in zip(data["r"], data["p_r"])],
-            "r 95% CI": [fmt_ci(c) for c in zip(data["r_ci_low"], data["r_ci_high"])],
-            "p (r)": data["p_r"].map(fmt_p),
-        }
-    )
-    with_corrected = bool(data["bag_corrected_mean"].notna().any())
-    if with_corrected:
-        # beside the raw columns, never instead of them
-        at = display.columns.get_loc("p (BAG=0)") + 1
-        display.insert(at, f"BAG, {CORRECTED_LABEL} (years)", _fmt_corrected(data, alpha))
-        display[f"r, {CORRECTED_LABEL} BAG"] = [fmt(r) + mark(p, alpha) for r, p in zip(data["r_corrected"], data["p_r_corrected"])]
-    else:
-        data = _drop_corrected(data)
-    notes = [
-        f"BAG * : mean BAG differs from 0, two-sided one-sample t-test, p < {alpha:g}.",
-        f"r * : Pearson correlation of BAG with severity (ADAS-Cog-11 in AD, MDS-UPDRS-III in PD), p < {alpha:g}.",
-        f"Cohen's d (pooled SD) of BAG against the healthy test split, and against its subjects older than {o}.",
-        f"95% CI: BCa bootstrap over subjects, {n_resamples} resamples, seed {seed}.",
-        *([CORRECTED_NOTE + " Its marks are the same tests on the corrected BAG."] if with_corrected else []),
-        *([f"{stats.absent_line(absent)}."] if absent else []),
-    ]
-    return Table(title, data, display, notes)
-
-
-# --------------------------------------------------------------------------- gap recovery
-def table_gap_recovery(predictions: Mapping[str, pd.DataFrame], models: Mapping[str, Mapping[str, Any]],
-                       alpha: float = 0.05) -> Table:
-    """Simulated cohorts: predicted against true BAG per model for the HC test split, AD and PD.
-
-    The truth is the simulator's: ``true_bag`` = biological age - chronological age of each
-    subject (results/cohort/truth/subjects.tsv, carried into the predictions tables). Rows for
-    the raw BAG and, when present, the age-bias corrected one.
-    """
-    names = [m for m in models if m in predictions] + [m for m in predictions if m not in models]
-    rows = []
-    for name in names:
-        pred = predictions[name]
-        if "true_bag" not in pred:
-            raise InputError(f"gap recovery: predictions of {name} have no true_bag column (simulated cohorts only)")
-        kinds = [("bag", "raw")] + ([("bag_corrected", CORRECTED_LABEL)] if stats.has_corrected_gap(pred) else [])
-        for label, group in stats.gap_groups(pred):
-            for column, kind in kinds:
-                g = stats.gap_recovery(group["true_bag"], group[column])
-                rows.append({"model": name, "group": label, "bag": kind, "n": g.n, "true_bag_mean": g.true_mean,
-                             "bag_mean": g.predicted_mean, "bag_ci_low": g.ci_low, "bag_ci_high": g.ci_high,
-                             "r": g.r, "p_r": g.p, "slope": g.slope})
-    data = pd.DataFrame(rows)
-    if data.empty:
-        raise InputError("gap recovery: no predictions")
-    display = pd.DataFrame({
-        "Model": data["model"], "Group": data["group"], "BAG": data["bag"], "N": data["n"],
-        "True BAG (years)": [fmt(v, 2) for v in data["true_bag_mean"]],
-        "Predicted BAG (years)": [fmt(v, 2) for v in data["bag_mean"]],
-        "95% CI": [fmt_ci(c) for c in zip(data["bag_ci_low"], data["bag_ci_high"])],
-        "r (predicted, true)": [fmt(r) + mark(p, alpha) for r, p in zip(data["r"], data["p_r"])],
-        "p (r)": data["p_r"].map(fmt_p),
-        "Slope": data["slope"].map(fmt),
-    })
-    notes = [
-        "True BAG: the simulator's biological minus chronological age of each subject (healthy ageing "
-        "varies by person; AD and PD add their disease increment). A perfect model has r = 1, slope = 1 "
-        "and a mean predicted BAG equal to the mean true BAG.",
-        "95% CI: t-interval of the mean predicted BAG. Slope: least squares of predicted on true BAG.",
-        f"r * : Pearson correlation of predicted with true BAG, two-sided p < {alpha:g}.",
-    ]
-    return Table("Gap recovery: predicted against the simulator's true brain-age gap", data, display, notes)
-
-
-# --------------------------------------------------------------------------- comparison sheet
-def study_comparison(
-    predictions: Mapping[str, pd.DataFrame],
-    models: Mapping[str, Mapping[str, Any]],
-    val_mae: Mapping[str, float],
-    cohort_label: str,
-) -> str:
-    """Markdown sheet: the study's published numbers beside this run's, labelled as different data."""
-    chosen, selection = headline_models(models, val_mae)
-    rnc, e2e = chosen.get("RNC"), chosen.get("best end-to-end")
-
-    def acc(name: str | None) -> stats.Accuracy | None:
-        return stats.accuracy(stats.healthy_test(predictions[name]), 0) if name in predictions else None
-
-    def describe(name: str | None) -> str:
-        if name is None:
-            return "not configured"
-        spec = models.get(name, {})
-        return f"{name} ({spec.get('backbone', '?')}, {spec.get('loss', '?')}, {spec.get('grid', '?')} mm)"
-
-    rows = []
-    for key, name in (("rnc_highrez", rnc), ("e2e_highrez", e2e)):
-        pub, a = PUBLISHED[key], acc(name)
-        rows.append(
-            {
-                "Quantity": "HC test MAE (years) / R2",
-                "Published (study)": f"{pub['label']}: {fmt_pm(pub['mae'], pub['mae_sd'])} / {pub['r2']:.2f}",
-                "This run": f"{describe(name)}: " + (f"{fmt_pm(a.mae, a.mae_sd)} / {fmt(a.r2)}" if a else "n/a"),
-            }
-        )
-    ad_bag, ad_r = "n/a", "n/a"
-    if "AD" in stats.absent_cohorts(list(predictions.values())):
-        ad_bag = ad_r = f"{stats.absent_line(['AD'])}"
-    elif rnc in predictions:
-        ad = stats.disease_group(predictions[rnc], "AD")
-        if len(ad):
-            bag_mean, bag_sd = stats.gap_summary(ad["bag"])
-            test = stats.bag_vs_zero(ad["bag"])
-            ad_bag = f"{describe(rnc)}: {fmt_pm(bag_mean, bag_sd, signed=True)} (p = {fmt_p(test.pvalue)}, N = {len(ad)})"
-            if "adas_cog11" in ad:
-                corr = stats.severity_correlation(ad["bag"], ad["adas_cog11"].astype(float))
-                ad_r = f"{describe(rnc)}: r = {fmt(corr.r)} (p = {fmt_p(corr.pvalue)}, N = {corr.n})"
-    rows.append({"Quantity": "AD mean BAG (years)", "Published (study)": f"{PUBLISHED['ad_bag']['value']:+.2f} (RNC)", "This run": ad_bag})
-    rows.append({"Quantity": "r(AD BAG, ADAS-Cog-11)", "Published (study)": f"{PUBLISHED['ad_r']['value']:.2f} (RNC)", "This run": ad_r})
-    lines = [
-        "# Study comparison: published figures beside this run",
-        "",
-        "**Different data.** The published column is copied from the study (Crête, Kersten-Oertel, Xiao: "
-        "\"MRI-based brain age estimation with supervised contrastive learning of continuous representation\"), "
-        "measured on its own cohorts (IXI, HCP-Aging, OpenNeuro, ADNI, PPMI) at 1 mm. "
-        f"This run used: {cohort_label}. The numbers are not a replication and must not be compared "
-        "as if the subjects, scanners, grids or training budgets were the same; they show whether this run "
-        "reproduces the study's direction of effects (RNC at least as accurate as end-to-end, AD BAG > 0, "
-        "positive BAG-ADAS-Cog-11 correlation).",
-        "",
-        markdown_table(pd.DataFrame(rows)),
-        "",
-    ]
-    lines += [f"- {s}" for s in selection]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def markdown_to_html(markdown: str, title: str) -> str:
-    """A minimal HTML page for the report from a sheet made of paragraphs and one table."""
-    body = []
-    for block in markdown.strip().split("\n\n"):
-        lines = block.splitlines()
-        if lines[0].startswith("# "):
-            body.append(f"<h3>{html.escape(lines[0][2:])}</h3>")
-        elif lines[0].startswith("|"):
-            cells = [[c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")] for line in lines if not line.startswith("|---")]
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif lines[0].startswith("- "):
-            body.append("<ul>" + "".join(f"<li>{html.escape(l[2:])}</li>" for l in lines) + "</ul>")
-        else:
-            text = html.escape(" ".join(lines)).replace("**", "")
-            body.append(f"<p>{text}</p>")
-    return _HTML.format(title=html.escape(title), table="\n".join(body), notes="").replace(f"<h3>{html.escape(title)}</h3>\n", "", 1)
+def _accuracy_row(
+    name: str, spec: Mapping[str, Any], pred: pd.DataFrame, n_resamples: int, seed: int, older_than: float
+) -> dict[str, Any]:
+    """Table 2's numbers of one model: its settings, its accuracy on the HC test split and on the
+    test subjects older than ``older_than``, and its cross-validation folds' summary."""
+    test = stats.healthy_test(pred)
+    older = stats.healthy_test(pred, older_than)
+    acc = stats.accuracy(test, n_resamples, seed)
+    acc_old = stats.accuracy(older, n_resamples, seed)
+    return {
+        "model": name,
+        "backbone": spec.get("backbone", "n/a"),
+        "loss": spec.get("loss", "n/a"),
+        "grid_mm": spec.get("grid", math.nan),
+        "batch_size": spec.get("batch_size", math.nan),
+        "augment": _augment_label(spec.get("augment", spec.get("augmentation", "n/a"))),
+        "n_test": acc.n,
+        "mae": acc.mae,
+        "mae_sd": acc.mae_sd,
+        "mae_ci_low": acc.mae_ci[0],
+        "mae_ci_high": acc.mae_ci[1],
+        "r2": acc.r2,
+        "r2_ci_low": acc.r2_ci[0],
+        "r2_ci_high": acc.r2_ci[1],
+        "bag_mean": acc.bag_mean,
+        "bag_sd": acc.bag_sd,
+        f"n_over{older_than:g}": acc_old.n,
+        f"mae_over{older_than:g}": acc_old.mae,
+        f"mae_sd_over{older_than:g}": acc_old.mae_sd,
+        f"r2_over{older_than:g}": acc_old.r2,
+        **cv.fold_summary(pred),
+    }

@@ -266,16 +266,10 @@ def _neck_and_face_structures(labels: np.ndarray, lower: np.ndarray, xyz) -> Non
     labels[carve & canal & tube(-45.0, 4.5)] = LABEL_CORD
 
 
-def build_anatomy(voxel_mm: float) -> Anatomy:
-    """Build the head, labels and effect bases (module docstring) for raw scans of ``voxel_mm``."""
-    template, brain = load_template_1mm()
-    aal, aal_affine = load_aal_1mm()
-    aal = resample_labels(aal, aal_affine, template_grid(1.0))
-    csf_c, gm_c, wm_c = kmeans_1d(template[brain][::7].astype(np.float64), (25.0, 65.0, 88.0))
-    csf_gm = (csf_c + gm_c) / 2.0
-    log.info("tissue means (template units): csf %.1f gm %.1f wm %.1f", csf_c, gm_c, wm_c)
-
-    # --- brain labels on the template grid
+def _brain_labels(template: np.ndarray, brain: np.ndarray, aal: np.ndarray, csf_gm: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Brain labels on the template grid (AAL, ventricles, midbrain, other brain) and the sulcal
+    CSF mask: the CSF class (intensity below ``csf_gm``) outside the ventricles."""
     x, y, z = _world_coords(TEMPLATE_SHAPE_1MM, TEMPLATE_AFFINE_1MM)
     csf = brain & (template < csf_gm)
     box = (np.abs(x) < 32) & (y > -48) & (y < 34) & (z > -8) & (z < 36)
@@ -288,8 +282,19 @@ def build_anatomy(voxel_mm: float) -> Anatomy:
     labels_t[brain & (aal > 0)] = aal[brain & (aal > 0)]
     labels_t[midbrain & ~ventricles] = LABEL_MIDBRAIN
     labels_t[ventricles] = LABEL_VENTRICLES
-    sulcal = csf & ~ventricles
+    return labels_t, csf & ~ventricles
 
+
+def build_anatomy(voxel_mm: float) -> Anatomy:
+    """Build the head, labels and effect bases (module docstring) for raw scans of ``voxel_mm``."""
+    template, brain = load_template_1mm()
+    aal, aal_affine = load_aal_1mm()
+    aal = resample_labels(aal, aal_affine, template_grid(1.0))
+    csf_c, gm_c, wm_c = kmeans_1d(template[brain][::7].astype(np.float64), (25.0, 65.0, 88.0))
+    csf_gm = (csf_c + gm_c) / 2.0
+    log.info("tissue means (template units): csf %.1f gm %.1f wm %.1f", csf_c, gm_c, wm_c)
+
+    labels_t, sulcal = _brain_labels(template, brain, aal, csf_gm)
     labels = _pad_to_head(labels_t)
     brain_h = labels > 0
     head = _pad_to_head(np.where(brain, template, 0).astype(np.float32))
