@@ -5,7 +5,14 @@ from snakemake.utils import min_version
 min_version("9.19")
 
 
-configfile: "config/config.yaml"
+# Every key but the models at the study's value, beside this Snakefile; then the demo (in the
+# working directory) unless --configfile files are given: those layer over the defaults alone.
+configfile: f"{workflow.basedir}/config/defaults.yaml"
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             manifest = make_manifest(root, n)
             work, bench_config = pipeline_workdir(root, manifest)
-            pipe = dry_run(snakemake + ["-s", str(REPO / "Snakefile"), "--configfile", str(bench_config),
+            pipe = dry_run(snakemake + ["-s", str(REPO / "Snakefile"), "--configfile",
+                                        str(work / "config" / "config.yaml"), str(bench_config),
                                         "-n", "--quiet", "rules", "--cores", "1"], work)
             line = f"bench_dag: {n:>6,} subjects  pipeline {fmt(pipe)} = floor + {per_subject(pipe, floor, n)}/subject"
             if not args.no_baseline:

@@ -4,8 +4,9 @@
     nice python benchmarks/bench_demo.py run /tmp/demo
     # the report of a run already made (the repository, or a working directory)
     python benchmarks/bench_demo.py report .
-    # old vs new settings in one run: each overlay (a YAML merged into config/config.yaml,
-    # `models:` replaced whole) runs in its own fresh copy, one after the other, up to a target
+    # old vs new settings in one run: each overlay (a YAML merged into the demo, config/config.yaml
+    # over config/defaults.yaml; `models:` replaced whole) runs in its own fresh copy, one after
+    # the other, up to a target
     nice python benchmarks/bench_demo.py compare /tmp/cmp old.yaml new.yaml --target preprocess_all
 
 Stages are the rule files: a rule's stage is the ``workflow/rules/<stage>.smk`` defining it
@@ -51,6 +52,10 @@ def rule_stages(workdir: Path) -> dict[str, str]:
             found = re.match(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+)|f\"(\w+)_\{\w+\}\"$)", line)
             if found:
                 stages[found.group(1) or found.group(2) or found.group(3)] = stage
+    # the tables' and figures' rules are made in a loop over brainage.report.targets (stats.smk)
+    from brainage.report.targets import TARGETS
+
+    stages.update({t.name: STAGE_NAMES["stats"] for t in TARGETS})
     return stages
 
 
@@ -186,7 +191,7 @@ def units(overlays: list[Path], n_subjects: int, seed: int = 7) -> None:
     from brainage.data.simulate.model import plan_cohort
     from brainage.data.simulate.scan import best_affine_template_to_native, simulate_scan
 
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    base = _demo()
     configs = {o.stem: _merge(base, yaml.safe_load(o.read_text()) or {}) for o in overlays}
     points = template_brain_points()
     results = defaultdict(list)
@@ -265,7 +270,7 @@ def epochs(overlays: list[Path], n_hc: int, measured_epochs: int = 1, seed: int 
     from brainage.train.engine import train_model
 
     torch.set_num_threads(2)
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    base = _demo()
     configs = {"config.yaml": base, **{o.stem: _merge(base, yaml.safe_load(o.read_text()) or {}) for o in overlays}}
     per_epoch: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as work:
@@ -298,6 +303,13 @@ def epochs(overlays: list[Path], n_hc: int, measured_epochs: int = 1, seed: int 
             total += minutes
             parts.append(f"{name} {minutes:.1f}")
         print(f"{label}: training {total:.1f} CPU min at most (early stopping ends sooner) = " + " + ".join(parts))
+
+
+def _demo() -> dict:
+    """The demo's whole configuration: config/config.yaml over config/defaults.yaml."""
+    from brainage.config import resolved_config
+
+    return resolved_config(root=REPO)
 
 
 def _merge(base: dict, over: dict) -> dict:

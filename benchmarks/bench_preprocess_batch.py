@@ -61,15 +61,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    import yaml
-
+    from brainage.config import resolved_config
     from brainage.core.paths import simulated_subject_files
     from brainage.preprocess import preprocess_or_exclude
     from brainage.data.simulate import cached_anatomy, plan_cohort
     from brainage.data.simulate.cohort import write_subject
     from brainage.data.simulate.model import SimulationModel
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    config = resolved_config()  # the demo: config/config.yaml over config/defaults.yaml
     pp = config["preprocess"]  # the engine reads its `native` and `qc` keys (settings_from_config)
 
     with tempfile.TemporaryDirectory(prefix="bench-pp-batch-") as tmp:

@@ -4,8 +4,8 @@
         [--repeats 1] [--workdir /tmp/bench_real_cohort] [--models classical,resnet18_e2e,...]
         [--demo-models DIR] [--pretrained DIR] [--cores 2] [--reuse]
 
-Runs the pipeline itself (this repository's Snakefile, ``config/ixi.yaml`` layered over the
-demo config, ``training.splits.scheme: kfold``) on the IXI-style folder ``--data`` (scans and a
+Runs the pipeline itself (this repository's Snakefile, ``config/ixi.yaml`` layered over
+``config/defaults.yaml``, ``training.splits.scheme: kfold``) on the IXI-style folder ``--data`` (scans and a
 ``demographics.csv`` with IXI_ID, AGE, SEX_ID; ``brainage manifest`` reads it), in
 ``--workdir`` (kept: a rerun reuses the preprocessing and every fold already trained), up to
 each model's out-of-fold predictions. The models are ``config/ixi.yaml``'s (an end-to-end
@@ -64,7 +64,7 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
 
 
 def write_config(work: Path, data: Path, args, models: dict) -> Path:
-    """The benchmark's config (layered over config/config.yaml and config/ixi.yaml)."""
+    """The benchmark's config (layered over config/defaults.yaml and config/ixi.yaml)."""
     grids = sorted({2.0, float(args.grid)})
     config = {
         "cohort": {"source": "manifest", "manifest": str(work / "participants.tsv")},
@@ -84,8 +84,8 @@ def run_pipeline(work: Path, config: Path, models: dict, cores: int, reuse: bool
 
     targets = [str(paths.prediction_files(m)["tsv"]) for m in models]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", str(cores),
-           # the Snakefile's own configfile (config/config.yaml) is relative to the working directory
-           "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "ixi.yaml"), str(config),
+           # over config/defaults.yaml (beside the Snakefile), not the demo
+           "--configfile", str(REPO / "config" / "ixi.yaml"), str(config),
            *(["--rerun-triggers", "mtime"] if reuse else []), "--", *targets]
     started = time.perf_counter()
     with open(work / "bench_real_cohort.log", "a") as log:

@@ -52,26 +52,18 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "src", "envs")
 
 
 def tiny_config() -> dict:
-    """config/config.yaml overlaid with tests/config/tiny.yaml; tiny's ``models`` replace all."""
-    import yaml
+    """The demo (config/defaults.yaml + config/config.yaml) overlaid with tests/config/tiny.yaml,
+    whose ``models`` replace the demo's: the whole resolved configuration, every key."""
+    from brainage.config import resolved_config
 
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    tiny = yaml.safe_load(TINY_CONFIG.read_text())
-    config = merge(base, {k: v for k, v in tiny.items() if k != "models"})
-    if "models" in tiny:
-        config["models"] = tiny["models"]
-    return config
+    return resolved_config([REPO / "config" / "config.yaml", TINY_CONFIG], REPO)
 
 
 def make_workdir(work: Path, config: dict | None = None) -> Path:
     """A working directory holding a copy of the workflow and library code and ``config``.
 
+    ``config`` (default: :func:`tiny_config`) is written as the demo's ``config/config.yaml``,
+    over a copy of ``config/defaults.yaml``, as a plain ``snakemake`` run there layers them.
     The copy lets a test edit code (a module, a figure script) without touching the
     repository; ``common.smk`` puts the copy's ``src/`` first on ``sys.path``, so the code
     hashes of the rules are those of the copy.
@@ -88,6 +80,7 @@ def make_workdir(work: Path, config: dict | None = None) -> Path:
         else:
             shutil.copy2(src, work / name)
     (work / "config").mkdir(exist_ok=True)
+    shutil.copy2(REPO / "config" / "defaults.yaml", work / "config" / "defaults.yaml")
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config or tiny_config(), sort_keys=False))
     return work
 

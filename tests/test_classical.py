@@ -184,9 +184,9 @@ def test_config_entry_roles_and_saliency():
 
 
 def test_config_check_takes_a_classical_entry_without_network_keys():
-    from brainage.config import ConfigError, check_config
+    from brainage.config import ConfigError, check_config, resolved_config
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = resolved_config(root=REPO)  # the demo
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
     config["models"] = {"pca": {"backbone": "pca_gpr", "grid": 4, "classical": {"smooth_mm": 6}},
                         "net": {"backbone": "resnet18", "grid": 4, "loss": "l1", "batch_size": 4, "epochs": 2}}

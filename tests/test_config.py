@@ -16,7 +16,9 @@ from brainage.config import (
     check_config,
     cross_key_problems,
     layered,
+    merge_into,
     nearest,
+    resolved_config,
     schema_problems,
     typed_overrides,
 )
@@ -26,19 +28,88 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
+CONFIG = REPO / "config"
+
+
+def _yaml(path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
 def demo() -> dict:
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """The demo as a plain `snakemake` resolves it: config/config.yaml over config/defaults.yaml."""
+    return resolved_config(root=REPO)
 
 
-def as_snakemake_layers(configfile: str) -> dict:
-    """config/config.yaml with ``configfile`` on top, as ``--configfile`` gives it: Snakemake's own
-    recursive merge (nested keys merged, e.g. preprocess.native.registration key by key), then
-    the pipeline's ``layered`` (a file's ``models`` replace the demo's whole)."""
+def as_snakemake_layers(*configfiles: str) -> dict:
+    """``--configfile`` files as Snakemake layers them over config/defaults.yaml (the demo left
+    out): its own recursive merge (nested keys merged, e.g. preprocess.native.registration key by
+    key), starting from the files' keys, then the pipeline's ``layered`` (the last file's
+    ``models`` whole, the defaults' key order)."""
+    import copy
+
     from snakemake.utils import update_config
 
-    config = demo()
-    update_config(config, yaml.safe_load((REPO / "config" / configfile).read_text()))
-    return layered(config, [REPO / "config" / configfile], {})
+    files: dict = {}
+    for name in configfiles:
+        update_config(files, _yaml(CONFIG / name))
+    config = copy.deepcopy(files)  # Snakemake's config starts as the command line's
+    update_config(config, _yaml(CONFIG / "defaults.yaml"))  # the Snakefile's configfile:
+    update_config(config, files)  # the command line's again on top
+    return layered(config, [CONFIG / name for name in configfiles], {})
+
+
+def test_resolved_config_layers_as_snakemake_does():
+    for files in [("config.yaml",), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml")]:
+        assert resolved_config([CONFIG / f for f in files], REPO) == as_snakemake_layers(*files), files
+    assert demo() == as_snakemake_layers("config.yaml")  # no --configfile: the demo
+
+
+def test_every_section_keeps_the_key_order_of_the_defaults():
+    """A rule records a params mapping (training, preprocess) as its repr: the order of its keys
+    must not depend on which keys an overlay lists, or editing one would rerun the rule."""
+    defaults = _yaml(CONFIG / "defaults.yaml")
+
+    def orders(node: dict, path=()) -> dict:
+        found = {path: list(node)}
+        for key, value in node.items():
+            if isinstance(value, dict) and key != "models":
+                found.update(orders(value, (*path, key)))
+        return found
+
+    expected = {path: keys for path, keys in orders(defaults).items() if path}
+    for files in [(), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml")]:
+        config = as_snakemake_layers(*files) if files else demo()
+        assert {path: keys for path, keys in orders(config).items() if path} == expected, files
+
+
+def test_merge_into_merges_mappings_and_replaces_the_rest():
+    config = {"a": {"b": 1, "c": [1, 2]}, "d": None}
+    assert merge_into(config, {"a": {"c": [3]}, "d": {"e": 1}}) == {"a": {"b": 1, "c": [3]}, "d": {"e": 1}}
+
+
+def test_defaults_hold_every_key_but_the_models_and_overlays_only_what_differs():
+    """config/defaults.yaml meets the schema's required keys and holds no models; the overlays
+    restate no key at its default value (a key given only to undo another layer)."""
+    defaults = _yaml(CONFIG / "defaults.yaml")
+    assert "models" not in defaults
+    assert schema_problems(defaults, SCHEMA) == []
+
+    def restated(over: dict, base: dict, path=()) -> list[str]:
+        found = []
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                found += restated(value, base[key], (*path, key))
+            elif key in base and base[key] == value:
+                found.append(".".join((*path, key)))
+        return found
+
+    for name in ("config.yaml", "paper.yaml", "ixi.yaml"):
+        assert restated(_yaml(CONFIG / name), defaults) == [], name
+
+
+def test_schema_holds_no_defaults():
+    """Defaults live in config/defaults.yaml (a model entry's in brainage.models.spec) only."""
+    assert "default:" not in SCHEMA.read_text()
 
 
 def test_every_mapping_of_the_schema_is_closed():
@@ -63,7 +134,9 @@ def test_demo_and_paper_configs_are_valid():
     for configfile in ("paper.yaml", "ixi.yaml"):
         config = as_snakemake_layers(configfile)
         check_config(config, SCHEMA)
-        # the study's grids and real heads keep the 2 mm registration level the demo leaves out
+        # over the defaults, not the demo: the study's grids and real heads keep the 2 mm
+        # registration level the demo leaves out, without restating it
+        assert "registration" not in _yaml(CONFIG / configfile).get("preprocess", {}).get("native", {})
         assert config["preprocess"]["native"]["registration"]["levels_mm"] == [8, 4, 2], configfile
         assert config["preprocess"]["native"]["registration"]["metric"] == "GC", configfile
         # the study's saliency, not the demo's input gradient
@@ -80,23 +153,29 @@ def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
     comment says, and its encoder usable by config/ixi.yaml's RNC model through init_from."""
     from brainage.models.spec import Architecture, source_mismatch
 
-    config = as_snakemake_layers("pretrain_sim.yaml")
+    config = as_snakemake_layers("config.yaml", "pretrain_sim.yaml")
     check_config(config, SCHEMA)
     assert config["cohort"]["simulate"]["n_ad"] == 0 and config["cohort"]["simulate"]["n_hc"] >= 400
     (name, encoder), = config["models"].items()
-    ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())["models"]["rnc_resnet18"]
-    card = {"architecture": encoder, "grid_res": encoder["grid"]}
+    ixi = _yaml(CONFIG / "ixi.yaml")["models"]["rnc_resnet18"]
+    card = {"kind": "rnc", "architecture": encoder, "grid_res": encoder["grid"]}  # as a model card records it
     assert source_mismatch(ixi, card) is None
     assert source_mismatch({**ixi, "width": 0.5}, card) == "width 0.5 here, 0.25 in the source"
     assert Architecture.of(encoder) == Architecture.of(ixi)
 
 
-def test_paper_models_replace_the_demo_models_whole(tmp_path):
+def test_the_last_files_models_replace_an_earlier_files_whole():
+    """config/config.yaml then config/pretrain_sim.yaml (the pretraining run): the demo's models
+    that Snakemake's key-by-key merge leaves are gone."""
     config = demo()
-    config["models"]["rnc_resnet18"]["epochs"] = 1000  # what Snakemake's key-by-key merge leaves
-    layered(config, [REPO / "config" / "paper.yaml"], {})
-    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["models"]
-    assert config["models"] == paper
+    config["models"]["rnc_resnet18"]["epochs"] = 40  # what Snakemake's key-by-key merge leaves
+    layered(config, [CONFIG / "config.yaml", CONFIG / "pretrain_sim.yaml"], {})
+    assert config["models"] == _yaml(CONFIG / "pretrain_sim.yaml")["models"]
+
+
+def test_a_configfile_gets_no_demo_models():
+    config = resolved_config([CONFIG / "paper.yaml"], REPO)
+    assert config["models"] == _yaml(CONFIG / "paper.yaml")["models"]
     assert "width" not in config["models"]["resnet18_e2e"]  # no demo key mixed in
 
 

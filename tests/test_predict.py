@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.config import resolved_config
 from brainage.data.cache import normalise_intensity
 from brainage.core.grids import template_grid
 from brainage.models.networks import build_age_model
@@ -131,8 +132,6 @@ def demo_model_4mm(tmp_path_factory):
     are not meaningful, but its model.pt is exactly what the pipeline writes, with the demo
     config's preprocessing section stored in it (what ``brainage predict`` re-runs). ~10 s.
     """
-    import yaml
-
     from brainage.data.cache import build_cache
     from brainage.data.splits import make_splits
     from brainage.train.engine import train_model
@@ -143,7 +142,7 @@ def demo_model_4mm(tmp_path_factory):
     participants, paths = synthetic_cohort(root / "vols", n_hc=24, n_ad=0, shape=grid.shape)
     splits = make_splits(participants, seed=0)
     build_cache(paths, splits, root / "volumes.npy", root / "index.tsv")
-    demo = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    demo = resolved_config()  # the demo's settings
     entry = {"backbone": "resnet18", "grid": 4, "loss": "l1", "batch_size": 8, "epochs": 2, "augment": False,
              "width": 0.125, "conv1_stride": 2}
     train_model("demo4", entry, {"augment": {}, "num_workers": 0}, splits, root / "volumes.npy", root / "index.tsv",
@@ -157,7 +156,6 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
     the preprocess stage (the model's stored preprocess settings), the float16 training cache and
     the inference stage's batch predictor. The two agree to 0.05 y (the cache's float16)."""
     import pandas as pd
-    import yaml
 
     from brainage.data.cache import CachedVolumes, build_cache
     from brainage.apply.infer import predict_ages
@@ -172,7 +170,7 @@ def test_predict_agrees_with_the_pipeline_on_a_real_scan(demo_model_4mm, tmp_pat
     predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", proc.stdout).group(1))
 
     model, meta = load_model(demo_model_4mm)
-    settings = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())["preprocess"]
+    settings = resolved_config()["preprocess"]
     pid = "sub-IXI012"
     qc = preprocess_t1w(scan, tmp_path / "pre", pid, [4], settings=settings, threads=2)
     assert qc["passed"], qc["reasons"]

@@ -20,23 +20,21 @@ import pytest
 import yaml
 from sklearn.metrics import mean_absolute_error
 
-from conftest import REPO, make_workdir, snakemake_cmd, tiny_config
+from brainage.config import merge_into, resolved_config
+from conftest import REPO, TINY_CONFIG, make_workdir, snakemake_cmd
 
 DATA = REPO / "tests" / "data" / "ixi_cohort"
 
 
 def _config() -> dict:
-    """config/config.yaml + config/ixi.yaml as a user layers them, with a tiny model, 3 folds."""
-    def merge(base: dict, over: dict) -> dict:  # as Snakemake layers --configfile files
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in over.items()}}
-
-    config = tiny_config()
-    ixi = yaml.safe_load((REPO / "config" / "ixi.yaml").read_text())
-    for key in ("cohort", "preprocess", "explain"):
-        config[key] = merge(config[key], ixi[key])
-    config["training"]["splits"] = {**ixi["training"]["splits"], "folds": 3}
-    config["models"] = {"resnet18_e2e": {**ixi["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
+    """config/ixi.yaml over config/defaults.yaml as a user layers it (`--configfile config/ixi.yaml`),
+    with the tiny run's quick settings but its cohort and grids (tests/config/tiny.yaml), a tiny
+    model, 3 folds."""
+    config = resolved_config([REPO / "config" / "ixi.yaml"], REPO)
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    merge_into(config, {k: v for k, v in tiny.items() if k not in ("cohort", "preprocess", "models")})
+    config["training"]["splits"]["folds"] = 3
+    config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
     return config
 
 

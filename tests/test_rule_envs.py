@@ -33,24 +33,38 @@ def rules_by_env() -> dict[str, list[tuple[str, Path]]]:
     """env stem -> [(rule, script)] of every rule with `conda:` and `script:` in workflow/rules.
 
     Read from the rules files (both branches of `if config...` blocks, e.g. the MINC engine's
-    rules, which a parsed workflow only shows for one configuration).
+    rules, which a parsed workflow only shows for one configuration). A rule made in a loop is
+    an anonymous `rule:` named by its `name:`; the report's rules (stats.smk, one per entry of
+    brainage.report.targets) have the script `f"../scripts/{target.script_file}"`, which is
+    read here for every entry of the registry.
     """
+    from brainage.report.targets import TARGETS
+
     out: dict[str, list[tuple[str, Path]]] = {}
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         rule, key, conda, script = None, None, None, None
         for line in smk.read_text().splitlines() + ["rule END:"]:
-            m = re.match(r"\s*(?:rule|checkpoint) (\w+):", line)
+            m = re.match(r"\s*(?:rule|checkpoint)(?: (\w+))?:", line)
             if m:
                 if rule and conda and script:
-                    out.setdefault(Path(conda).stem, []).append((rule, (smk.parent / script).resolve()))
-                rule, key, conda, script = m.group(1), None, None, None
+                    if "{target.script_file}" in script:
+                        found = [(t.name, script.replace("{target.script_file}", t.script_file)) for t in TARGETS]
+                    else:
+                        found = [(rule, script)]
+                    out.setdefault(Path(conda).stem, []).extend((r, (smk.parent / s).resolve()) for r, s in found)
+                rule, key, conda, script = m.group(1) or "<anonymous>", None, None, None
                 continue
             stripped = line.strip()
-            if stripped in ("conda:", "script:"):
+            if stripped in ("conda:", "script:", "name:"):
                 key = stripped[:-1]
             elif key and stripped:
-                value = stripped.strip("\"'")
-                conda, script = (value, script) if key == "conda" else (conda, value)
+                value = stripped.removeprefix("f").strip("\"'")
+                if key == "name":
+                    rule = value
+                elif key == "conda":
+                    conda = value
+                else:
+                    script = value
                 key = None
     return out
 

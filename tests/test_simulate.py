@@ -252,7 +252,7 @@ def test_model_parameters_are_documented_in_schema_and_config(repo):
 
     schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
     props = schema["properties"]["cohort"]["properties"]["simulate"]["properties"]
-    config = yaml.safe_load((repo / "config/config.yaml").read_text())["cohort"]["simulate"]
+    config = yaml.safe_load((repo / "config/defaults.yaml").read_text())["cohort"]["simulate"]
     import brainage.data.simulate as sim
 
     for field in dataclasses.fields(SimulationModel):
@@ -316,12 +316,12 @@ def test_full_true_map_lands_in_the_true_mask_and_best_affine_absorbs_brain_shri
 @pytest.mark.slow
 def test_default_cohort_true_brain_volumes_lie_within_qc_volume_bounds(anatomy, repo):
     """The configured simulated cohort's extreme subjects (smallest/largest heads, oldest) have
-    true brain volumes inside the default QC bounds of config/config.yaml, with a 5 % margin
+    true brain volumes inside the default QC bounds of config/defaults.yaml, with a 5 % margin
     above: deepbet's mask, which QC measures, keeps some extra-cerebral CSF (~3 % more than the
     true brain mask over the previous demo's 120 subjects)."""
     import yaml
 
-    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    config = yaml.safe_load((repo / "config/defaults.yaml").read_text())
     bounds = config["preprocess"]["qc"]
     params = {k: v for k, v in config["cohort"]["simulate"].items() if k not in ("n_hc", "n_ad", "n_pd", "voxel_mm")}
     model = SimulationModel.from_params(**params)

@@ -1,6 +1,6 @@
-"""config/paper.yaml, the study's settings the README sends cluster users to: its models are the
-study's (DESIGN.md, "The study's settings"), it passes the config schema, and a dry run over the
-embedded cohort plans the jobs the study implies (nothing runs)."""
+"""config/paper.yaml over config/defaults.yaml, the study's settings the README sends cluster users
+to: its models are the study's (DESIGN.md, "The study's settings"), it passes the config schema,
+and a dry run over the embedded cohort plans the jobs the study implies (nothing runs)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import yaml
 
 from conftest import REPO, make_workdir, planned_jobs, snakemake_cmd
 
+from brainage.config import resolved_config
 from brainage.models.spec import resolve_spec
 
 PAPER = REPO / "config" / "paper.yaml"
@@ -62,7 +63,8 @@ def test_paper_models_are_the_studys():
 
 
 def test_paper_training_settings_are_the_studys():
-    paper = _paper()
+    """As `--configfile config/paper.yaml` resolves them: the defaults with paper.yaml on top."""
+    paper = resolved_config([PAPER], REPO)
     assert paper["preprocess"]["grids"] == [1, 2]
     assert paper["training"]["splits"]["fractions"] == [0.8, 0.1, 0.1]
     assert paper["training"]["augment"] == {"p": 0.5, "translate_vox": 10, "rotate_rad": [0.1, 0.5], "noise_sd": 0.025,
@@ -71,7 +73,8 @@ def test_paper_training_settings_are_the_studys():
 
 
 def _paper_workdir(tmp_path: Path, paper: dict | None = None) -> tuple[Path, Path]:
-    """A working copy with the demo config, and the paper config given as a --configfile over it."""
+    """A working copy with the demo config, and the paper config given as a --configfile (which
+    layers it over config/defaults.yaml, the demo left out)."""
     work = make_workdir(tmp_path / "work", yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     path = work / "config" / "paper.yaml"
     if paper is None:
@@ -86,8 +89,8 @@ def test_paper_config_dry_run_plans_the_studys_jobs(tmp_path):
     work, paper = _paper_workdir(tmp_path)
     jobs = planned_jobs(work, "--configfile", str(paper))
     counts = Counter(rule for rule, _ in jobs)
-    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["cohort"]["simulate"]
-    n_subjects = demo["n_hc"] + demo["n_ad"] + demo["n_pd"]
+    cohort = resolved_config([PAPER], REPO)["cohort"]["simulate"]  # the embedded cohort's sizes
+    n_subjects = cohort["n_hc"] + cohort["n_ad"] + cohort["n_pd"]
     for rule in PER_MODEL:
         assert sorted(w["model"] for r, w in jobs if r == rule) == sorted(_paper()["models"]), rule
     for rule in PER_SUBJECT:

@@ -13,6 +13,9 @@ at once. Three layers:
 3. the cohort against the splits: with the planned participants (simulated plan or manifest),
    every split the models need gets subjects (:func:`check_cohort`).
 
+The files layer as the Snakefile loads them (:func:`resolved_config`): ``config/defaults.yaml``
+under everything, then the demo ``config/config.yaml`` or, instead, the ``--configfile`` files.
+
 ``snakemake --config key=value`` parses nested values with YAML's base loader, which keeps
 every nested scalar a string (``models={m: {epochs: 5}}`` gives ``"5"``); :func:`typed_overrides`
 re-reads them as YAML scalars before the check.
@@ -20,6 +23,7 @@ re-reads them as YAML scalars before the check.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +34,12 @@ import yaml
 from brainage.core.io import InputError
 from brainage.models.spec import entry_problems
 
+#: the repository this package is part of: the folder of the Snakefile and of ``config/``
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: every key but the models, at the study's value: the layer under every other config file
+DEFAULTS_FILE = Path("config") / "defaults.yaml"
+#: the demo, an overlay on the defaults used when no ``--configfile`` is given
+DEMO_FILE = Path("config") / "config.yaml"
 #: smallest number of healthy controls in each split (batch norm needs two to train)
 MIN_SPLIT_SIZES: dict[str, int] = {"train": 2, "val": 1, "test": 1}
 
@@ -222,17 +232,21 @@ def typed_overrides(config: dict, overrides: Mapping) -> dict:
     return config
 
 
-def layered(config: dict, configfiles, overrides: Mapping) -> dict:
-    """``config`` as Snakemake merged it, with ``models`` taken whole from the last config file.
+def layered(config: dict, configfiles, overrides: Mapping, order_of: str | Path | None = None) -> dict:
+    """``config`` as Snakemake merged it, with ``models`` taken whole from the last config file,
+    and its keys in the order of ``config/defaults.yaml``.
 
-    Snakemake merges ``--configfile`` files key by key into ``config/config.yaml``, so the demo's
-    models (4 mm, quarter width) would survive into ``--configfile config/paper.yaml`` and mix
-    their keys into the study's. A config file that lists ``models`` therefore replaces them
-    whole; ``--config models={...}`` still changes single keys (:func:`typed_overrides`).
-    ``config`` is changed in place and returned.
+    Snakemake merges ``--configfile`` files key by key, so with two files that list models
+    (``config/config.yaml config/pretrain_sim.yaml``) the first one's models would survive and
+    mix their keys into the second's. A config file that lists ``models`` therefore replaces
+    them whole; ``--config models={...}`` still changes single keys (:func:`typed_overrides`).
+
+    Snakemake puts the ``--configfile`` files' keys first, so a section's key order would
+    depend on which keys an overlay lists; a rule whose params hold a section (``training``,
+    ``preprocess``) records it as its repr, and a new order would rerun it. Every mapping
+    therefore takes the key order of ``order_of`` (default: ``config/defaults.yaml`` beside this
+    package, when present), keys it lacks after. ``config`` is changed in place and returned.
     """
-    import copy
-
     models = None
     for path in configfiles or ():
         loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -240,7 +254,50 @@ def layered(config: dict, configfiles, overrides: Mapping) -> dict:
             models = copy.deepcopy(loaded["models"])
     if models is not None:
         config["models"] = models
+    order_of = Path(order_of) if order_of is not None else REPO_ROOT / DEFAULTS_FILE
+    if order_of.is_file():
+        _order_like(config, yaml.safe_load(order_of.read_text()) or {})
     return typed_overrides(config, overrides)
+
+
+def _order_like(config: dict, reference: Mapping) -> None:
+    """``config``'s keys, nested ones too, in place in ``reference``'s order, keys it lacks after."""
+    keys = [key for key in reference if key in config] + [key for key in config if key not in reference]
+    for key in keys:
+        value = config.pop(key)
+        config[key] = value
+        if isinstance(value, dict) and isinstance(reference.get(key), Mapping):
+            _order_like(value, reference[key])
+
+
+def merge_into(config: dict, over: Mapping) -> dict:
+    """``over`` merged into ``config`` key by key, nested mappings too, as Snakemake's
+    ``update_config`` layers config files (a mapping merges, any other value replaces).
+    ``config`` is changed in place and returned."""
+    for key, value in over.items():
+        if isinstance(value, Mapping):
+            below = config.get(key)
+            config[key] = merge_into(below if isinstance(below, dict) else {}, value)
+        else:
+            config[key] = copy.deepcopy(value)
+    return config
+
+
+def resolved_config(configfiles=(), root: str | Path | None = None) -> dict:
+    """The configuration the Snakefile resolves for ``snakemake [--configfile FILE ...]`` (before
+    ``--config`` overrides and the schema check).
+
+    ``config/defaults.yaml`` (every key but the models), then the demo ``config/config.yaml``
+    only when no file is given, then each of ``configfiles`` key by key, ``models`` taken whole
+    from the last file that lists them (:func:`layered`). ``root``: the folder of the Snakefile
+    and ``config/`` (default: the repository holding this package).
+    """
+    root = Path(root) if root is not None else REPO_ROOT
+    files = [Path(path) for path in configfiles]
+    config: dict = {}
+    for path in [root / DEFAULTS_FILE, *(files or [root / DEMO_FILE])]:
+        merge_into(config, yaml.safe_load(Path(path).read_text()) or {})
+    return layered(config, files, {}, order_of=root / DEFAULTS_FILE)
 
 
 def _plain(value: Any) -> Any:

@@ -8,7 +8,7 @@ if config["cohort"]["source"] == "simulate":
 
     rule simulate_anatomy:
         output:
-            "results/cohort/truth/anatomy.npz",
+            str(paths.SIM_ANATOMY),
         log:
             "logs/simulate_anatomy/simulate_anatomy.log",
         benchmark:
@@ -26,7 +26,7 @@ if config["cohort"]["source"] == "simulate":
 
     SIM_PER_JOB = config["cohort"].get("subjects_per_job", 1)
     SIM_FILES = patterns(
-        paths.simulated_subject_files(SIM_BIDS, f"{SIM_COHORT}/truth", "{subject}")
+        paths.simulated_subject_files(SIM_BIDS, paths.SIM_TRUTH, "{subject}")
     )
     if SIM_PER_JOB > 1:
         # Batches of subjects per job (config cohort.subjects_per_job): one Python start and
@@ -37,7 +37,7 @@ if config["cohort"]["source"] == "simulate":
                 name:
                     f"simulate_{SIM_BATCH}"
                 input:
-                    anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
+                    anatomy=str(paths.SIM_ANATOMY),
                 output:
                     **{
                         key: expand(pattern, subject=SIM_MEMBERS)
@@ -70,7 +70,7 @@ if config["cohort"]["source"] == "simulate":
 
         rule simulate_subject:
             input:
-                anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
+                anatomy=str(paths.SIM_ANATOMY),
             output:
                 **SIM_FILES,
             log:
@@ -98,7 +98,7 @@ if config["cohort"]["source"] == "simulate":
 
     rule simulate_cohort:
         input:
-            anatomy=f"{SIM_COHORT}/truth/anatomy.npz",
+            anatomy=str(paths.SIM_ANATOMY),
             t1w=expand(SIM_FILES["t1w"], subject=SUBJECTS),
             truth=expand(SIM_FILES["truth"], subject=SUBJECTS),
         output:
@@ -113,9 +113,7 @@ if config["cohort"]["source"] == "simulate":
                     else path
                 )
                 for key, path in patterns(
-                    paths.simulated_cohort_files(
-                        SIM_COHORT, "results/figures/simulated_raw_scans.png"
-                    )
+                    paths.simulated_cohort_files(SIM_COHORT, paths.SIM_FIGURE)
                 ).items()
             },
         log:

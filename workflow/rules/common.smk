@@ -31,13 +31,13 @@ def script_code(script):
 
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-# --configfile models replace the demo's whole; nested --config numbers typed as YAML
+# the last --configfile's models replace earlier files' whole; nested --config numbers typed as YAML
 layered(config, workflow.config_settings.configfiles, workflow.config_settings.config)
 try:
     check_config(config, CONFIG_SCHEMA)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-validate(config, str(CONFIG_SCHEMA))  # fills the schema's defaults
+validate(config, str(CONFIG_SCHEMA))  # defaults are in config/defaults.yaml
 
 RESOURCES = "resources/atlases"
 PARTICIPANTS_SCHEMA = str(
@@ -76,7 +76,7 @@ def load_participants():
 
 
 SIM_COHORT = str(paths.SIM_COHORT)
-SIM_BIDS = f"{SIM_COHORT}/bids"
+SIM_BIDS = str(paths.SIM_BIDS)
 # the pipeline's layout, from brainage.core.paths
 PARTICIPANTS_TSV = str(paths.PARTICIPANTS)
 SPLITS_TSV = str(paths.SPLITS)

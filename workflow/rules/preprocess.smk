@@ -9,7 +9,7 @@ from brainage.preprocess.minc import MincSettings, minc_script
 PREPROCESS = config["preprocess"]
 PP_ENGINE = PREPROCESS["engine"]
 PP_QC = PREPROCESS.get("qc") or {}
-PP_DIR = "results/preprocess/{subject}/anat"
+PP_DIR = str(paths.preprocess_dir("{subject}"))
 # what a subject's outputs depend on. The QC thresholds are not: the cohort table (rule
 # qc_table) judges every subject against them, so thresholds set from a cohort's measured heads
 # apply without preprocessing anyone again (each subject's QC json and figure keep the verdict
@@ -40,13 +40,13 @@ if PP_ENGINE == "minc":
             "(https://apptainer.org) or set preprocess.engine: native"
         )
     PP_MINC = MincSettings.from_config(PREPROCESS.get("minc"))
-    PP_MINC_DIR = "results/preprocess/{subject}/minc/{subject}"
+    PP_MINC_FILES = patterns(paths.minc_files("{subject}"))
 
     rule preprocess_minc_input:
         input:
             t1w=raw_t1w,
         output:
-            temp(f"{PP_MINC_DIR}_desc-ras_T1w.nii.gz"),
+            temp(PP_MINC_FILES["ras"]),
         log:
             "logs/preprocess_minc_input/{subject}.log",
         benchmark:
@@ -68,9 +68,9 @@ if PP_ENGINE == "minc":
         input:
             t1w=rules.preprocess_minc_input.output[0],
         output:
-            brain=temp(f"{PP_MINC_DIR}_res-1_desc-brain_T1w.nii.gz"),
-            mask=temp(f"{PP_MINC_DIR}_desc-brain_mask.nii.gz"),
-            xfm=f"{PP_MINC_DIR}_from-T1w_to-MNI152NLin2009cSym.xfm",
+            brain=temp(PP_MINC_FILES["brain"]),
+            mask=temp(PP_MINC_FILES["mask"]),
+            xfm=PP_MINC_FILES["xfm"],
         log:
             "logs/preprocess_minc/{subject}.log",
         benchmark:

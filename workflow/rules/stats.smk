@@ -1,11 +1,12 @@
 # Stage 'stats': Tables 1-4, the study's figures, the comparison sheet and the report entries.
-# Every figure and table is a rule without wildcards named as the target a user types
-# (`snakemake fig6_bag_violin`); each asks only for the files it draws from. Which models are
-# "best end-to-end", "RNC", "SFCN" and the batch-size sweep comes from config models via
-# brainage.report.roles.model_roles (no model names here).
+# One rule per entry of brainage.report.targets (name, files, report category, script, what it
+# needs), named as the target a user types (`snakemake fig6_bag_violin`); each asks only for
+# the files it draws from (STATS_INPUTS). Which models are "best end-to-end", "RNC", "SFCN" and
+# the batch-size sweep comes from config models via brainage.report.roles.model_roles (no
+# model names here).
 from brainage.core import paths
-from brainage.report.categories import CAT_ACC, CAT_DIS, CAT_QC, CAT_SAL, CAT_TRAIN
 from brainage.report.roles import model_roles, normalise_models
+from brainage.report.targets import TARGETS, wanted
 
 STATS = config["stats"]
 STATS_MODELS = normalise_models(config.get("models"))
@@ -13,6 +14,8 @@ ROLES = model_roles(STATS_MODELS)
 HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn + ROLES.classical))
 EXTERNAL = STATS.get("external") or None
 QC_MONTAGE = str(paths.QC_MONTAGE)
+# Simulated cohort only: the predictions carry the simulator's true BAG (rule predict_cohort)
+SIMULATED = config["cohort"]["source"] == "simulate"
 
 
 def predictions(names):
@@ -33,195 +36,6 @@ def templates(names):
     return [str(resource_paths(RESOURCES, g)["template"]) for g in grids]
 
 
-def figure(name, category, subcategory=None):
-    """The PNG (in the report, captioned by workflow/report/<name>.rst) of figure ``name``."""
-    return report(
-        f"results/figures/{name}.png",
-        caption=f"../report/{name}.rst",
-        category=category,
-        subcategory=subcategory,
-    )
-
-
-def table(name, category):
-    """The HTML rendering (in the report) of table ``name``."""
-    return report(
-        f"results/tables/{name}.html",
-        caption=f"../report/{name}.rst",
-        category=category,
-    )
-
-
-STATS_PARAMS = dict(
-    alpha=STATS["alpha"],
-    n_resamples=STATS["bootstrap"],
-    seed=SEED,
-    older_than=STATS["older_than"],
-)
-
-
-rule fig1_age_distribution:
-    input:
-        str(paths.PARTICIPANTS),
-    output:
-        png=figure("fig1_age_distribution", CAT_QC),
-        svg="results/figures/fig1_age_distribution.svg",
-    log:
-        "logs/fig1_age_distribution/fig1_age_distribution.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        code=script_code("fig1_age_distribution.py"),
-    script:
-        "../scripts/fig1_age_distribution.py"
-
-
-rule table1:
-    input:
-        str(paths.PARTICIPANTS),
-    output:
-        tsv="results/tables/table1.tsv",
-        md="results/tables/table1.md",
-        html=table("table1", CAT_QC),
-    log:
-        "logs/table1/table1.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        code=script_code("table1.py"),
-    script:
-        "../scripts/table1.py"
-
-
-rule fig_qc_montage:
-    input:
-        QC_MONTAGE,
-    output:
-        figure("fig_qc_montage", CAT_QC),
-    log:
-        "logs/fig_qc_montage/fig_qc_montage.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        code=script_code("fig_qc_montage.py"),
-    script:
-        "../scripts/fig_qc_montage.py"
-
-
-rule fig_training_curves:
-    input:
-        train_logs(STATS_MODELS),
-    output:
-        png=figure("fig_training_curves", CAT_TRAIN),
-        svg="results/figures/fig_training_curves.svg",
-    log:
-        "logs/fig_training_curves/fig_training_curves.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=list(STATS_MODELS),
-        code=script_code("fig_training_curves.py"),
-    script:
-        "../scripts/fig_training_curves.py"
-
-
-rule table2:
-    input:
-        predictions(STATS_MODELS),
-    output:
-        tsv="results/tables/table2.tsv",
-        md="results/tables/table2.md",
-        html=table("table2", CAT_ACC),
-    log:
-        "logs/table2/table2.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        stats=STATS_PARAMS,
-        code=script_code("table2.py"),
-    script:
-        "../scripts/table2.py"
-
-
-rule table3:
-    input:
-        predictions=predictions(HEADLINE),
-        logs=train_logs(ROLES.e2e + ROLES.rnc),
-        splits=str(paths.SPLITS),
-        external=[EXTERNAL["predictions"]] if EXTERNAL else [],
-    output:
-        tsv="results/tables/table3.tsv",
-        md="results/tables/table3.md",
-        html=table("table3", CAT_ACC),
-    log:
-        "logs/table3/table3.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        external=EXTERNAL,
-        stats=STATS_PARAMS,
-        code=script_code("table3.py"),
-    script:
-        "../scripts/table3.py"
-
-
-rule fig3_batch_size:
-    input:
-        predictions(ROLES.sweep_models),
-    output:
-        png=figure("fig3_batch_size", CAT_ACC),
-        svg="results/figures/fig3_batch_size.svg",
-        tsv="results/figures/fig3_batch_size.tsv",
-    log:
-        "logs/fig3_batch_size/fig3_batch_size.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        stats=STATS_PARAMS,
-        code=script_code("fig3_batch_size.py"),
-    script:
-        "../scripts/fig3_batch_size.py"
-
-
-rule fig_pred_vs_age:
-    input:
-        predictions(STATS_MODELS),
-    output:
-        png=figure("fig_pred_vs_age", CAT_ACC),
-        svg="results/figures/fig_pred_vs_age.svg",
-    log:
-        "logs/fig_pred_vs_age/fig_pred_vs_age.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=list(STATS_MODELS),
-        code=script_code("fig_pred_vs_age.py"),
-    script:
-        "../scripts/fig_pred_vs_age.py"
-
-
-rule study_comparison:
-    input:
-        predictions=predictions(ROLES.e2e + ROLES.rnc),
-        logs=train_logs(ROLES.e2e + ROLES.rnc),
-    output:
-        md="results/tables/study_comparison.md",
-        html=table("study_comparison", CAT_ACC),
-    log:
-        "logs/study_comparison/study_comparison.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        cohort=config["cohort"],
-        code=script_code("study_comparison.py"),
-    script:
-        "../scripts/study_comparison.py"
-
-
 def gradram_inputs(names):
     """Group maps, training logs (best model by validation MAE) and templates of ``names``."""
     return dict(
@@ -240,156 +54,140 @@ def gradram_params(names, roles, rows):
         hc_splits=(config.get("explain") or {}).get("hc_splits", ["test"]),
         method=(config.get("explain") or {}).get("method", "gradram"),
         cut_coords=STATS["cut_coords"],
-        code=script_code("fig_gradram.py"),
     )
 
 
-# Figures 4, 5 and 7: one rule, used three times (rows: age groups, or AD/PD beside HC)
-rule fig4_gradram_e2e:
-    input:
-        **gradram_inputs(ROLES.e2e),
-    output:
-        png=figure("fig4_gradram_e2e", CAT_SAL),
-        svg="results/figures/fig4_gradram_e2e.svg",
-    log:
-        "logs/fig4_gradram_e2e/fig4_gradram_e2e.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        **gradram_params(ROLES.e2e, ["e2e"], "age"),
-    script:
-        "../scripts/fig_gradram.py"
+STATS_PARAMS = dict(
+    alpha=STATS["alpha"],
+    n_resamples=STATS["bootstrap"],
+    seed=SEED,
+    older_than=STATS["older_than"],
+)
+E2E_RNC = ROLES.e2e + ROLES.rnc
 
-
-use rule fig4_gradram_e2e as fig5_gradram_rnc with:
-    input:
-        **gradram_inputs(ROLES.rnc),
-    output:
-        png=figure("fig5_gradram_rnc", CAT_SAL),
-        svg="results/figures/fig5_gradram_rnc.svg",
-    log:
-        "logs/fig5_gradram_rnc/fig5_gradram_rnc.log",
-    params:
-        **gradram_params(ROLES.rnc, ["rnc"], "age"),
-
-
-use rule fig4_gradram_e2e as fig7_gradram_disease with:
-    input:
-        **gradram_inputs(ROLES.rnc + ROLES.e2e),
-    output:
-        png=figure("fig7_gradram_disease", CAT_DIS),
-        svg="results/figures/fig7_gradram_disease.svg",
-    log:
-        "logs/fig7_gradram_disease/fig7_gradram_disease.log",
-    params:
-        **gradram_params(ROLES.rnc + ROLES.e2e, ["rnc", "e2e"], "disease"),
-
-
-rule table4:
-    input:
-        predictions(STATS_MODELS),
-    output:
-        tsv="results/tables/table4.tsv",
-        md="results/tables/table4.md",
-        html=table("table4", CAT_DIS),
-    log:
-        "logs/table4/table4.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        stats=STATS_PARAMS,
-        code=script_code("table4.py"),
-    script:
-        "../scripts/table4.py"
-
-
-rule fig6_bag_violin:
-    input:
+# What each target draws from: a list (its script reads the files in order) or a dict (by name).
+STATS_INPUTS = {
+    "fig1_age_distribution": [str(paths.PARTICIPANTS)],
+    "table1": [str(paths.PARTICIPANTS)],
+    "fig_qc_montage": [QC_MONTAGE],
+    "fig_training_curves": train_logs(STATS_MODELS),
+    "table2": predictions(STATS_MODELS),
+    "table3": dict(
         predictions=predictions(HEADLINE),
-        logs=train_logs(ROLES.e2e + ROLES.rnc),
-    output:
-        png=figure("fig6_bag_violin", CAT_DIS),
-        svg="results/figures/fig6_bag_violin.svg",
-    log:
-        "logs/fig6_bag_violin/fig6_bag_violin.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        code=script_code("fig6_bag_violin.py"),
-    script:
-        "../scripts/fig6_bag_violin.py"
+        logs=train_logs(E2E_RNC),
+        splits=str(paths.SPLITS),
+        external=[EXTERNAL["predictions"]] if EXTERNAL else [],
+    ),
+    "fig3_batch_size": predictions(ROLES.sweep_models),
+    "fig_pred_vs_age": predictions(STATS_MODELS),
+    "study_comparison": dict(
+        predictions=predictions(E2E_RNC), logs=train_logs(E2E_RNC)
+    ),
+    "fig4_gradram_e2e": gradram_inputs(ROLES.e2e),
+    "fig5_gradram_rnc": gradram_inputs(ROLES.rnc),
+    "fig7_gradram_disease": gradram_inputs(ROLES.rnc + ROLES.e2e),
+    "table4": predictions(STATS_MODELS),
+    "fig6_bag_violin": dict(
+        predictions=predictions(HEADLINE), logs=train_logs(E2E_RNC)
+    ),
+    "table_gap_recovery": predictions(STATS_MODELS),
+    "fig_gap_recovery": predictions(STATS_MODELS),
+}
+# Each target's params but `code` (the hash of what its script imports, every rule has it last)
+STATS_RULE_PARAMS = {
+    "fig_training_curves": dict(models=list(STATS_MODELS)),
+    "table2": dict(models=STATS_MODELS, stats=STATS_PARAMS),
+    "table3": dict(models=STATS_MODELS, external=EXTERNAL, stats=STATS_PARAMS),
+    "fig3_batch_size": dict(models=STATS_MODELS, stats=STATS_PARAMS),
+    "fig_pred_vs_age": dict(models=list(STATS_MODELS)),
+    "study_comparison": dict(models=STATS_MODELS, cohort=config["cohort"]),
+    # Figures 4, 5 and 7 (rows: age groups, or AD/PD beside HC)
+    "fig4_gradram_e2e": gradram_params(ROLES.e2e, ["e2e"], "age"),
+    "fig5_gradram_rnc": gradram_params(ROLES.rnc, ["rnc"], "age"),
+    "fig7_gradram_disease": gradram_params(
+        ROLES.rnc + ROLES.e2e, ["rnc", "e2e"], "disease"
+    ),
+    "table4": dict(models=STATS_MODELS, stats=STATS_PARAMS),
+    "fig6_bag_violin": dict(models=STATS_MODELS),
+    "table_gap_recovery": dict(models=STATS_MODELS, alpha=STATS["alpha"]),
+    "fig_gap_recovery": dict(models=list(STATS_MODELS)),
+}
+if set(STATS_INPUTS) != {t.name for t in TARGETS}:
+    raise WorkflowError(
+        "stats.smk: STATS_INPUTS names other targets than brainage.report.targets: "
+        f"{sorted(set(STATS_INPUTS) ^ {t.name for t in TARGETS})}"
+    )
 
 
-# Simulated cohort only: the predictions carry the simulator's true BAG (rule predict_cohort)
-SIMULATED = config["cohort"]["source"] == "simulate"
+def positional(files):
+    """The unnamed files of a rule's input or output (a list), or none (a dict names them)."""
+    return files if isinstance(files, list) else []
 
 
-rule table_gap_recovery:
-    input:
-        predictions(STATS_MODELS),
-    output:
-        tsv="results/tables/table_gap_recovery.tsv",
-        md="results/tables/table_gap_recovery.md",
-        html=table("table_gap_recovery", CAT_DIS),
-    log:
-        "logs/table_gap_recovery/table_gap_recovery.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=STATS_MODELS,
-        alpha=STATS["alpha"],
-        code=script_code("table_gap_recovery.py"),
-    script:
-        "../scripts/table_gap_recovery.py"
+def named(files):
+    """The named files of a rule's input or output (a dict), or none (a list)."""
+    return files if isinstance(files, dict) else {}
 
 
-rule fig_gap_recovery:
-    input:
-        predictions(STATS_MODELS),
-    output:
-        png=figure("fig_gap_recovery", CAT_DIS),
-        svg="results/figures/fig_gap_recovery.svg",
-    log:
-        "logs/fig_gap_recovery/fig_gap_recovery.log",
-    conda:
-        "../../envs/stats.yaml"
-    params:
-        models=list(STATS_MODELS),
-        code=script_code("fig_gap_recovery.py"),
-    script:
-        "../scripts/fig_gap_recovery.py"
+def target_outputs(target):
+    """The target's files by kind, the one in the report captioned by workflow/report/<name>.rst;
+    a one-file target's file is unnamed (its script writes output[0])."""
+    files = {kind: str(path) for kind, path in target.files().items()}
+    files[target.report_kind] = report(
+        files[target.report_kind],
+        caption=f"../report/{target.caption}",
+        category=target.category,
+        subcategory=target.subcategory,
+    )
+    return list(files.values()) if len(files) == 1 else files
+
+
+def stats_rule(target):
+    """The rule of ``target``. A function, not a loop's body: Snakemake evaluates the `script:`
+    expression again when the job runs, where a loop variable would hold the last target (every
+    rule would run the last script); here it is this call's ``target``."""
+    files, outputs = STATS_INPUTS[target.name], target_outputs(target)
+
+    rule:
+        name:
+            target.name
+        input:
+            *positional(files),
+            **named(files),
+        output:
+            *positional(outputs),
+            **named(outputs),
+        log:
+            f"logs/{target.name}/{target.name}.log",
+        conda:
+            "../../envs/stats.yaml"
+        params:
+            **STATS_RULE_PARAMS.get(target.name, {}),
+            code=script_code(target.script_file),
+        script:
+            f"../scripts/{target.script_file}"
+
+
+for STATS_TARGET in TARGETS:
+    stats_rule(STATS_TARGET)
 
 
 def stats_targets():
     """The stage's final files; those needing a model role are left out when no model has it."""
-    targets = [rules.fig1_age_distribution.output, rules.table1.output]
-    # the montage only when a preprocessing rule (included before this file) writes it
-    if STATS.get("qc_montage", True) and any(
-        QC_MONTAGE in map(str, r.output) for r in workflow.rules
-    ):
-        targets.append(rules.fig_qc_montage.output)
-    if STATS_MODELS:
-        targets += [
-            rules.fig_training_curves.output,
-            rules.table2.output,
-            rules.fig_pred_vs_age.output,
-            rules.table4.output,
-        ]
-        if SIMULATED:
-            targets += [rules.table_gap_recovery.output, rules.fig_gap_recovery.output]
-    if HEADLINE:
-        targets += [rules.table3.output, rules.fig6_bag_violin.output]
-    if ROLES.e2e or ROLES.rnc:
-        targets += [rules.study_comparison.output, rules.fig7_gradram_disease.output]
-    if ROLES.e2e:
-        targets.append(rules.fig4_gradram_e2e.output)
-    if ROLES.rnc:
-        targets.append(rules.fig5_gradram_rnc.output)
-    if ROLES.sweeps:
-        targets.append(rules.fig3_batch_size.output)
-    return targets
+    available = dict(
+        cohort=True,
+        # the montage only when a preprocessing rule (included before this file) writes it
+        qc_montage=STATS.get("qc_montage", True)
+        and any(QC_MONTAGE in map(str, r.output) for r in workflow.rules),
+        models=bool(STATS_MODELS),
+        simulated=bool(STATS_MODELS) and SIMULATED,
+        headline=bool(HEADLINE),
+        e2e_or_rnc=bool(ROLES.e2e or ROLES.rnc),
+        e2e=bool(ROLES.e2e),
+        rnc=bool(ROLES.rnc),
+        sweeps=bool(ROLES.sweeps),
+    )
+    return [getattr(rules, t.name).output for t in wanted(available)]
 
 
 rule stats_all:

@@ -20,10 +20,17 @@ RESULTS = Path("results")
 #: the study's participants table (the validated manifest) and the simulated cohort's folder
 PARTICIPANTS = RESULTS / "cohort" / "participants.tsv"
 SIM_COHORT = RESULTS / "cohort"
+#: the simulated raw scans (a BIDS folder) and what only the simulator knows (its truth)
+SIM_BIDS = SIM_COHORT / "bids"
+SIM_TRUTH = SIM_COHORT / "truth"
 #: the simulator's per-subject truth (biological age ...) and per-region effects
-SIM_SUBJECTS = SIM_COHORT / "truth" / "subjects.tsv"
-SIM_EFFECTS = SIM_COHORT / "truth" / "effects_aal116.tsv"
+SIM_SUBJECTS = SIM_TRUTH / "subjects.tsv"
+SIM_EFFECTS = SIM_TRUTH / "effects_aal116.tsv"
+#: the simulator's template-space head, labels and effect fields: built once per cohort,
+#: memory-mapped by every subject's job
+SIM_ANATOMY = SIM_TRUTH / "anatomy.npz"
 SPLITS = RESULTS / "splits.tsv"
+PREPROCESS_ROOT = RESULTS / "preprocess"
 QC_TABLE = RESULTS / "qc" / "qc.tsv"
 QC_EXCLUDED = RESULTS / "qc" / "excluded.tsv"
 QC_MONTAGE = RESULTS / "qc" / "qc_montage.png"
@@ -31,6 +38,11 @@ CACHE_ROOT = RESULTS / "cache"
 MODELS_ROOT = RESULTS / "models"
 PREDICTIONS_ROOT = RESULTS / "predictions"
 SALIENCY_ROOT = RESULTS / "saliency"
+#: the study's figures and tables (brainage.report.targets names them)
+FIGURES_ROOT = RESULTS / "figures"
+TABLES_ROOT = RESULTS / "tables"
+#: the simulated cohort's figure of raw scans, beside the study's figures (it goes in the report)
+SIM_FIGURE = FIGURES_ROOT / "simulated_raw_scans.png"
 
 #: the native -> template affine, as written by preprocessing and by the simulator's truth
 XFM = f"from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
@@ -69,6 +81,24 @@ def simulated_cohort_files(out: str | Path, figure: str | Path | None = None) ->
         "sites": out / "truth" / "sites.tsv",
         "model": out / "truth" / "model.json",
         "figure": Path(figure) if figure else out / "figures" / "simulated_raw_scans.png",
+    }
+
+
+def preprocess_dir(participant_id: str) -> Path:
+    """The folder of a subject's preprocessing outputs (:func:`preprocess_outputs`)."""
+    return PREPROCESS_ROOT / participant_id / "anat"
+
+
+def minc_files(participant_id: str) -> dict[str, Path]:
+    """The MINC engine's files of a subject (brainage.preprocess.minc): ``ras`` (the RAS+ copy of
+    the raw scan the container reads), ``brain`` (the 1 mm brain on the ICBM grid), ``mask``
+    (native space) and ``xfm`` (native to the symmetric ICBM 2009c model the chain registers to)."""
+    prefix = f"{PREPROCESS_ROOT / participant_id / 'minc' / participant_id}_"
+    return {
+        "ras": Path(f"{prefix}desc-ras_T1w.nii.gz"),
+        "brain": Path(f"{prefix}res-1_desc-brain_T1w.nii.gz"),
+        "mask": Path(f"{prefix}desc-brain_mask.nii.gz"),
+        "xfm": Path(f"{prefix}from-T1w_to-MNI152NLin2009cSym.xfm"),
     }
 
 
@@ -150,6 +180,16 @@ def saliency_outputs(model: str) -> dict[str, Path]:
     root = SALIENCY_ROOT / model
     return {"subjects": root / "subjects", "groups": root / "groups", "groups_tsv": root / "groups.tsv",
             "aal116": root / "aal116.tsv", "matches": root / "matched_controls.tsv", "truth": root / "truth_check.tsv"}
+
+
+def figure_files(name: str, kinds: Iterable[str] = ("png", "svg")) -> dict[str, Path]:
+    """A study figure's files by kind (``png``, ``svg``, ``tsv`` for its data): ``results/figures/<name>.<kind>``."""
+    return {kind: FIGURES_ROOT / f"{name}.{kind}" for kind in kinds}
+
+
+def table_files(name: str, kinds: Iterable[str] = ("tsv", "md", "html")) -> dict[str, Path]:
+    """A study table's files by kind (``tsv``, ``md``, ``html``): ``results/tables/<name>.<kind>``."""
+    return {kind: TABLES_ROOT / f"{name}.{kind}" for kind in kinds}
 
 
 #: ``explain.method``: ``gradram`` (the study's Grad-RAM on ``target_layer``) or ``gradient``

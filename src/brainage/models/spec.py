@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from brainage.core.paths import MODELS_ROOT, model_files
-from brainage.models.kinds import CLASSICAL_BACKBONES, RNC, ModelKind, kind_named, kind_of
+from brainage.models.kinds import CLASSICAL_BACKBONES, KINDS, RNC, ModelKind, kind_of
 
 LOSSES = ("l1", "rnc")
 
@@ -192,7 +192,8 @@ def init_from_problems(name: str, entry: dict) -> list[str]:
 
 def source_mismatch(entry: dict, source: dict) -> str | None:
     """What keeps model ``entry`` from starting from a trained model (its card or model.pt meta), or None."""
-    if not kind_of_card(source).network:
+    kind = KINDS.get(str(source.get("kind")))  # a card of an unknown kind fails below, on its architecture
+    if kind is not None and not kind.network:
         return "the source is a classical model, it has no network weights"
     ours, theirs = asdict(Architecture.of(entry)), asdict(Architecture.of(source["architecture"]))
     diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours if ours[k] != theirs[k]]
@@ -236,11 +237,6 @@ def resolve_spec(entry: dict) -> dict:
     spec["rnc"] = {**asdict(Rnc()), **(spec.get("rnc") or {})}
     spec["head"] = {**asdict(Head()), **(spec.get("head") or {})}
     return spec
-
-
-def kind_of_card(card: dict) -> ModelKind:
-    """The kind a model card or model.pt meta records."""
-    return kind_named(str(card.get("kind")), "init_from source")
 
 
 @dataclass(frozen=True, eq=False)

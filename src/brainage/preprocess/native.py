@@ -30,9 +30,18 @@ from brainage.preprocess.transforms import ants_image
 log = logging.getLogger("brainage.preprocess")
 
 
+#: ITK's threads (N4, registration, resampling), whatever the job's: N4's B-spline fit and the
+#: registration metric add up per-thread partial sums, so with 2 threads the same scan got
+#: another affine (rotation 24.04 vs 24.09 degrees on a real IXI head) and, downstream, an age
+#: about 0.1 y apart. One thread gives a scan the same outputs on a laptop and in a 4-CPU
+#: cluster job (tests/test_preprocess.py); the job's threads go to deepbet (torch), whose mask
+#: does not change with them.
+ITK_THREADS = 1
+
+
 def set_threads(threads: int) -> None:
-    """Cap the threads of ITK (ANTs) and torch (deepbet) for this process."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    """Threads of this process: ITK (ANTs) always :data:`ITK_THREADS`, torch (deepbet) ``threads``."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(ITK_THREADS)
     import torch
 
     torch.set_num_threads(max(1, threads))
