@@ -48,3 +48,14 @@ def test_a_model_file_of_an_unknown_kind_is_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match=r"model.pt: unknown model kind 'quantum' \(known: e2e, rnc, classical\)"):
         load_model(path)
     assert kind_named("rnc") is RNC
+
+
+def test_the_same_model_saved_twice_gives_the_same_bytes(tmp_path):
+    """A model file is a function of its weights and metadata only: torch names a zip's records
+    after the file it writes, and the atomic write's temporary name is random."""
+    from brainage.models.files import save_model
+
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    save_model(state, {"kind": "e2e", "name": "m"}, tmp_path / "a" / "model.pt")
+    save_model(state, {"kind": "e2e", "name": "m"}, tmp_path / "b" / "model.pt")
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()

@@ -21,19 +21,16 @@ RESULTS = Path("results")
 PARTICIPANTS = RESULTS / "cohort" / "participants.tsv"
 SIM_COHORT = RESULTS / "cohort"
 #: the simulated raw scans (a BIDS folder) and what only the simulator knows (its truth)
-SIM_BIDS = SIM_COHORT / "bids"
-SIM_TRUTH = SIM_COHORT / "truth"
-#: the simulator's per-subject truth (biological age ...) and per-region effects
-SIM_SUBJECTS = SIM_TRUTH / "subjects.tsv"
-SIM_EFFECTS = SIM_TRUTH / "effects_aal116.tsv"
-#: the simulator's template-space head, labels and effect fields: built once per cohort,
-#: memory-mapped by every subject's job
-SIM_ANATOMY = SIM_TRUTH / "anatomy.npz"
+SIM_BIDS, SIM_TRUTH = SIM_COHORT / "bids", SIM_COHORT / "truth"
+#: the simulator's per-subject truth (biological age ...), its per-region effects, and its
+#: template-space head, labels and effect fields (built once per cohort, memory-mapped by every
+#: subject's job)
+SIM_SUBJECTS, SIM_EFFECTS, SIM_ANATOMY = (SIM_TRUTH / name for name in ("subjects.tsv", "effects_aal116.tsv",
+                                                                        "anatomy.npz"))
 SPLITS = RESULTS / "splits.tsv"
 PREPROCESS_ROOT = RESULTS / "preprocess"
-QC_TABLE = RESULTS / "qc" / "qc.tsv"
-QC_EXCLUDED = RESULTS / "qc" / "excluded.tsv"
-QC_MONTAGE = RESULTS / "qc" / "qc_montage.png"
+#: the cohort's QC table, the subjects excluded by it (with the reason), the montage of all
+QC_TABLE, QC_EXCLUDED, QC_MONTAGE = (RESULTS / "qc" / name for name in ("qc.tsv", "excluded.tsv", "qc_montage.png"))
 CACHE_ROOT = RESULTS / "cache"
 MODELS_ROOT = RESULTS / "models"
 PREDICTIONS_ROOT = RESULTS / "predictions"

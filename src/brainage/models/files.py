@@ -57,9 +57,12 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through a temporary file renamed at the end (never a partial file)."""
-    with atomic_path(Path(path), suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through a temporary file renamed at the end (never a partial file).
+
+    Saved through a file object: given a path, torch names the zip's records after the file
+    (here a random temporary name), so the same weights gave different bytes every run."""
+    with atomic_path(Path(path), suffix=".pt") as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_model(state_dict: dict, meta: dict, path: str | Path) -> None:

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["native", "minc"], default="native")
     parser.add_argument("--grids", default="1,2", help="comma-separated template grids in mm (default 1,2)")
     parser.add_argument("--participant-id", default=None, help="subject id, sub-<letters and digits> (default: from the file name)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="deepbet's (torch) threads; ITK runs on one, so the outputs never depend on it")
     parser.add_argument("--config", default=None, help="YAML config whose 'preprocess' section sets the chain")
     args = parser.parse_args(argv)
     try:

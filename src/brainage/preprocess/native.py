@@ -35,13 +35,13 @@ log = logging.getLogger("brainage.preprocess")
 #: another affine (rotation 24.04 vs 24.09 degrees on a real IXI head) and, downstream, an age
 #: about 0.1 y apart. One thread gives a scan the same outputs on a laptop and in a 4-CPU
 #: cluster job (tests/test_preprocess.py); the job's threads go to deepbet (torch), whose mask
-#: does not change with them.
-ITK_THREADS = 1
+#: does not change with them. None: ITK on the job's threads (benchmarks/bench_preprocess_threads.py).
+ITK_THREADS: int | None = 1
 
 
 def set_threads(threads: int) -> None:
     """Threads of this process: ITK (ANTs) always :data:`ITK_THREADS`, torch (deepbet) ``threads``."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(ITK_THREADS)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(ITK_THREADS or threads)
     import torch
 
     torch.set_num_threads(max(1, threads))
