@@ -265,3 +265,26 @@ def test_report_embeds_every_table_and_figure(run, report):
     for path in [results / "tables" / f"{t}.html" for t in TABLES] + sorted((results / "figures").glob("*.png")):
         named, embedded = str(path.relative_to(run["work"])) in report, base64.b64encode(path.read_bytes()).decode() in report
         assert named and embedded, f"{path.name}: not in the report"
+
+
+def test_provenance_records_what_the_run_came_from(run, report):
+    """results/provenance.json against independent sources: the config the run was given, the
+    installed packages' own metadata, each script's code hash as the rules compute it, and the
+    rules' threads; its page is in the report."""
+    import json
+    from importlib import metadata
+
+    from brainage.core.provenance import script_code_hash
+
+    record = json.loads((run["results"] / "provenance.json").read_text())
+    given = yaml.safe_load((run["work"] / "config" / "config.yaml").read_text())
+    assert record["config"]["models"] == given["models"] and record["seed"] == given["seed"] == 7
+    assert record["config"]["cohort"]["simulate"]["n_hc"] == given["cohort"]["simulate"]["n_hc"]
+    assert record["packages"]["torch"] == metadata.version("torch")
+    assert record["packages"]["snakemake"] == metadata.version("snakemake")
+    scripts = sorted((run["work"] / "workflow" / "scripts").glob("*.py"))
+    assert record["code"] == {s.name: script_code_hash(s) for s in scripts}
+    assert record["preprocess_engine"] == "native" and record["itk_threads_in_preprocessing"] == 1
+    # as the rules declare them (tiny: one subject per preprocessing job)
+    assert record["threads"]["train"] == 2 and record["threads"]["preprocess"] == 1
+    assert "results/tables/provenance.html" in report

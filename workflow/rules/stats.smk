@@ -6,6 +6,7 @@
 # model names here).
 from brainage.core import paths
 from brainage.report.roles import model_roles, normalise_models
+from brainage.report.categories import CAT_PROV
 from brainage.report.targets import TARGETS, wanted
 
 STATS = config["stats"]
@@ -190,6 +191,36 @@ def stats_targets():
     return [getattr(rules, t.name).output for t in wanted(available)]
 
 
+def rule_threads():
+    """Threads of every rule as this workflow (and its profile) set them; a callable is left out."""
+    cores = {
+        r.name: getattr(r.resources.get("_cores"), "raw", None) for r in workflow.rules
+    }
+    return {name: n for name, n in cores.items() if isinstance(n, int)}
+
+
+rule provenance:
+    output:
+        json=str(paths.PROVENANCE),
+        html=report(
+            str(paths.PROVENANCE_HTML),
+            caption="../report/provenance.rst",
+            category=CAT_PROV,
+        ),
+    log:
+        "logs/provenance/provenance.log",
+    conda:
+        "../../envs/stats.yaml"
+    params:
+        config=config,
+        scripts={s.name: script_code(s.name) for s in sorted(SCRIPTS.glob("*.py"))},
+        threads=rule_threads(),
+        code=script_code("provenance.py"),
+    script:
+        "../scripts/provenance.py"
+
+
 rule stats_all:
     input:
         stats_targets(),
+        rules.provenance.output,

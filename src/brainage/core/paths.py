@@ -38,6 +38,8 @@ SALIENCY_ROOT = RESULTS / "saliency"
 #: the study's figures and tables (brainage.report.targets names them)
 FIGURES_ROOT = RESULTS / "figures"
 TABLES_ROOT = RESULTS / "tables"
+#: what the run's results came from (brainage.core.provenance.run_record), and its report page
+PROVENANCE, PROVENANCE_HTML = RESULTS / "provenance.json", TABLES_ROOT / "provenance.html"
 #: the simulated cohort's figure of raw scans, beside the study's figures (it goes in the report)
 SIM_FIGURE = FIGURES_ROOT / "simulated_raw_scans.png"
 

@@ -125,3 +125,67 @@ def script_code_hash(script: str | Path) -> str:
         digest.update(module.encode())
         digest.update(Path(origin).read_bytes())
     return digest.hexdigest()[:16]
+
+
+#: the distributions whose versions decide the results (the rest follow from requirements.lock)
+PACKAGES = ("brainage-rnc", "snakemake", "torch", "monai", "antspyx", "simpleitk", "deepbet", "nibabel", "nilearn",
+            "numpy", "scipy", "scikit-learn", "pandas", "statsmodels", "matplotlib")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _collapse_batches(threads: dict[str, int]) -> dict[str, int]:
+    """Rule -> threads, the numbered batch rules of one stage (``preprocess_b000`` ...) as one
+    ``preprocess_b*`` row when they agree, and the aggregate ``*_all`` rules left out."""
+    import re
+
+    out: dict[str, set[int]] = {}
+    for rule, n in sorted(threads.items()):
+        if rule == "all" or rule.endswith("_all"):
+            continue
+        out.setdefault(re.sub(r"_b\d+$", "_b*", rule), set()).add(n)
+    return {rule: ns.pop() if len(ns) == 1 else sorted(ns) for rule, ns in out.items()}
+
+
+def run_record(config: dict, code: dict[str, str], threads: dict[str, int]) -> dict:
+    """What a run's results came from, for ``results/provenance.json``: package versions, the
+    config as run (all layers merged), the code hash of every rule's script, seeds, the threads
+    each rule ran on, ITK's thread count in preprocessing, the engine and the host.
+
+    ``code``: script -> :func:`script_code_hash`; ``threads``: rule -> threads as the workflow
+    (and its profile) set them. Torch-free: the host's GPUs are not probed here (each model card
+    records the device it trained on)."""
+    import os
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    models = config.get("models") or {}
+    return {
+        "packages": {"python": platform.python_version(), **versions},
+        "seed": config.get("seed"),
+        "model_seeds": {name: config.get("seed") for name in models},
+        "preprocess_engine": (config.get("preprocess") or {}).get("engine"),
+        "itk_threads_in_preprocessing": 1,
+        "threads": _collapse_batches(threads),
+        "code": dict(sorted(code.items())),
+        "host": {"name": platform.node(), "system": platform.platform(), "cpu": _cpu_model(),
+                 "cpus": os.cpu_count(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        "config": config,
+    }
