@@ -43,16 +43,31 @@ def _template_brain_points(step: int = 2) -> np.ndarray:
 # the native chain end to end, through the command line
 
 
+@pytest.fixture(scope="module")
+def ixi_preprocessed(tmp_path_factory):
+    """``brainage preprocess`` of the real IXI head with ``--threads n``: its output folder, made
+    once per module and thread count (the chain test and the thread test share the 2-thread run)."""
+    root, made = tmp_path_factory.mktemp("ixi_cli"), {}
+
+    def run(threads: int) -> Path:
+        if threads not in made:
+            out = root / f"threads{threads}"
+            done = subprocess.run(
+                [sys.executable, "-m", "brainage.cli", "preprocess", "--t1w", str(_ixi()), "--out-dir", str(out),
+                 "--grids", "2,4", "--participant-id", "sub-IXI012", "--threads", str(threads)],
+                capture_output=True, text=True, timeout=600,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[threads] = out
+        return made[threads]
+
+    return run
+
+
 @pytest.mark.slow
-def test_cli_native_chain_on_real_ixi_scan(tmp_path):
+def test_cli_native_chain_on_real_ixi_scan(ixi_preprocessed):
     """`brainage preprocess` on a whole-head PSR IXI scan: QC passes, plausible volume, files."""
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "brainage.cli", "preprocess", "--t1w", str(_ixi()), "--out-dir", str(out),
-         "--grids", "2,4", "--participant-id", "sub-IXI012"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = ixi_preprocessed(2)
     qc = json.loads((out / "sub-IXI012_desc-qc.json").read_text())
     assert {"ncc", "brain_volume_ml", "passed"} <= set(qc)
     assert qc["passed"], qc["reasons"]
@@ -90,22 +105,13 @@ def test_cli_native_chain_on_real_ixi_scan(tmp_path):
 
 
 @pytest.mark.slow
-def test_outputs_do_not_depend_on_the_thread_count(tmp_path):
+def test_outputs_do_not_depend_on_the_thread_count(ixi_preprocessed):
     """The same real head preprocessed with 1, 2 and 4 threads gives the same volumes, affine
     and QC to the bit (a laptop job runs 1 thread, a SLURM job 4). ITK's N4 and registration
     sum per-thread partial results; with ITK on its job's threads the 2-thread affine turned
     0.05 degrees more and 23 % of the 2 mm voxels changed."""
-    outs = {}
-    for threads in (1, 2, 4):
-        outs[threads] = tmp_path / f"threads{threads}"
-        done = subprocess.run(
-            [sys.executable, "-m", "brainage.cli", "preprocess", "--t1w", str(_ixi()), "--out-dir", str(outs[threads]),
-             "--grids", "4", "--participant-id", "sub-IXI012", "--threads", str(threads)],
-            capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
     for threads in (2, 4):
-        assert_same_preprocessing(outs[threads], outs[1], png=True)
+        assert_same_preprocessing(ixi_preprocessed(threads), ixi_preprocessed(1), png=True)
 
 
 @pytest.mark.slow
