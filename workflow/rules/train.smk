@@ -1,5 +1,5 @@
 # Stage 'train': splits, the float16 cache of every grid, and one training job per model of
-# config `models:` (results/models/<name>/). All logic is in brainage.{splits,cache,train}.
+# config `models:` (results/models/<name>/). All logic is in brainage.data (splits, cache) and brainage.train.
 
 
 from brainage.models.spec import init_from_input

@@ -12,7 +12,7 @@ from brainage.report import stats
 from brainage.report.tables import HTML_PAGE, fmt, fmt_p, fmt_pm, markdown_table
 from brainage.report.tables_disease import headline_models
 
-#: the study's published results (../shared/DESIGN.md), different subjects from any run here
+#: the study's published results (the paper), different subjects from any run here
 PUBLISHED = {
     "rnc_highrez": {"label": "RNC-highRez (ResNet18, RNC, 1 mm)", "mae": 4.27, "mae_sd": 3.32, "r2": 0.93},
     "e2e_highrez": {"label": "ResNet50-highRez (end-to-end L1, 1 mm)", "mae": 4.92, "mae_sd": 3.96, "r2": 0.90},
