@@ -280,7 +280,9 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
         f'import sys\nsys.path.insert(0, "{REPO / "src"}")\n'
         "from brainage.data.atlases import resource_paths\nfrom brainage.core.provenance import script_code_hash\n"
         f'def script_code(script):\n    return script_code_hash("{REPO / "workflow" / "scripts"}/" + script)\n'
-        "from brainage import paths\n"
+        "from brainage.core import paths\n"
+        "from pathlib import Path\n"
+        f'SCRIPTS = Path("{REPO / "workflow" / "scripts"}")\n'
         "def model_dir(model):\n    return paths.model_dir(model)\n"
         "\n"
         'configfile: "config.yaml"\nRESOURCES = "resources/atlases"\nSEED = config["seed"]\n'

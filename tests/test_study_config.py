@@ -37,7 +37,7 @@ PER_SUBJECT = ("simulate_subject", "preprocess")
 ONCE = ("table1", "table2", "table3", "table4", "study_comparison", "fig1_age_distribution", "fig3_batch_size",
         "fig4_gradram_e2e", "fig5_gradram_rnc", "fig6_bag_violin", "fig7_gradram_disease", "fig_pred_vs_age",
         "fig_training_curves", "fig_qc_montage", "resources", "simulate_anatomy", "simulate_cohort", "qc_table",
-        "splits", "all",
+        "splits", "all", "provenance",
         # the simulated cohort's known gaps against the predicted ones (the demo cohort is simulated)
         "table_gap_recovery", "fig_gap_recovery")
 

@@ -55,7 +55,7 @@ def _imports_of(path: Path, package: str | None) -> set[str]:
             else:
                 module = node.module or ""
             found.add(module)
-            # `from brainage import stats` imports the submodule brainage.report.stats
+            # `from brainage.report import stats` imports the submodule brainage.report.stats
             found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
 

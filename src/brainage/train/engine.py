@@ -214,3 +214,7 @@ def _main(job_json: str) -> None:
 
     job["splits"] = read_splits(job["splits"])
     train_model(**job)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
