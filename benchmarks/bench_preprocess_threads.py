@@ -20,14 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
+from bench_preprocess_batch import _same_outputs  # the outputs compared but for their timings
 
 CODE = """
 import sys
-from brainage.preprocess import native
+from brainage.preprocess import settings
 from brainage.preprocess.cli import main
-native.ITK_THREADS = None if sys.argv[1] == "job" else 1
+settings.ITK_THREADS = None if sys.argv[1] == "job" else 1
 sys.exit(main(sys.argv[2:]))
 """
 MODES = {"itk 1 thread (pipeline)": "one", "itk on job's threads": "job"}
@@ -38,21 +37,6 @@ def run(mode: str, t1w: str, out: Path, threads: int, grids: str) -> float:
            "--participant-id", "sub-bench", "--threads", str(threads)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(json.loads((out / "sub-bench_desc-qc.json").read_text())["runtime_s"])
-
-
-def same(a: Path, b: Path) -> bool:
-    for f in sorted(a.iterdir()):
-        g = b / f.name
-        if f.name.endswith(".nii.gz"):
-            if not np.array_equal(nib.load(f).get_fdata(), nib.load(g).get_fdata()):
-                return False
-        elif f.suffix == ".json":
-            drop = lambda d: {k: v for k, v in d.items() if k not in ("runtime_s", "timings_s", "t1w")}  # noqa: E731
-            if drop(json.loads(f.read_text())) != drop(json.loads(g.read_text())):
-                return False
-        elif f.read_bytes() != g.read_bytes():
-            return False
-    return True
 
 
 def main() -> None:
@@ -74,7 +58,7 @@ def main() -> None:
             base = statistics.median(seconds["job", t])
             for label, mode in MODES.items():
                 s = statistics.median(seconds[mode, t])
-                identical = same(tmp / f"{mode}-{t}-0", tmp / f"{mode}-{args.threads[0]}-0")
+                identical = not _same_outputs(tmp / f"{mode}-{t}-0", tmp / f"{mode}-{args.threads[0]}-0")
                 print(f"  --threads {t}  {label:<24} {s:6.1f} s per scan   ratio to ITK on job's threads "
                       f"{s / base:4.2f}   outputs equal to --threads {args.threads[0]}'s: {identical}")
 

@@ -5,6 +5,7 @@
 # the batch-size sweep comes from config models via brainage.report.roles.model_roles (no
 # model names here).
 from brainage.core import paths
+from brainage.preprocess.settings import ITK_THREADS
 from brainage.report.roles import model_roles, normalise_models
 from brainage.report.categories import CAT_PROV
 from brainage.report.targets import TARGETS, wanted
@@ -215,6 +216,7 @@ rule provenance:
         config=config,
         scripts={s.name: script_code(s.name) for s in sorted(SCRIPTS.glob("*.py"))},
         threads=rule_threads(),
+        itk_threads=ITK_THREADS,
         code=script_code("provenance.py"),
     script:
         "../scripts/provenance.py"

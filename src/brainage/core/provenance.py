@@ -158,13 +158,13 @@ def _collapse_batches(threads: dict[str, int]) -> dict[str, int]:
     return {rule: ns.pop() if len(ns) == 1 else sorted(ns) for rule, ns in out.items()}
 
 
-def run_record(config: dict, code: dict[str, str], threads: dict[str, int]) -> dict:
+def run_record(config: dict, code: dict[str, str], threads: dict[str, int], itk_threads: int | None) -> dict:
     """What a run's results came from, for ``results/provenance.json``: package versions, the
     config as run (all layers merged), the code hash of every rule's script, seeds, the threads
     each rule ran on, ITK's thread count in preprocessing, the engine and the host.
 
     ``code``: script -> :func:`script_code_hash`; ``threads``: rule -> threads as the workflow
-    (and its profile) set them. Torch-free: the host's GPUs are not probed here (each model card
+    (and its profile) set them; ``itk_threads``: brainage.preprocess.settings.ITK_THREADS. Torch-free: the host's GPUs are not probed here (each model card
     records the device it trained on)."""
     import os
     import platform
@@ -176,13 +176,11 @@ def run_record(config: dict, code: dict[str, str], threads: dict[str, int]) -> d
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    models = config.get("models") or {}
     return {
         "packages": {"python": platform.python_version(), **versions},
         "seed": config.get("seed"),
-        "model_seeds": {name: config.get("seed") for name in models},
         "preprocess_engine": (config.get("preprocess") or {}).get("engine"),
-        "itk_threads_in_preprocessing": 1,
+        "itk_threads_in_preprocessing": itk_threads,
         "threads": _collapse_batches(threads),
         "code": dict(sorted(code.items())),
         "host": {"name": platform.node(), "system": platform.platform(), "cpu": _cpu_model(),

@@ -24,24 +24,16 @@ from brainage.core.grids import template_grid
 from brainage.core.io import InputError
 from brainage.preprocess.finish import base_resolution, finish_from_base, load_t1w, load_template
 from brainage.preprocess.registration import register_affine_to_template, registration_target, resample_to_template
+from brainage.preprocess import settings as preprocess_settings
 from brainage.preprocess.settings import BrainMaskSettings, N4Settings, settings_from_config
 from brainage.preprocess.transforms import ants_image
 
 log = logging.getLogger("brainage.preprocess")
 
 
-#: ITK's threads (N4, registration, resampling), whatever the job's: N4's B-spline fit and the
-#: registration metric add up per-thread partial sums, so with 2 threads the same scan got
-#: another affine (rotation 24.04 vs 24.09 degrees on a real IXI head) and, downstream, an age
-#: about 0.1 y apart. One thread gives a scan the same outputs on a laptop and in a 4-CPU
-#: cluster job (tests/test_preprocess.py); the job's threads go to deepbet (torch), whose mask
-#: does not change with them. None: ITK on the job's threads (benchmarks/bench_preprocess_threads.py).
-ITK_THREADS: int | None = 1
-
-
 def set_threads(threads: int) -> None:
-    """Threads of this process: ITK (ANTs) always :data:`ITK_THREADS`, torch (deepbet) ``threads``."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(ITK_THREADS or threads)
+    """Threads of this process: ITK (ANTs) always :data:`.settings.ITK_THREADS`, torch (deepbet) ``threads``."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(preprocess_settings.ITK_THREADS or threads)
     import torch
 
     torch.set_num_threads(max(1, threads))

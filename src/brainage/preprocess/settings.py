@@ -11,6 +11,15 @@ from typing import Any
 from brainage.preprocess.qc import QCThresholds
 
 
+#: ITK's threads (N4, registration, resampling), whatever the job's: N4's B-spline fit and the
+#: registration metric add up per-thread partial sums, so with 2 threads the same scan got
+#: another affine (rotation 24.04 vs 24.09 degrees on a real IXI head) and, downstream, an age
+#: about 0.1 y apart. One thread gives a scan the same outputs on a laptop and in a 4-CPU
+#: cluster job (tests/test_preprocess.py); the job's threads go to deepbet (torch), whose mask
+#: does not change with them. None: ITK on the job's threads (benchmarks/bench_preprocess_threads.py).
+ITK_THREADS: int | None = 1
+
+
 @dataclass(frozen=True)
 class BrainMaskSettings:
     """deepbet brain extraction.

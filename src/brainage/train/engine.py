@@ -178,7 +178,7 @@ def fit_classical_model(job: TrainingJob) -> dict:
 
 
 #: the first stage of each network kind (what one optimisation step is)
-STAGES = {E2E.name: EndToEnd, RNC.name: RncEncoder}
+STAGES = {stage.kind.name: stage for stage in (EndToEnd, RncEncoder)}
 #: the trainer of each kind: TrainingJob -> the metrics of its model card
 TRAINERS: dict[str, Callable[[TrainingJob], dict]] = {E2E.name: fit_network, RNC.name: fit_network,
                                                       CLASSICAL.name: fit_classical_model}
