@@ -16,7 +16,6 @@ from brainage.config import (
     check_config,
     cross_key_problems,
     layered,
-    merge_into,
     nearest,
     resolved_config,
     schema_problems,
@@ -82,9 +81,13 @@ def test_every_section_keeps_the_key_order_of_the_defaults():
         assert {path: keys for path, keys in orders(config).items() if path} == expected, files
 
 
-def test_merge_into_merges_mappings_and_replaces_the_rest():
+def test_layers_merge_mappings_and_replace_the_rest():
+    """The layering rule resolved_config relies on, as Snakemake's update_config applies it."""
+    from snakemake.utils import update_config
+
     config = {"a": {"b": 1, "c": [1, 2]}, "d": None}
-    assert merge_into(config, {"a": {"c": [3]}, "d": {"e": 1}}) == {"a": {"b": 1, "c": [3]}, "d": {"e": 1}}
+    update_config(config, {"a": {"c": [3]}, "d": {"e": 1}})
+    assert config == {"a": {"b": 1, "c": [3]}, "d": {"e": 1}}
 
 
 def test_defaults_hold_every_key_but_the_models_and_overlays_only_what_differs():

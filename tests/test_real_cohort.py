@@ -20,7 +20,9 @@ import pytest
 import yaml
 from sklearn.metrics import mean_absolute_error
 
-from brainage.config import merge_into, resolved_config
+from snakemake.utils import update_config
+
+from brainage.config import resolved_config
 from conftest import REPO, TINY_CONFIG, make_workdir, snakemake_cmd
 
 DATA = REPO / "tests" / "data" / "ixi_cohort"
@@ -32,7 +34,7 @@ def _config() -> dict:
     model, 3 folds."""
     config = resolved_config([REPO / "config" / "ixi.yaml"], REPO)
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
-    merge_into(config, {k: v for k, v in tiny.items() if k not in ("cohort", "preprocess", "models")})
+    update_config(config, {k: v for k, v in tiny.items() if k not in ("cohort", "preprocess", "models")})
     config["training"]["splits"]["folds"] = 3
     config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
     return config

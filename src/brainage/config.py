@@ -270,19 +270,6 @@ def _order_like(config: dict, reference: Mapping) -> None:
             _order_like(value, reference[key])
 
 
-def merge_into(config: dict, over: Mapping) -> dict:
-    """``over`` merged into ``config`` key by key, nested mappings too, as Snakemake's
-    ``update_config`` layers config files (a mapping merges, any other value replaces).
-    ``config`` is changed in place and returned."""
-    for key, value in over.items():
-        if isinstance(value, Mapping):
-            below = config.get(key)
-            config[key] = merge_into(below if isinstance(below, dict) else {}, value)
-        else:
-            config[key] = copy.deepcopy(value)
-    return config
-
-
 def resolved_config(configfiles=(), root: str | Path | None = None) -> dict:
     """The configuration the Snakefile resolves for ``snakemake [--configfile FILE ...]`` (before
     ``--config`` overrides and the schema check).
@@ -292,11 +279,13 @@ def resolved_config(configfiles=(), root: str | Path | None = None) -> dict:
     from the last file that lists them (:func:`layered`). ``root``: the folder of the Snakefile
     and ``config/`` (default: the repository holding this package).
     """
+    from snakemake.utils import update_config  # how Snakemake itself layers config files
+
     root = Path(root) if root is not None else REPO_ROOT
     files = [Path(path) for path in configfiles]
     config: dict = {}
     for path in [root / DEFAULTS_FILE, *(files or [root / DEMO_FILE])]:
-        merge_into(config, yaml.safe_load(Path(path).read_text()) or {})
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
     return layered(config, files, {}, order_of=root / DEFAULTS_FILE)
 
 
