@@ -24,6 +24,7 @@ include: "workflow/rules/cohort.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
+include: "workflow/rules/deploy.smk"
 include: "workflow/rules/stats.smk"
 
 
@@ -35,4 +36,5 @@ rule all:
         rules.preprocess_all.input,
         rules.train_all.input,
         rules.infer_all.input,
+        rules.deploy_all.input,
         rules.stats_all.input,

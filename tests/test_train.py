@@ -119,6 +119,21 @@ def test_rnc_then_linear_head_produces_ages(data, tmp_path):
     assert model(x).shape == (2,)
 
 
+@pytest.mark.slow
+def test_rnc_then_kernel_head_produces_ages(data, tmp_path):
+    """head: {type: kernel}: a GP on the frozen features, saved in model.pt and loaded back."""
+    splits, vols, index = data
+    entry = _entry(loss="rnc", epochs=3, rnc={"chunk_size": 6}, head={"type": "kernel"})
+    metrics = train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
+    model, meta = load_model(tmp_path / "model.pt")
+    assert meta["kind"] == "rnc" and meta["head"]["type"] == "kernel"
+    # the same encoder as the linear-head test (same seed, 3 epochs): the GP beats the mean-age predictor
+    assert metrics["test_mae_ratio_to_baseline"] <= 0.75, metrics
+    x = torch.zeros(2, 1, 20, 24, 20)
+    assert model(x).shape == (2,) and torch.isfinite(model(x)).all()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 @pytest.mark.slow  # ~30 s on 2 cores: a single-process run, then torchrun with two workers
 def test_torchrun_two_processes_equal_single_process(data, tmp_path):
     """DDP under torchrun (gloo, 2 CPU processes) trains the same model as one process on the same

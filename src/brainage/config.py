@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from brainage.core.io import InputError
-from brainage.models.spec import entry_problems
+from brainage.models.kinds import STACK, kind_of
+from brainage.models.spec import entry_problems, stack_problems
 
 #: the repository this package is part of: the folder of the Snakefile and of ``config/``
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +118,9 @@ def cross_key_problems(config: Mapping) -> list[str]:
     for name, entry in models.items():
         if isinstance(entry, Mapping) and "backbone" in entry:
             lines += entry_problems(name, entry)  # a network's training keys, a classical model's none
+            if kind_of(entry) is STACK:
+                scheme = ((config.get("training") or {}).get("splits") or {}).get("scheme", "fixed")
+                lines += stack_problems(name, dict(entry), dict(models), scheme)
         grid = (entry or {}).get("grid") if isinstance(entry, Mapping) else None
         if isinstance(grid, (int, float)) and not any(abs(float(grid) - g) < 1e-9 for g in grids):
             lines.append(f"config models.{name}.grid: {grid:g} mm is not in preprocess.grids "

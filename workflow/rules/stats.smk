@@ -13,7 +13,9 @@ from brainage.report.targets import TARGETS, wanted
 STATS = config["stats"]
 STATS_MODELS = normalise_models(config.get("models"))
 ROLES = model_roles(STATS_MODELS)
-HEADLINE = list(dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn + ROLES.classical))
+HEADLINE = list(
+    dict.fromkeys(ROLES.e2e + ROLES.rnc + ROLES.sfcn + ROLES.classical + ROLES.stack)
+)
 EXTERNAL = STATS.get("external") or None
 QC_MONTAGE = str(paths.QC_MONTAGE)
 # Simulated cohort only: the predictions carry the simulator's true BAG (rule predict_cohort)
@@ -25,7 +27,10 @@ def predictions(names):
 
 
 def train_logs(names):
-    return [str(paths.model_files(model_dir(m))["log_tsv"]) for m in names]
+    """Learning-curve logs of the trained models among ``names`` (a stack has none)."""
+    return [
+        str(paths.model_files(model_dir(m))["log_tsv"]) for m in names if m in TRAINED
+    ]
 
 
 def saliency_groups(names):
@@ -97,7 +102,7 @@ STATS_INPUTS = {
 }
 # Each target's params but `code` (the hash of what its script imports, every rule has it last)
 STATS_RULE_PARAMS = {
-    "fig_training_curves": dict(models=list(STATS_MODELS)),
+    "fig_training_curves": dict(models=[m for m in STATS_MODELS if m in TRAINED]),
     "table2": dict(models=STATS_MODELS, stats=STATS_PARAMS),
     "table3": dict(models=STATS_MODELS, external=EXTERNAL, stats=STATS_PARAMS),
     "fig3_batch_size": dict(models=STATS_MODELS, stats=STATS_PARAMS),

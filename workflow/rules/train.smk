@@ -2,9 +2,13 @@
 # config `models:` (results/models/<name>/). All logic is in brainage.data (splits, cache) and brainage.train.
 
 
+from brainage.models.kinds import STACK, kind_of
 from brainage.models.spec import init_from_input
 
 MODELS = list(config.get("models") or {})
+# models fitted on volumes by a training job; the others (stacks) on trained models' predictions
+TRAINED = [m for m in MODELS if kind_of(config["models"][m]).trained]
+STACKS = [m for m in MODELS if kind_of(config["models"][m]) is STACK]
 MODEL_FILES = patterns(paths.model_files(paths.MODELS_ROOT / "{model}"))
 GRID_LABELS = {res_label(g): g for g in GRIDS}
 
@@ -72,6 +76,8 @@ rule cache:
 
 
 rule train:
+    wildcard_constraints:
+        model="|".join(TRAINED) if TRAINED else "NO_MODEL",
     input:
         unpack(model_grid),
         unpack(init_from_model),
@@ -137,7 +143,7 @@ def trained_models(key):
     """File ``key`` of every model (of every fold of every model when cross-validated)."""
     return [
         str(paths.model_files(paths.model_dir(m, f))[key])
-        for m in MODELS
+        for m in TRAINED
         for f in (FOLDS or [None])
     ]
 
@@ -146,4 +152,4 @@ rule train_all:
     input:
         trained_models("model"),
         trained_models("card"),
-        [str(paths.model_files(model_dir(m))["curve"]) for m in MODELS],
+        [str(paths.model_files(model_dir(m))["curve"]) for m in TRAINED],

@@ -28,11 +28,12 @@ from torch import nn
 
 from brainage.core.io import InputError, atomic_path, json_text
 from brainage.models.classical import ClassicalAgeModel
-from brainage.models.kinds import kind_named
+from brainage.models.ensemble import build_ensemble
+from brainage.models.kinds import ENSEMBLE, kind_named
 from brainage.models.networks import AgeModel, build_age_model
 
 __all__ = [
-    "pick_device", "load_model", "save_model", "save_torch", "unwrap", "to_device", "autocast", "iter_batches",
+    "pick_device", "load_model", "read_blob", "model_from_blob", "save_model", "save_torch", "unwrap", "to_device", "autocast", "iter_batches",
     "forward_batches",
 ]
 
@@ -86,12 +87,28 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
         raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
     meta = blob["meta"]
-    if not kind_named(str(meta.get("kind")), str(path)).network:  # brainage.models.classical: arrays
-        return ClassicalAgeModel.from_blob(blob["state_dict"], meta), meta
-    model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"])
-    model.load_state_dict(blob["state_dict"])
-    model.to(map_location).eval()
-    return model, meta
+    return model_from_blob(blob["state_dict"], meta, str(path)).to(map_location).eval(), meta
+
+
+def read_blob(path: str | Path) -> dict:
+    """A model.pt's raw ``{"state_dict", "meta"}`` (tensors and plain values), e.g. to combine
+    fold models into one file (brainage.models.ensemble)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob or not isinstance(blob.get("meta"), dict):
+        raise InputError(f"{path}: not a brainage model.pt (no state_dict and meta)")
+    return blob
+
+
+def model_from_blob(state_dict: dict, meta: dict, where: str = "model") -> nn.Module:
+    """The module of one model.pt's contents, by its kind (an ensemble's members recursively)."""
+    kind = kind_named(str(meta.get("kind")), where)
+    if kind is ENSEMBLE:
+        return build_ensemble(state_dict, meta, lambda state, member: model_from_blob(state, member, where))
+    if not kind.network:  # brainage.models.classical: arrays
+        return ClassicalAgeModel.from_blob(state_dict, meta)
+    model = build_age_model(meta["architecture"], meta["age"]["train_mean"], meta["age"]["train_sd"], meta.get("head"))
+    model.load_state_dict(state_dict)
+    return model.eval()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

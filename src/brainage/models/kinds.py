@@ -27,7 +27,9 @@ class ModelKind:
     joint_head: the network's head is trained with its encoder (end-to-end), so a pretrained
     source of the same kind hands on its whole network, not only its encoder;
     views: augmented views of a subject per training sample (2: contrastive pairs);
-    role: its family of rows in the study's tables (e2e, rnc, classical).
+    role: its family of rows in the study's tables (e2e, rnc, classical, stack);
+    trained: fitted by a training job on volumes (``brainage.train.engine.TRAINERS``); a stack is
+    fitted on other models' predictions (brainage.train.stack), an ensemble is assembled.
     """
 
     name: str
@@ -36,6 +38,7 @@ class ModelKind:
     joint_head: bool = False
     views: int = 0
     role: str = ""
+    trained: bool = True
 
     @property
     def saliency(self) -> bool:
@@ -49,11 +52,19 @@ RNC = ModelKind("rnc", "Rank-N-Contrast encoder, then a linear head on the froze
                role="rnc")
 CLASSICAL = ModelKind("classical", "PCA of smoothed tissue maps, then a Gaussian process (brainageR-style)",
                       network=False, role="classical")
+STACK = ModelKind("stack", "a weighted mean of other models' predictions, weights fitted on out-of-fold predictions",
+                  network=False, role="stack", trained=False)
+#: a deployed model: the mean (or a stack's weighted mean) of trained models, applied as one
+#: (brainage.models.ensemble); written after training, never a ``models:`` entry of its own
+ENSEMBLE = ModelKind("ensemble", "the weighted mean of several trained models' predictions (one model file)",
+                     network=False, role="ensemble", trained=False)
 #: every kind, by name
-KINDS: dict[str, ModelKind] = {k.name: k for k in (E2E, RNC, CLASSICAL)}
+KINDS: dict[str, ModelKind] = {k.name: k for k in (E2E, RNC, CLASSICAL, STACK, ENSEMBLE)}
 
 #: backbones that are not networks: a classical model (brainage.models.classical)
 CLASSICAL_BACKBONES = ("pca_gpr",)
+#: the backbone of a stacked model (``members:`` other entries; brainage.train.stack)
+STACK_BACKBONE = "stack"
 #: the loss that makes a network an RNC encoder (any other loss trains end to end)
 RNC_LOSS = "rnc"
 
@@ -61,6 +72,8 @@ RNC_LOSS = "rnc"
 def kind_of(entry: Mapping | None) -> ModelKind:
     """The kind of a ``models:`` config entry (raw or resolved)."""
     entry = entry or {}
+    if str(entry.get("backbone", "")).lower() == STACK_BACKBONE:
+        return STACK
     if str(entry.get("backbone", "")).lower() in CLASSICAL_BACKBONES:
         return CLASSICAL
     return RNC if str(entry.get("loss", "l1")).lower() == RNC_LOSS else E2E

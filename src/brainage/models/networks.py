@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -176,8 +177,55 @@ def architecture_of(spec: dict) -> dict:
     return asdict(Architecture.of(spec))
 
 
-def build_age_model(architecture: dict, age_mean: float = 0.0, age_sd: float = 1.0) -> AgeModel:
-    """``AgeModel`` from :func:`architecture_of` keys (random initialisation: seed before)."""
+class KernelHead(nn.Module):
+    """A Gaussian-process head on frozen features (an RNC model's ``head: {type: kernel}``):
+    features (B, F) -> the AgeModel's standardised age (B, 1), in torch, so Grad-RAM flows through.
+
+    The fitted state is :class:`brainage.models.classical.ClassicalModel`'s (PCA of the centred,
+    scaled features, then the GP posterior mean with an RBF kernel), fitted by
+    brainage.train.head on the training subjects' features; ``out_scale``/``out_shift`` map the
+    GP's ages to the AgeModel's standardised output.
+    """
+
+    def __init__(self, features: int, components: int, support: int) -> None:
+        super().__init__()
+        for name, shape in (("feature_mean", (features,)), ("components", (components, features)),
+                            ("train_scores", (support, components)), ("dual_coef", (support,)), ("theta", (3,)),
+                            ("scalars", (3,))):  # scalars: feature_scale, out_scale, out_shift
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scale, out_scale, out_shift = self.scalars
+        scores = ((z.double() - self.feature_mean) / scale) @ self.components.T
+        length = torch.exp(self.theta[1])
+        sq = torch.cdist(scores / length, self.train_scores / length).pow(2)
+        gp = torch.exp(self.theta[0]) * torch.exp(-0.5 * sq) @ self.dual_coef
+        return (gp * out_scale + out_shift).to(z.dtype)[:, None]
+
+    @classmethod
+    def from_classical(cls, fitted, age_mean: float, age_sd: float) -> "KernelHead":
+        """From a ClassicalModel fitted on features (kernel rbf), for an AgeModel of ``age_mean``/``age_sd``."""
+        if fitted.settings["kernel"] != "rbf":
+            raise ValueError("a kernel head uses the rbf kernel")
+        head = cls(fitted.components.shape[1], fitted.components.shape[0], fitted.train_scores.shape[0])
+        with torch.no_grad():
+            for name in ("feature_mean", "components", "train_scores", "dual_coef", "theta"):
+                getattr(head, name).copy_(torch.from_numpy(np.asarray(getattr(fitted, name), dtype=np.float64)))
+            head.scalars.copy_(torch.tensor([fitted.feature_scale, fitted.age_sd / age_sd,
+                                             (fitted.age_mean - age_mean) / age_sd], dtype=torch.float64))
+        return head
+
+    def shape_meta(self) -> dict:
+        """What :func:`build_age_model` needs to rebuild it before loading its state (meta["head"])."""
+        return {"type": "kernel", "features": int(self.components.shape[1]),
+                "components": int(self.components.shape[0]), "support": int(self.train_scores.shape[0])}
+
+
+def build_age_model(architecture: dict, age_mean: float = 0.0, age_sd: float = 1.0, head: dict | None = None) -> AgeModel:
+    """``AgeModel`` from :func:`architecture_of` keys (random initialisation: seed before); ``head``:
+    a model.pt's ``meta["head"]`` (:meth:`KernelHead.shape_meta`) for a kernel head, else linear."""
     arch = Architecture.of(architecture)
     encoder = build_encoder(arch.backbone, width=arch.width, conv1_stride=arch.conv1_stride, norm=arch.norm)
+    if head and head.get("type") == "kernel":
+        return AgeModel(encoder, KernelHead(head["features"], head["components"], head["support"]), age_mean, age_sd)
     return AgeModel(encoder, nn.Linear(encoder.out_features, 1), age_mean, age_sd)

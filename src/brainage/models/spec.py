@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from brainage.core.paths import MODELS_ROOT, model_files
-from brainage.models.kinds import CLASSICAL_BACKBONES, KINDS, RNC, ModelKind, kind_of
+from brainage.models.kinds import CLASSICAL_BACKBONES, KINDS, RNC, STACK, STACK_BACKBONE, ModelKind, kind_of
 
 LOSSES = ("l1", "rnc")
 
@@ -84,8 +84,12 @@ class Rnc:
 
 @dataclass(frozen=True)
 class Head:
-    """The linear head on the frozen RNC encoder: SGD lr 0.05, decay 0.2 at 60/75/90 %."""
+    """The head on the frozen RNC encoder. ``type: linear`` (the study's): SGD lr 0.05, decay 0.2
+    at 60/75/90 %. ``type: kernel``: a Gaussian process (RBF + white noise, hyper-parameters by
+    the marginal likelihood of the training subjects) on the standardised frozen features,
+    brainage.train.head; the SGD keys are then unused."""
 
+    type: str = "linear"
     epochs: int = 100
     lr: float = 0.05
     momentum: float = 0.9
@@ -133,7 +137,7 @@ REQUIRED = ("backbone", "grid")
 NETWORK_REQUIRED = ("batch_size", "epochs")
 #: every key a model entry may hold (the schema's ``models`` properties)
 KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
-        "optimiser", "rnc", "head", "classical", "init_from")
+        "optimiser", "rnc", "head", "classical", "init_from", "members")
 #: the keys of each nested mapping
 NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
                "head": tuple(f.name for f in fields(Head)), "classical": tuple(f.name for f in fields(Classical))}
@@ -148,6 +152,16 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     """What a ``models:`` entry lacks or holds wrongly for its kind, one ``config ...`` line each
     (brainage.config lists them with the schema's problems, before any job)."""
     where = f"config models.{name}"
+    if kind_of(entry) is STACK:
+        extra = [k for k in entry if k not in (*REQUIRED, "members")]
+        lines = [f"{where}.{k}: a stacked model (backbone {STACK_BACKBONE}) takes only grid and members, not {k!r}"
+                 for k in extra]
+        members = entry.get("members")
+        if not isinstance(members, list) or len(members) < 2:
+            lines.append(f"{where}.members: a stacked model needs a list of at least two other models' names")
+        return lines
+    if "members" in entry:
+        return [f"{where}.members: only a stacked model (backbone {STACK_BACKBONE}) has members"]
     if not kind_of(entry).network:
         extra = [k for k in entry if k not in (*REQUIRED, "classical", "init_from")]
         lines = [f"{where}.{k}: a classical model ({entry['backbone']}) takes no {k!r}; its settings go "
@@ -160,6 +174,26 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     if "classical" in entry:
         lines.append(f"{where}.classical: only for backbone {' or '.join(CLASSICAL_BACKBONES)}")
     return lines + init_from_problems(name, entry)
+
+
+def stack_problems(name: str, entry: dict, models: dict, scheme: str) -> list[str]:
+    """A stacked model against the other entries and the splits, one ``config ...`` line each:
+    its members are other, non-stacked entries on its grid, and the run cross-validates (its
+    weights are fitted on out-of-fold predictions)."""
+    where, lines = f"config models.{name}", []
+    if scheme != "kfold":
+        lines.append(f"{where}: a stacked model is fitted on out-of-fold predictions; it needs "
+                     f"training.splits.scheme: kfold (this run: {scheme})")
+    for member in entry.get("members") or []:
+        other = models.get(member)
+        if not isinstance(other, dict):
+            lines.append(f"{where}.members: {member!r} is not a model of 'models' ({', '.join(models)})")
+        elif kind_of(other) is STACK:
+            lines.append(f"{where}.members: {member!r} is itself a stacked model; stack the base models")
+        elif "grid" in entry and "grid" in other and float(other["grid"]) != float(entry["grid"]):
+            lines.append(f"{where}.members: {member!r} is on the {float(other['grid']):g} mm grid, the stack on "
+                         f"{float(entry['grid']):g} mm; a stack's members share its grid")
+    return lines
 
 
 def init_from_problems(name: str, entry: dict) -> list[str]:
@@ -221,6 +255,11 @@ def _resolve_classical(spec: dict) -> dict:
 def resolve_spec(entry: dict) -> dict:
     """A model's config entry with every default filled in (the study's settings)."""
     spec = copy.deepcopy(dict(entry))
+    if kind_of(spec) is STACK:
+        problems = entry_problems(str(spec.get("backbone")), spec)
+        if problems:
+            raise ValueError(problems[0])
+        return spec
     if not kind_of(spec).network:
         return _resolve_classical(spec)
     loss = spec.setdefault("loss", "l1")

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.models.kinds import CLASSICAL, RNC, kind_of
+from brainage.models.kinds import CLASSICAL, RNC, STACK, kind_of
 
 
 #: config keys that may differ between the models of one batch-size sweep
@@ -40,7 +40,8 @@ class ModelRoles:
     sfcn: SFCN baselines trained here;
     sweeps: groups of RNC models identical but for batch size and grid (Figure 3), each sorted
     by (grid, batch_size); only groups with at least two batch sizes count;
-    classical: classical baselines (brainage.models.classical, no network: no saliency), never e2e.
+    classical: classical baselines (brainage.models.classical, no network: no saliency), never e2e;
+    stack: stacked models (brainage.train.stack: a weighted mean of other entries' predictions).
     """
 
     e2e: tuple[str, ...]
@@ -48,6 +49,7 @@ class ModelRoles:
     sfcn: tuple[str, ...]
     sweeps: tuple[tuple[str, ...], ...]
     classical: tuple[str, ...] = ()
+    stack: tuple[str, ...] = ()
 
     @property
     def sweep_models(self) -> tuple[str, ...]:
@@ -57,10 +59,12 @@ class ModelRoles:
 def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
     """Sort the config ``models:`` entries (name -> backbone, grid, loss, batch_size, ...) by role."""
     models = normalise_models(models)
-    e2e, rnc, sfcn, classical = [], [], [], []
+    e2e, rnc, sfcn, classical, stack = [], [], [], [], []
     for name, spec in models.items():
         kind = kind_of(spec)
-        if kind is CLASSICAL:
+        if kind is STACK:
+            stack.append(name)
+        elif kind is CLASSICAL:
             classical.append(name)
         elif str(spec.get("backbone", "")).lower() == "sfcn":
             sfcn.append(name)
@@ -76,7 +80,7 @@ def model_roles(models: Mapping[str, Mapping[str, Any]]) -> ModelRoles:
     for names in groups.values():
         if len({models[n].get("batch_size") for n in names}) >= 2:
             sweeps.append(tuple(sorted(names, key=lambda n: (float(models[n].get("grid", 0)), int(models[n].get("batch_size", 0))))))
-    return ModelRoles(tuple(e2e), tuple(rnc), tuple(sfcn), tuple(sweeps), tuple(classical))
+    return ModelRoles(tuple(e2e), tuple(rnc), tuple(sfcn), tuple(sweeps), tuple(classical), tuple(stack))
 
 
 def _sweep_key(spec: Mapping[str, Any]) -> dict[str, Any]:

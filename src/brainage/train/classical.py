@@ -65,7 +65,7 @@ def fit_features(feats: np.ndarray, ages, mask: np.ndarray, settings: dict, grid
     mean = feats.mean(axis=0)
     scale = float(np.sqrt(((feats - mean) ** 2).sum(axis=1).mean())) or 1.0
     k = settings["components"]
-    k = len(ages) - 1 if k is None else min(int(k), len(ages) - 1)
+    k = min(len(ages) - 1 if k is None else int(k), len(ages) - 1, feats.shape[1])
     pca = PCA(n_components=k, svd_solver="full", random_state=seed).fit((feats - mean) / scale)
     scores = pca.transform((feats - mean) / scale)
     age_mean, age_sd = float(ages.mean()), float(ages.std() or 1.0)

@@ -1,6 +1,10 @@
-"""Stage 2 of an RNC model: the linear head on the frozen encoder's features (computed once,
-standardised; the standardisation is folded into the head at the end, so the head stays one
-linear layer on raw features)."""
+"""Stage 2 of an RNC model: the head on the frozen encoder's features.
+
+``head.type: linear`` (the study's): features computed once, standardised, an SGD-trained
+linear layer; the standardisation is folded into the head at the end, so the head stays one
+linear layer on raw features. ``head.type: kernel``: a Gaussian process on the same frozen
+features (PCA, RBF kernel, hyper-parameters by the training subjects' marginal likelihood:
+brainage.train.classical.fit_features), in one fit, held as a torch :class:`KernelHead`."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from torch import nn
 
 from brainage.models.files import unwrap
 from brainage.train.checkpoint import Checkpoint
-from brainage.train.run import Run, cpu_copy, make_optimiser, make_scheduler, progress_bar, recompute_batchnorm_stats
+from brainage.train.run import (Run, cpu_copy, make_optimiser, make_scheduler, predict_rows, progress_bar,
+                                recompute_batchnorm_stats)
 
 log = logging.getLogger("brainage.train.engine")
 
@@ -36,8 +41,38 @@ def _head_features(run: Run, encoder: nn.Module) -> tuple[torch.Tensor, ...]:
     return ((f_train - mu) / sd).to(run.device), ((f_val - mu) / sd).to(run.device), mu, sd
 
 
+@torch.no_grad()
+def fit_kernel_head(run: Run, model: nn.Module, state: dict) -> None:
+    """The kernel head: one GP fit on the frozen encoder's training features. Not checkpointed
+    (a resumed run refits it: deterministic, seconds)."""
+    from brainage.models.networks import KernelHead
+    from brainage.train.classical import fit_features
+
+    t0 = time.time()
+    encoder = unwrap(model).encoder
+    recompute_batchnorm_stats(encoder, run)
+    encoder.eval()
+    features = torch.cat(run.forward(encoder, run.rows["train"])).double().numpy()
+    settings = {"features": "encoder", "kernel": "rbf", "components": None, "restarts": 2, "smooth_mm": 0.0,
+                "mask_fraction": 0.0}
+    fitted, _ = fit_features(features, run.ages["train"], np.zeros(1, dtype=bool), settings, float(run.spec["grid"]),
+                             run.seed)
+    unwrap(model).head = KernelHead.from_classical(fitted, run.age_mean, run.age_sd).to(run.device)
+    model.eval()
+    val_mae = float(np.abs(predict_rows(run, model, run.rows["val"]) - run.ages["val"]).mean()) \
+        if len(run.rows["val"]) else float("nan")
+    state.update(best_val=val_mae, best_epoch=0, phase="done", elapsed=state["elapsed"] + time.time() - t0)
+    state["log"].append({"phase": "head", "epoch": 1, "train_loss": float("nan"), "val_mae": val_mae, "lr": float("nan"),
+                         "seconds": time.time() - t0})
+    log.info("%s: kernel head (GP on %d frozen features, %d PCA axes) val MAE %.3f", run.name, features.shape[1],
+             fitted.components.shape[0], val_mae)
+
+
 def fit_head(run: Run, model: nn.Module, state: dict, ckpt: Checkpoint, resumed: dict | None) -> None:
     head_cfg = run.spec["head"]
+    if head_cfg.get("type", "linear") == "kernel":
+        fit_kernel_head(run, model, state)
+        return
     encoder = unwrap(model).encoder
     for p in encoder.parameters():
         p.requires_grad_(False)

@@ -41,6 +41,9 @@ def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, prepro
         "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
         "config": spec.settings, "training": run.training, "seed": run.seed, "metrics": metrics,
     }
+    head = unwrap(model).head
+    if hasattr(head, "shape_meta"):  # a kernel head (brainage.models.networks.KernelHead)
+        meta["head"] = head.shape_meta()
     files = model_files(out_dir)
     save_model(unwrap(model).state_dict(), meta, files["model"])
     table = pd.DataFrame(state["log"], columns=["phase", "epoch", "train_loss", "val_mae", "lr", "seconds"])
@@ -80,7 +83,7 @@ def plot_learning_curve(table: pd.DataFrame, name: str, path: str | Path) -> Non
             best = t.loc[t["val_mae"].idxmin()]
             ax.axvline(best["epoch"], color="grey", ls=":", label=f"best val {best['val_mae']:.2f} (epoch {int(best['epoch'])})")
             ax.set_ylabel("years")
-            ax.set_title(f"{name}: {'end-to-end' if phase == 'e2e' else 'linear head (encoder frozen)'}")
+            ax.set_title(f"{name}: {'end-to-end' if phase == 'e2e' else 'head (encoder frozen)'}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
