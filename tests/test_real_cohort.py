@@ -36,7 +36,9 @@ def _config() -> dict:
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
     update_config(config, {k: v for k, v in tiny.items() if k not in ("cohort", "preprocess", "models")})
     config["training"]["splits"]["folds"] = 3
-    config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4}}
+    config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4},
+                        "brainager": config["models"]["brainager"],
+                        "stack": {"backbone": "stack", "grid": 4, "members": ["brainager", "resnet18_e2e"]}}
     return config
 
 
@@ -47,8 +49,8 @@ def real_run(tmp_path_factory):
                            str(DATA / "demographics.csv"), "--ixi-t1", str(DATA), "--out",
                            str(work / "participants.tsv")], capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr
-    out = subprocess.run(snakemake_cmd(work, "--cores", "2", "table2"), capture_output=True, text=True,
-                         timeout=1800)
+    out = subprocess.run(snakemake_cmd(work, "--cores", "2", "table2", "deploy_all"), capture_output=True,
+                         text=True, timeout=1800)
     (work / "snakemake.log").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
     return work
@@ -85,9 +87,49 @@ def test_each_subject_is_predicted_once_by_the_fold_model_that_never_trained_on_
 def test_table2_gives_the_folds_mean_and_sd_of_the_real_subjects(real_run):
     pred = pd.read_csv(real_run / "results" / "predictions" / "resnet18_e2e.tsv", sep="\t")
     per_fold = [mean_absolute_error(g["age"], g["predicted_age"]) for _, g in pred.groupby("fold_r0")]
-    row = pd.read_csv(real_run / "results" / "tables" / "table2.tsv", sep="\t").iloc[0]
+    table2 = pd.read_csv(real_run / "results" / "tables" / "table2.tsv", sep="\t")
+    row = table2[table2["model"] == "resnet18_e2e"].iloc[0]
     assert row["n_test"] == 10 and row["n_folds"] == 3
     assert row["mae_folds_mean"] == pytest.approx(np.mean(per_fold))
     assert row["mae_folds_sd"] == pytest.approx(np.std(per_fold, ddof=1))
     assert row["mae"] == pytest.approx(mean_absolute_error(pred["age"], pred["predicted_age"]))
     assert "3-fold cross-validation" in (real_run / "results" / "tables" / "table2.md").read_text()
+
+
+def test_a_cross_validated_model_is_deployed_as_the_mean_of_its_fold_models(real_run):
+    """results/models/<m>/model.pt after a CV run: the fold models' mean, with the out-of-fold interval."""
+    import torch
+
+    from brainage.core.intervals import Calibration
+    from brainage.data.cache import CachedVolumes
+    from brainage.models.files import load_model
+
+    models = real_run / "results" / "models" / "resnet18_e2e"
+    deployed, meta = load_model(models / "model.pt")
+    folds = [load_model(models / "cv" / f / "model.pt")[0] for f in ("r0f0", "r0f1", "r0f2")]
+    cache = CachedVolumes(str(real_run / "results" / "cache" / "res-4" / "volumes.npy"),
+                          str(real_run / "results" / "cache" / "res-4" / "index.tsv"))
+    pred = pd.read_csv(real_run / "results" / "predictions" / "resnet18_e2e.tsv", sep="\t")
+    x = torch.from_numpy(np.stack([cache.volume(p) for p in pred["participant_id"][:4]]))[:, None].float()
+    with torch.no_grad():
+        expected = torch.stack([m(x).reshape(-1) for m in folds]).mean(0)
+        torch.testing.assert_close(deployed(x).reshape(-1), expected, rtol=1e-5, atol=1e-4)
+    # 10 out-of-fold residuals at level 0.9: the ceil(11 * 0.9) = 10th smallest, the largest
+    residuals = np.abs(pred["predicted_age"] - pred["age"])
+    assert Calibration.from_meta(meta["interval"]).halfwidth == pytest.approx(residuals.max())
+    assert meta["grid_res"] == 4.0 and meta["preprocess"]["engine"] == "native"
+
+
+def test_the_stack_combines_its_members_with_weights_fitted_outside_each_test_fold(real_run):
+    pred = {m: pd.read_csv(real_run / "results" / "predictions" / f"{m}.tsv", sep="\t").set_index("participant_id")
+            for m in ("stack", "brainager", "resnet18_e2e")}
+    for fold, group in pred["stack"].groupby("fold_r0"):
+        info = json.loads((real_run / "results" / "predictions" / "cv" / "stack" / f"{fold}.json").read_text())
+        assert fold not in info["fitted_on"]["folds"] and len(info["fitted_on"]["folds"]) == 2
+        w = info["weights"]
+        assert min(w.values()) >= 0 and sum(w.values()) == pytest.approx(1.0)
+        ids = group.index
+        expected = sum(w[m] * pred[m].loc[ids, "predicted_age"] for m in ("brainager", "resnet18_e2e"))
+        np.testing.assert_allclose(group["predicted_age"], expected, rtol=1e-9)
+    stack_model = json.loads((real_run / "results" / "models" / "stack" / "model_card.json").read_text())
+    assert stack_model["kind"] == "ensemble" and set(stack_model["stack"]) == {"brainager", "resnet18_e2e"}

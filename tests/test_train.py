@@ -124,9 +124,22 @@ def test_rnc_then_kernel_head_produces_ages(data, tmp_path):
     """head: {type: kernel}: a GP on the frozen features, saved in model.pt and loaded back."""
     splits, vols, index = data
     entry = _entry(loss="rnc", epochs=3, rnc={"chunk_size": 6}, head={"type": "kernel"})
-    metrics = train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
+    metrics = train_model("rnc", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False,
+                          interval={"level": 0.5, "conditional": "none"})
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["kind"] == "rnc" and meta["head"]["type"] == "kernel"
+    # model.pt's interval: split conformal on the validation subjects, recomputed here from the
+    # loaded model's own predictions (rank ceil((n + 1) * 0.5) of the absolute residuals: 3 val subjects)
+    from brainage.data.cache import CachedVolumes
+
+    cache = CachedVolumes(str(vols), str(index))
+    val = splits[splits["split"] == "val"]
+    with torch.no_grad():
+        pred = model(torch.from_numpy(np.stack([cache.volume(p) for p in val["participant_id"]]))[:, None].float())
+    residuals = np.sort(np.abs(pred.numpy().astype(float) - val["age"].to_numpy(float)))
+    rank = int(np.ceil((len(residuals) + 1) * 0.5))
+    assert meta["interval"]["level"] == 0.5 and meta["interval"]["n"] == len(val)
+    assert meta["interval"]["halfwidth"] == pytest.approx(residuals[rank - 1], rel=1e-4)
     # the same encoder as the linear-head test (same seed, 3 epochs): the GP beats the mean-age predictor
     assert metrics["test_mae_ratio_to_baseline"] <= 0.75, metrics
     x = torch.zeros(2, 1, 20, 24, 20)

@@ -113,6 +113,8 @@ rule train:
         model=lambda w: config["models"][w.model],
         training=config["training"],
         preprocess=config["preprocess"],
+        # the interval calibrated on the validation split, stored in model.pt (brainage predict)
+        interval=config["infer"]["interval"],
         seed=SEED,
         code=script_code("train_model.py"),
     script:

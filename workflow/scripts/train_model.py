@@ -12,7 +12,7 @@ with redirect_to_log(snakemake.log[0]):
         name=snakemake.wildcards.model, entry=snakemake.params.model, training=snakemake.params.training,
         volumes=snakemake.input.volumes, index=snakemake.input.index,
         out_dir=str(snakemake.output.model).rsplit("/", 1)[0], seed=snakemake.params.seed,
-        preprocess=snakemake.params.preprocess,
+        preprocess=snakemake.params.preprocess, interval=snakemake.params.interval,
     )
     if int(snakemake.params.model.get("gpus", 0)) > 1:
         launch_torchrun(job, snakemake.input.splits, int(snakemake.params.model["gpus"]))

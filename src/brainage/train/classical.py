@@ -98,7 +98,8 @@ def _mae(pred: np.ndarray, age: np.ndarray) -> float:
 
 
 def train_classical(spec: ModelSpec, splits: pd.DataFrame, volumes, index, out_dir, seed: int,
-                    training: dict | None = None, preprocess: dict | None = None) -> dict:
+                    training: dict | None = None, preprocess: dict | None = None,
+                    interval: dict | None = None) -> dict:
     """Fit classical model ``spec`` on the train split; write model.pt and friends.
 
     The files are the networks' (brainage.core.paths.model_files): model.pt (arrays + metadata,
@@ -131,6 +132,10 @@ def train_classical(spec: ModelSpec, splits: pd.DataFrame, volumes, index, out_d
     meta = {"name": name, "kind": KIND, "grid_res": float(spec["grid"]), "grid_shape": list(cache.shape),
             "intensity_normalisation": INTENSITY_NORMALISATION, "preprocess": preprocess or {}, "age": age,
             "classical": fitted.meta(), "config": settings, "training": training or {}, "seed": seed, "metrics": metrics}
+    if interval and len(sets["val"][1]):
+        from brainage.train.outputs import val_interval
+
+        meta["interval"] = val_interval(pred["val"], sets["val"][1], interval)
     files = model_files(Path(out_dir))
     save_model({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fitted.state().items()}, meta, files["model"])
     seconds = time.time() - start
@@ -138,7 +143,8 @@ def train_classical(spec: ModelSpec, splits: pd.DataFrame, volumes, index, out_d
                                                "lr": float("nan"), "seconds": seconds}]))
     plot_fit(pred, sets, name, fitted, files["curve"])
     write_json(files["card"], {
-        "name": name, "kind": KIND, "grid_res": meta["grid_res"], "age": age, "metrics": metrics, "config": settings,
+        "name": name, "kind": KIND, "grid_res": meta["grid_res"], "age": age, "metrics": metrics,
+        "interval": meta.get("interval"), "config": settings,
         "data": {s: {"n": len(ids), "hash": split_hash(ids)} for s, (_, _, ids) in sets.items()},
         "pca_components": int(fitted.components.shape[0]), "mask_voxels": int(fitted.mask.sum()),
         "kernel_hyperparameters": dict(zip(_THETA_NAMES[spec["classical"]["kernel"]], np.exp(fitted.theta).tolist())),

@@ -99,6 +99,7 @@ def train_model(
     preprocess: dict | None = None,
     max_epochs_this_run: int | None = None,
     progress: bool = True,
+    interval: dict | None = None,
 ) -> dict:
     """Train model ``name`` (config ``entry``) on the cached grid; write model.pt and friends.
 
@@ -114,7 +115,7 @@ def train_model(
             raise ValueError(problems[0])
     spec = ModelSpec.resolve(name, entry)  # the one place a config entry is resolved
     job = TrainingJob(spec, training, splits, volumes, index, Path(out_dir), seed, preprocess, max_epochs_this_run,
-                      progress)
+                      progress, interval)
     return TRAINERS[spec.kind.name](job)
 
 
@@ -132,6 +133,8 @@ class TrainingJob:
     preprocess: dict | None = None
     max_epochs_this_run: int | None = None
     progress: bool = True
+    #: config infer.interval: the interval calibrated on the validation split goes into model.pt
+    interval: dict | None = None
 
 
 def fit_network(job: TrainingJob) -> dict:
@@ -165,7 +168,7 @@ def fit_network(job: TrainingJob) -> dict:
             fit_epochs(run, stage, opt, sched, state, ckpt, job.max_epochs_this_run)
         if state["phase"] == "head":
             fit_head(run, model, state, ckpt, head_resumed)
-    metrics = write_outputs(run, model, state, job.out_dir, job.preprocess)
+    metrics = write_outputs(run, model, state, job.out_dir, job.preprocess, job.interval)
     ckpt.remove()
     log.info("%s: done %s", name, json.dumps(metrics))
     return metrics
@@ -174,7 +177,7 @@ def fit_network(job: TrainingJob) -> dict:
 def fit_classical_model(job: TrainingJob) -> dict:
     """The trainer of the classical kind: fitted in one go, no epochs (:mod:`brainage.train.classical`)."""
     return train_classical(job.spec, job.splits, job.volumes, job.index, job.out_dir, job.seed, job.training,
-                           job.preprocess)
+                           job.preprocess, job.interval)
 
 
 #: the first stage of each network kind (what one optimisation step is)

@@ -20,8 +20,11 @@ from brainage.models.networks import architecture_of
 from brainage.train.run import Run, predict_rows
 
 
-def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, preprocess: dict | None) -> dict:
-    """Test metrics; on the main process model.pt, train_log.tsv, learning_curve.png, model_card.json."""
+def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, preprocess: dict | None,
+                  interval: dict | None = None) -> dict:
+    """Test metrics; on the main process model.pt, train_log.tsv, learning_curve.png, model_card.json.
+    With ``interval`` (config infer.interval) and validation subjects, model.pt carries the
+    split-conformal interval calibrated on them (brainage.core.intervals)."""
     model.eval()
     metrics: dict[str, Any] = {"best_val_mae": state["best_val"], "best_epoch": state["best_epoch"] + 1}
     if len(run.rows["test"]):
@@ -41,6 +44,8 @@ def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, prepro
         "train_min": float(ages["train"].min()), "train_max": float(ages["train"].max())},
         "config": spec.settings, "training": run.training, "seed": run.seed, "metrics": metrics,
     }
+    if interval and len(run.rows["val"]):
+        meta["interval"] = val_interval(predict_rows(run, unwrap(model), run.rows["val"]), ages["val"], interval)
     head = unwrap(model).head
     if hasattr(head, "shape_meta"):  # a kernel head (brainage.models.networks.KernelHead)
         meta["head"] = head.shape_meta()
@@ -54,12 +59,22 @@ def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, prepro
     write_json(files["card"], {
         "name": run.name, "kind": run.kind.name, "architecture": meta["architecture"], "grid_res": meta["grid_res"],
         "data": {s: {"n": len(v), "hash": split_hash(v)} for s, v in run.sets.items()},
-        "age": meta["age"], "metrics": metrics, "config": spec.settings, "training": run.training, "seed": run.seed,
+        "age": meta["age"], "metrics": metrics, "interval": meta.get("interval"), "config": spec.settings,
+        "training": run.training, "seed": run.seed,
         "init_from": run.init_from, "training_seconds": state["elapsed"], "device": str(run.device), "processes": run.world,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
                      "numpy": np.__version__},
     })
     return metrics
+
+
+def val_interval(predicted, age, interval: dict) -> dict:
+    """The split-conformal interval of a model calibrated on its validation subjects (model.pt meta)."""
+    from brainage.core.intervals import calibrate
+
+    conditional = interval.get("conditional")
+    return calibrate(predicted, age, float(interval["level"]),
+                     None if conditional in (None, "none") else conditional).to_meta()
 
 
 def plot_learning_curve(table: pd.DataFrame, name: str, path: str | Path) -> None:
