@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "resources": ("brainage.data.atlases", "write the packaged template, brain mask and AAL116 on template grids"),
     "simulate": ("brainage.data.simulate", "simulate a raw T1w cohort with known ground truth (BIDS)"),
     "preprocess": ("brainage.preprocess", "preprocess one T1w scan: brain mask, N4, affine to MNI152"),
-    "predict": ("brainage.apply.predict", "predict the brain age of a new raw T1w scan with a trained model"),
+    "predict": ("brainage.apply.batch", "predict the brain age of new raw T1w scans (one, a folder, a manifest) with trained models"),
 }
 
 
