@@ -30,6 +30,8 @@ def _save_model(path: Path, res: float) -> torch.nn.Module:
         "name": f"demo-res{res:g}", "kind": "e2e", "architecture": ARCH, "grid_res": float(res),
         "grid_shape": list(grid.shape), "age": {"train_mean": 55.0, "train_sd": 15.0},
         "preprocess": {"engine": "native"},
+        # a calibration as training stores it (brainage.core.intervals): +- 7.5 y at 90 %
+        "interval": {"level": 0.9, "halfwidth": 7.5, "n": 20, "edges": [], "halfwidths": []},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
@@ -118,6 +120,8 @@ def test_preprocessed_input_on_the_model_grid(model_4mm, tmp_path, capsys):
     bag = float(re.search(r"brain-age gap \(BAG\): ([-+\d.]+) years", proc.stdout).group(1))
     assert predicted == pytest.approx(expected, abs=0.051)
     assert bag == pytest.approx(expected - 63, abs=0.051)
+    lower, upper = map(float, re.search(r"90 % interval: ([-\d.]+) to ([-\d.]+) years", proc.stdout).groups())
+    assert lower == pytest.approx(expected - 7.5, abs=0.051) and upper == pytest.approx(expected + 7.5, abs=0.051)
     img = nib.load(str(out))
     assert img.shape == template_grid(4).shape and np.allclose(img.affine, template_grid(4).affine)
     sal = img.get_fdata()

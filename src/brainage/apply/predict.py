@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from brainage.core.grids import Grid, template_grid
+from brainage.core.intervals import Calibration
 from brainage.core.io import InputError
 from brainage.models.kinds import kind_named
 
@@ -206,6 +207,10 @@ def predict_scan(
         save_nifti(template_image(maps[0].cpu().numpy(), grid.affine), saliency)
         result["saliency"] = str(saliency)
     result["predicted_age"] = forward_age(model, x)
+    calibration = Calibration.from_meta(meta.get("interval"))
+    if calibration is not None:
+        lower, upper = calibration.bounds([result["predicted_age"]])
+        result["interval"] = {"level": calibration.level, "lower": float(lower[0]), "upper": float(upper[0])}
     if age is not None:
         result["age"] = float(age)
         result["bag"] = result["predicted_age"] - float(age)
@@ -321,6 +326,10 @@ def run_single(args: argparse.Namespace) -> int:
         status = "passed" if qc.get("passed", True) else "FAILED (the estimate is unreliable; look at the registration)"
         print(f"preprocessing QC: NCC {qc.get('ncc', float('nan')):.3f}, brain {qc.get('brain_volume_ml', float('nan')):.0f} ml, {status}")
     print(f"predicted brain age: {result['predicted_age']:.1f} years")
+    if "interval" in result:
+        band = result["interval"]
+        print(f"{100 * band['level']:g} % interval: {band['lower']:.1f} to {band['upper']:.1f} years "
+              f"(split-conformal, from the model's held-out residuals)")
     if "bag" in result:
         print(f"chronological age: {result['age']:.1f} years; brain-age gap (BAG): {result['bag']:+.1f} years")
     if "saliency" in result:
