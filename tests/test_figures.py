@@ -286,6 +286,7 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
         "def model_dir(model):\n    return paths.model_dir(model)\n"
         "\n"
         'configfile: "config.yaml"\nRESOURCES = "resources/atlases"\nSEED = config["seed"]\n'
+        "TRAINED = list(config['models'])\n"
         f'include: "{REPO / "workflow" / "rules" / "stats.smk"}"\n'
     )
 

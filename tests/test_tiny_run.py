@@ -103,6 +103,11 @@ def test_predictions_are_the_test_split_and_patients_with_their_gap(run):
         assert np.allclose(rows["age"], parts.loc[rows.index, "age"])
         assert np.isfinite(rows["predicted_age"]).all() and (rows["model"] == model).all()
         np.testing.assert_allclose(rows["bag"], rows["predicted_age"] - rows["age"], atol=1e-9)
+        # every prediction carries its split-conformal interval, right after it (inf: too few
+        # validation subjects for the level, as the tiny run's one)
+        cols = list(pred.columns)
+        assert cols[cols.index("predicted_age") + 1:cols.index("predicted_age") + 3] == ["predicted_age_lower", "predicted_age_upper"]
+        assert (rows["predicted_age_lower"] <= rows["predicted_age"]).all() and (rows["predicted_age"] <= rows["predicted_age_upper"]).all()
         ad = rows[rows["cohort"] == "AD"]
         np.testing.assert_allclose(ad["adas_cog11"], parts.loc[ad.index, "adas_cog11"])
 
@@ -163,6 +168,9 @@ def test_tables_2_and_3_recomputed_from_the_predictions(run):
             assert row["mae"] == pytest.approx(err.mean())
             assert row["bag_mean"] == pytest.approx(test["bag"].mean())
             assert math.isnan(row["mae_sd"]) if len(test) < 2 else row["mae_sd"] == pytest.approx(err.std(ddof=1))
+            if table is t2:
+                inside = (test["age"] >= test["predicted_age_lower"]) & (test["age"] <= test["predicted_age_upper"])
+                assert row["interval_coverage"] == pytest.approx(inside.mean())
         if model in t3.index:
             assert t3.loc[model, "n_train"] == n_train
 

@@ -1,5 +1,5 @@
 # Stage 'infer': brain-age predictions of every trained model for the HC test split, AD and
-# PD (results/predictions/<model>.tsv), and Grad-RAM saliency maps summarised by AAL116
+# PD (results/predictions/<model>.tsv, each with a split-conformal interval), and Grad-RAM saliency maps summarised by AAL116
 # region (results/saliency/<model>/). All logic is in brainage.apply.infer and brainage.apply.explain.
 
 
@@ -65,6 +65,7 @@ rule predict_cohort:
         batch_size=config["infer"]["batch_size"],
         device=config["infer"]["device"],
         bias_correction=config["infer"]["bias_correction"],
+        interval=config["infer"]["interval"],
         code=script_code("predict_cohort.py"),
     script:
         "../scripts/predict_cohort.py"
@@ -95,6 +96,7 @@ if FOLDS:
             "../../envs/stats.yaml"
         params:
             folds=FOLDS,
+            interval=config["infer"]["interval"],
             code=script_code("predict_oof.py"),
         script:
             "../scripts/predict_oof.py"

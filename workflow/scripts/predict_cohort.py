@@ -15,6 +15,7 @@ with redirect_to_log(snakemake.log[0]):
         batch_size=snakemake.params.batch_size,
         device=snakemake.params.device,
         bias_correction=snakemake.params.bias_correction,
+        interval=snakemake.params.interval,
         # simulated cohort only: the simulator's truth adds each subject's true BAG
         truth_tsv=dict(snakemake.input.items()).get("truth"),
     )

@@ -5,6 +5,10 @@ One pass per subject set, batched, on the GPU when there is one. The brain-age g
 study) is the widely used linear one (Beheshti et al. 2019; Smith et al. 2019): regress BAG
 on age in the *validation* split, ``bag = slope * age + intercept``, and subtract the fitted
 line from every BAG. Fitting on validation only keeps test, AD and PD out of the fit.
+
+Every prediction carries a split-conformal interval (brainage.core.intervals): the validation
+subjects (never trained on) are always predicted, their residuals calibrate the interval, and
+every row of the table gets ``predicted_age_lower`` and ``predicted_age_upper``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from brainage.core import intervals
 from brainage.core.io import read_participants
 from brainage.models.files import forward_batches, iter_batches, load_model, pick_device
 
@@ -81,16 +86,20 @@ def predictions_table(
     device: torch.device | str = "cpu",
     bias_correction: bool = False,
     model_name: str | None = None,
+    level: float = intervals.LEVEL,
+    conditional: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predictions for the test split, AD and PD: the ``results/predictions/<model>.tsv`` table.
 
     ``participants``: the manifest (participant_id, cohort, dataset, age, sex, clinical
-    scores); ``splits``: participant_id, split. With ``bias_correction`` the validation
-    split is predicted too (only to fit :class:`AgeBias`; it is not in the table) and a
-    ``bag_corrected`` column is added. Returns the table and a dict describing the fit.
+    scores); ``splits``: participant_id, split. The validation split is predicted too (it is
+    not in the table): its residuals calibrate the ``level`` prediction interval of every row
+    (``predicted_age_lower``/``_upper``; ``conditional``: none or predicted_age) and, with
+    ``bias_correction``, fit :class:`AgeBias` (a ``bag_corrected`` column). Returns the table
+    and a dict describing both fits.
     """
     split_of = splits.set_index("participant_id")["split"]
-    wanted = list(PREDICTED_SPLITS) + (["val"] if bias_correction else [])
+    wanted = [*PREDICTED_SPLITS, "val"]
     ids = [pid for pid in split_of.index if split_of[pid] in wanted]
     missing = sorted(set(ids) - set(participants["participant_id"]))
     if missing:
@@ -105,12 +114,15 @@ def predictions_table(
     table["predicted_age"] = predicted.loc[ids].to_numpy()
     table["bag"] = table["predicted_age"] - table["age"]
     info: dict = {"bias_correction": bool(bias_correction)}
+    val = table[table["split"] == "val"]
     if bias_correction:
-        val = table[table["split"] == "val"]
         bias = fit_age_bias(val["age"].to_numpy(), val["bag"].to_numpy())
         table["bag_corrected"] = bias.correct(table["age"].to_numpy(), table["bag"].to_numpy())
         info.update(slope=bias.slope, intercept=bias.intercept, n_val=bias.n)
-        table = table[table["split"] != "val"].reset_index(drop=True)
+    calibration = interval_from_validation(val, level, conditional)
+    table = intervals.add_bounds(table, *calibration.bounds(table["predicted_age"].to_numpy()))
+    info["interval"] = calibration.to_meta()
+    table = table[table["split"] != "val"].reset_index(drop=True)
     for column in CLINICAL_COLUMNS:
         table[column] = people.loc[table["participant_id"], column].to_numpy() if column in people else np.nan
     if model_name is not None:
@@ -119,6 +131,16 @@ def predictions_table(
     table = table.sort_values(["split", "participant_id"], key=lambda c: c.map(order) if c.name == "split" else c)
     info["n"] = {s: int((table["split"] == s).sum()) for s in PREDICTED_SPLITS}
     return table.reset_index(drop=True), info
+
+
+def interval_from_validation(val: pd.DataFrame, level: float, conditional: str | None) -> intervals.Calibration:
+    """The split-conformal interval from the validation subjects' residuals; too few of them
+    for the level give an infinite half-width, written as such, with one warning."""
+    calibration = intervals.calibrate(val["predicted_age"].to_numpy(), val["age"].to_numpy(), level, conditional)
+    if not calibration.finite:
+        log.warning("prediction interval: %d validation subjects are too few for a finite %g %% interval "
+                    "(needs >= %d); half-width written as inf", calibration.n, 100 * level, intervals.min_subjects(level))
+    return calibration
 
 
 def add_true_gap(table: pd.DataFrame, truth_tsv: str) -> pd.DataFrame:
@@ -148,10 +170,12 @@ def run_predict_cohort(
     device: str = "auto",
     bias_correction: bool = False,
     truth_tsv: str | None = None,
+    interval: dict | None = None,
 ) -> pd.DataFrame:
     """Rule ``predict_cohort``: predictions of one model -> ``out_tsv`` (+ ``out_json`` summary).
 
     ``truth_tsv`` (simulated cohorts only): the simulator's subjects table; adds ``true_bag``.
+    ``interval``: config ``infer.interval`` (level, conditional).
     """
     from brainage.data.cache import CachedVolumes
     from brainage.core.io import write_json, write_tsv
@@ -166,6 +190,7 @@ def run_predict_cohort(
     table, info = predictions_table(
         model, participants, read_splits(splits_tsv), cache.volume,
         batch_size=batch_size, device=dev, bias_correction=bias_correction, model_name=name,
+        **intervals.settings(interval),
     )
     if truth_tsv is not None:
         table = add_true_gap(table, truth_tsv)

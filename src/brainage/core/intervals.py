@@ -141,7 +141,8 @@ def calibrate_by_group(predicted, age, groups, level: float = LEVEL, conditional
     """Group -> the rule calibrated on every *other* group's subjects (cross-conformal by fold:
     a subject's own group never calibrates its own interval)."""
     predicted, age, groups = np.asarray(predicted, dtype=np.float64), np.asarray(age, dtype=np.float64), np.asarray(groups)
-    return {g: calibrate(predicted[groups != g], age[groups != g], level, conditional) for g in dict.fromkeys(groups.tolist())}
+    return {g: calibrate(predicted[groups != g], age[groups != g], level, conditional)
+            for g in dict.fromkeys(groups.tolist())}
 
 
 def add_bounds(table, lower, upper):

@@ -11,7 +11,13 @@ and figure reads out-of-fold predictions without knowing about folds:
   keep each repeat's);
 - a patient (AD, PD) is predicted by every fold's model; its prediction is their mean;
 - ``bag`` is recomputed from the merged prediction, ``bag_corrected`` (each fold's own
-  correction) and ``true_bag`` are averaged like the prediction.
+  correction) and ``true_bag`` are averaged like the prediction;
+- ``predicted_age_lower``/``_upper``: a split-conformal interval (brainage.core.intervals) around
+  the merged prediction, calibrated on out-of-fold residuals: a healthy subject of fold k (the
+  first repeat's folds) on the healthy subjects *not* in fold k, so its own fold never
+  calibrates its own interval and the out-of-fold coverage is honest; a patient on every
+  healthy subject (what a deployed model would use). Each fold's own interval, from its
+  validation subjects, is replaced.
 
 :func:`fold_accuracy` recovers each fold's MAE and R2 from those columns (Table 2 reports them
 as mean +- SD over folds beside the pooled figures).
@@ -19,13 +25,17 @@ as mean +- SD over folds beside the pooled figures).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
 
 import pandas as pd
 
+from brainage.core import intervals
 from brainage.core.io import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["merge_folds", "fold_accuracy", "fold_summary", "has_folds", "parse_fold", "pooled_note"]
 
@@ -42,8 +52,11 @@ def parse_fold(name: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def merge_folds(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
-    """The out-of-fold predictions table of one model, and a summary with each fold's accuracy.
+def merge_folds(
+    tables: Mapping[str, pd.DataFrame], level: float = intervals.LEVEL, conditional: str | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """The out-of-fold predictions table of one model, and a summary with each fold's accuracy
+    and the ``level`` prediction interval (``conditional``: none or predicted_age).
 
     ``tables``: fold name -> that fold's predictions table (brainage.apply.infer.predictions_table).
     Raises InputError when a healthy control is tested twice in one repeat or never.
@@ -60,7 +73,7 @@ def merge_folds(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]
     if any(s != tested[repeats[0]] for s in tested.values()):
         odd = sorted(set.union(*tested.values()) - set.intersection(*tested.values()))
         raise InputError(f"{odd[0]}: tested in some repeats of the cross-validation but not in all")
-    columns = [c for c in tables[next(iter(tables))].columns]
+    columns = [c for c in tables[next(iter(tables))].columns if c not in (intervals.LOWER, intervals.UPPER)]
     averaged = [c for c in AVERAGED if c in long]
     first = long.drop_duplicates("participant_id").set_index("participant_id")
     merged = first[[c for c in columns if c != "participant_id"]].copy()
@@ -73,10 +86,36 @@ def merge_folds(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]
     merged = merged.reset_index()[[*columns, *[c for c in merged.columns if c.startswith(("fold_r", "predicted_age_r"))]]]
     order = {"test": 0, "AD": 1, "PD": 2}
     merged = merged.sort_values(["split", "participant_id"], key=lambda c: c.map(order) if c.name == "split" else c)
-    merged = merged.reset_index(drop=True)
+    merged, interval = out_of_fold_intervals(merged.reset_index(drop=True), level, conditional)
     info = {"folds": fold_accuracy(merged).to_dict("records"), **fold_summary(merged),
-            "n": {s: int((merged["split"] == s).sum()) for s in order}}
+            "n": {s: int((merged["split"] == s).sum()) for s in order}, "interval": interval}
     return merged, info
+
+
+def out_of_fold_intervals(merged: pd.DataFrame, level: float, conditional: str | None) -> tuple[pd.DataFrame, dict]:
+    """``merged`` with the interval columns (see the module's docstring), and their summary: the
+    all-subjects calibration and each fold's half-width (the first repeat's folds)."""
+    healthy = (merged["split"] == "test").to_numpy()
+    pred, age = merged["predicted_age"].to_numpy(float), merged["age"].to_numpy(float)
+    overall = intervals.calibrate(pred[healthy], age[healthy], level, conditional)
+    lower, upper = overall.bounds(pred)
+    fold_column = min((c for c in merged.columns if str(c).startswith("fold_r")), key=lambda c: int(c[len("fold_r"):]),
+                      default=None)
+    by_fold = {}
+    if fold_column is not None and healthy.any():
+        folds = merged.loc[healthy, fold_column].astype(str).to_numpy()
+        by_fold = intervals.calibrate_by_group(pred[healthy], age[healthy], folds, level, conditional)
+        for fold, calibration in by_fold.items():
+            rows = healthy.nonzero()[0][folds == fold]
+            lower[rows], upper[rows] = calibration.bounds(pred[rows])
+    per_fold = {f: {"halfwidth": c.halfwidth, "halfwidths": list(c.halfwidths), "n": c.n} for f, c in by_fold.items()}
+    summary = {**overall.to_meta(), "fold_column": fold_column, "folds": per_fold,
+               "calibrated_on": "healthy out-of-fold residuals; each fold's subjects on the other folds' only"}
+    if not overall.finite or not all(c.finite for c in by_fold.values()):
+        log.warning(
+            "prediction interval: %d out-of-fold healthy subjects (fewer outside one fold) are too few for a finite "
+            "%g %% interval (needs >= %d); half-width written as inf", overall.n, 100 * level, intervals.min_subjects(level))
+    return intervals.add_bounds(merged, lower, upper), summary
 
 
 def fold_summary(frame: pd.DataFrame) -> dict[str, float]:
@@ -129,19 +168,24 @@ def pooled_note(frame: pd.DataFrame) -> str | None:
 
 
 
-def write_merged_folds(fold_tsvs: Mapping[str, str], out_tsv: str, out_json: str) -> pd.DataFrame:
-    """Rule ``predict_oof``: read each fold's predictions, merge them, write table and summary."""
-    import logging
+def write_merged_folds(
+    fold_tsvs: Mapping[str, str], out_tsv: str, out_json: str, interval: Mapping | None = None
+) -> pd.DataFrame:
+    """Rule ``predict_oof``: read each fold's predictions, merge them, write table and summary.
 
+    ``interval``: config ``infer.interval`` (level, conditional)."""
     from brainage.core.io import write_json, write_tsv
     from brainage.core.metrics import read_predictions
 
-    merged, info = merge_folds({fold: read_predictions(path) for fold, path in fold_tsvs.items()})
+    merged, info = merge_folds({fold: read_predictions(path) for fold, path in fold_tsvs.items()},
+                               **intervals.settings(interval))
     model = str(merged["model"].iloc[0]) if "model" in merged and len(merged) else None
-    logging.getLogger(__name__).info(
+    log.info(
         "%s: %d folds, MAE %.2f +- %.2f y over folds, pooled out-of-fold MAE %.2f y (n=%d)", model, info["n_folds"],
         info["mae_folds_mean"], info["mae_folds_sd"], merged.loc[merged["split"] == "test", "bag"].abs().mean(),
         info["n"]["test"])
+    log.info("%g %% prediction interval: half-width %.2f y on %d out-of-fold subjects", 100 * info["interval"]["level"],
+             info["interval"]["halfwidth"], info["interval"]["n"])
     write_tsv(out_tsv, merged)
     write_json(out_json, {"model": model, **info})
     return merged

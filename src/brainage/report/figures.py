@@ -151,7 +151,8 @@ def fig_pred_vs_age(
     colours: Mapping[str, str],
     paths: Sequence[str | Path],
 ) -> None:
-    """Predicted against chronological age per model: HC test, AD, PD; identity line; MAE, R2."""
+    """Predicted against chronological age per model: HC test, AD, PD; identity line; MAE, R2;
+    the prediction intervals (:func:`_draw_intervals`), their level in the legend."""
     names = list(predictions)
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
@@ -162,7 +163,9 @@ def fig_pred_vs_age(
     absent = stats.absent_cohorts(list(predictions.values()))
     for ax, name in zip(axes.flat, names):
         pred = predictions[name]
-        for cohort in ["HC"] + [c for c in stats.SEVERITY if c not in absent]:
+        cohorts = ["HC"] + [c for c in stats.SEVERITY if c not in absent]
+        interval_line = _draw_intervals(ax, pred, cohorts, colours.get(name, "grey"), lo, hi)
+        for cohort in cohorts:
             sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
             # HC filled in the model's colour; patients hollow in the cohort colour (never confused
             # with a model colour of the same hue: the marker shape and fill differ)
@@ -174,14 +177,43 @@ def fig_pred_vs_age(
         test = stats.healthy_test(pred)
         if len(test):
             mae, sd = stats.mean_absolute_error(test["age"], test["predicted_age"])
-            ax.text(0.03, 0.97, f"HC: MAE {mae:.2f} \u00b1 {sd:.2f} y\nR$^2$ {stats.r_squared(test['age'], test['predicted_age']):.2f}",
-                    transform=ax.transAxes, va="top", fontsize=7)
+            r2 = stats.r_squared(test["age"], test["predicted_age"])
+            lines = [f"HC: MAE {mae:.2f} \u00b1 {sd:.2f} y", f"R$^2$ {r2:.2f}", *([interval_line] if interval_line else [])]
+            ax.text(0.03, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7)
         square_panel(ax, name, colours.get(name, "black"), lo, hi)
     _label_panels(axes, len(names), "Chronological age (years)", "Predicted brain age (years)")
     if absent:
         fig.suptitle(f"{stats.absent_line(absent)}: healthy test subjects only", fontsize=8)
     fig.tight_layout()
     save(fig, paths)
+
+
+def _draw_intervals(ax: plt.Axes, pred: pd.DataFrame, cohorts: Sequence[str], colour: str, lo: float, hi: float) -> str:
+    """The prediction intervals of one panel, and the line that states them ('' for a table without
+    them): a band of +- the healthy subjects' median half-width around the identity line (with one
+    width for all, a prediction outside it is exactly a subject whose age its interval misses), and,
+    where the widths differ (predicted-age bins, cross-validation folds), a light bar per subject."""
+    if not {stats.LOWER, stats.UPPER} <= set(pred.columns):
+        return ""
+    level = pred.attrs.get("interval_level")
+    name = f"{100 * level:g} % PI" if level else "PI"
+    half_widths = (pred[stats.UPPER] - pred[stats.LOWER]).to_numpy(float) / 2
+    hc = stats.healthy_test(pred)
+    rows = (hc if len(hc) else pred)[[stats.LOWER, stats.UPPER]].to_numpy(float)
+    if not len(rows) or np.isnan(rows).all():
+        return ""
+    half = float(np.nanmedian(rows[:, 1] - rows[:, 0]) / 2)
+    if not np.isfinite(half):
+        return f"{name} unbounded (n too small)"
+    ax.fill_between([lo, hi], [lo - half, hi - half], [lo + half, hi + half], color=colour, alpha=0.13, linewidth=0,
+                    label=f"{name} (HC median)", zorder=0)
+    if np.nanmax(half_widths) - np.nanmin(half_widths) > 0.01 * half:
+        for cohort in cohorts:
+            sub = stats.healthy_test(pred) if cohort == "HC" else stats.disease_group(pred, cohort)
+            sub = sub[np.isfinite(sub[stats.LOWER]) & np.isfinite(sub[stats.UPPER])]
+            ax.vlines(sub["age"], sub[stats.LOWER], sub[stats.UPPER], linewidth=0.6, alpha=0.3, zorder=1,
+                      color=colour if cohort == "HC" else COHORT_COLOURS[cohort])
+    return f"{name} \u00b1{half:.1f} y"
 
 
 # --------------------------------------------------------------------------- training curves

@@ -6,8 +6,9 @@ of the same subjects; in AD and PD the mean BAG (BAG = predicted - chronological
 one-sample t-test against 0 and the Pearson correlation of BAG with disease severity
 (ADAS-Cog-11 in AD, MDS-UPDRS-III in PD); and the same accuracy in the HC subgroup older than
 60 years (Section 3.1.2), the age range of the disease cohorts. Beyond the study: seeded
-bootstrap 95 % confidence intervals (scipy's BCa bootstrap) and Cohen's d of BAG between HC and
-each disease group.
+bootstrap 95 % confidence intervals (scipy's BCa bootstrap), Cohen's d of BAG between HC and
+each disease group, the coverage and width of the per-subject prediction intervals
+(brainage.core.intervals) and the mean BAG at the two ends of the age range (edge bias).
 
 Every p-value and interval comes from scipy.stats; only the point estimates (means, R2, d) are
 written out here. This module also says which configured models play which part in the study
@@ -34,6 +35,8 @@ from brainage.core.metrics import (  # noqa: F401  (re-exported: the report's st
     r_squared,
     read_predictions,
 )
+from brainage.core.intervals import LOWER, UPPER
+from brainage.core.intervals import coverage as interval_coverage
 from brainage.report.roles import (  # noqa: F401  (re-exported)
     ModelRoles,
     model_roles,
@@ -243,6 +246,44 @@ def correlation_ci(
     bag, score = np.asarray(bag, dtype=float), np.asarray(score, dtype=float)
     keep = np.isfinite(bag) & np.isfinite(score)
     return bootstrap_ci(_pearson_stat, bag[keep], score[keep], n_resamples=n_resamples, seed=seed)
+
+
+# --------------------------------------------------------------------------- intervals and edges
+@dataclass(frozen=True)
+class IntervalSummary:
+    """How the per-subject prediction intervals of a group did: the share whose age lies inside
+    [lower, upper] and the median full width (upper - lower), in years; nan without intervals."""
+
+    n: int
+    coverage: float
+    width_median: float
+
+
+def interval_summary(frame: pd.DataFrame) -> IntervalSummary:
+    """:class:`IntervalSummary` of ``frame`` (nan when it has no interval columns: an older table)."""
+    if not {LOWER, UPPER} <= set(frame.columns) or not len(frame):
+        return IntervalSummary(len(frame), math.nan, math.nan)
+    lower = pd.to_numeric(frame[LOWER], errors="coerce").to_numpy(float)
+    upper = pd.to_numeric(frame[UPPER], errors="coerce").to_numpy(float)
+    width = upper - lower
+    width = width[~np.isnan(width)]
+    return IntervalSummary(len(frame), interval_coverage(frame["age"], lower, upper),
+                           float(np.median(width)) if width.size else math.nan)
+
+
+def edge_bias(frame: pd.DataFrame, share: float = 0.1) -> tuple[float, float, int]:
+    """(mean BAG of the youngest ``share``, of the oldest ``share``, subjects in each) by
+    chronological age, at least one subject each: the regression-to-the-mean signature of a
+    brain-age model (the young predicted older, the old younger)."""
+    age = frame["age"].to_numpy(dtype=float)
+    bag = frame["predicted_age"].to_numpy(dtype=float) - age
+    keep = np.isfinite(bag)
+    age, bag = age[keep], bag[keep]
+    if not age.size:
+        return math.nan, math.nan, 0
+    k = max(1, int(round(share * age.size)))
+    order = np.argsort(age, kind="stable")
+    return float(bag[order[:k]].mean()), float(bag[order[-k:]].mean()), k
 
 
 # --------------------------------------------------------------------------- subject groups

@@ -12,6 +12,7 @@ figures in :mod:`brainage.report.comparison`. Statistics come from :mod:`brainag
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,8 +151,19 @@ def corrected_gap(group: pd.DataFrame, score: pd.Series | None = None) -> dict[s
 
 # --------------------------------------------------------------------------- inputs
 def load_predictions(paths: Sequence[str | Path]) -> dict[str, pd.DataFrame]:
-    """Prediction tables keyed by model name (the file stem of results/predictions/<model>.tsv)."""
-    return {Path(p).stem: stats.read_predictions(p) for p in paths}
+    """Prediction tables keyed by model name (the file stem of results/predictions/<model>.tsv);
+    the interval level of the summary beside each (``<model>.json``, written with it) is kept
+    in the table's ``attrs["interval_level"]``."""
+    frames = {}
+    for path in paths:
+        frame = stats.read_predictions(path)
+        summary = Path(path).with_suffix(".json")
+        if summary.exists():
+            level = (json.loads(summary.read_text()).get("interval") or {}).get("level")
+            if level is not None:
+                frame.attrs["interval_level"] = float(level)
+        frames[Path(path).stem] = frame
+    return frames
 
 
 def train_size(splits: str | Path | None) -> int | None:
@@ -259,6 +271,8 @@ def table2_accuracy(
             f"R2 >{o}": data[f"r2_over{o}"].map(fmt),
         }
     )
+    interval_columns, interval_notes = _interval_columns(data)
+    display = display.assign(**interval_columns)
     cv_notes = [n for n in (cv.pooled_note(predictions[m]) for m in names) if n]
     if cv_notes:
         at = display.columns.get_loc("MAE 95% CI") + 1
@@ -273,6 +287,7 @@ def table2_accuracy(
         "p (Holm): Holm-corrected over the comparisons.",
         f"95% CI: BCa bootstrap over subjects, {n_resamples} resamples, seed {seed}.",
         f"Columns >{o}: healthy test subjects older than {o} years (the disease cohorts' age range).",
+        *interval_notes,
     ]
     return Table("Table 2. Accuracy of every model on the healthy test split", data, display, notes)
 
@@ -286,6 +301,8 @@ def _accuracy_row(
     older = stats.healthy_test(pred, older_than)
     acc = stats.accuracy(test, n_resamples, seed)
     acc_old = stats.accuracy(older, n_resamples, seed)
+    interval = stats.interval_summary(test)
+    young, old, n_edge = stats.edge_bias(test, EDGE_SHARE)
     return {
         "model": name,
         "backbone": spec.get("backbone", "n/a"),
@@ -308,4 +325,47 @@ def _accuracy_row(
         f"mae_sd_over{older_than:g}": acc_old.mae_sd,
         f"r2_over{older_than:g}": acc_old.r2,
         **cv.fold_summary(pred),
+        "interval_level": pred.attrs.get("interval_level", math.nan),
+        "interval_coverage": interval.coverage,
+        "interval_width_median": interval.width_median,
+        "bag_youngest": young,
+        "bag_oldest": old,
+        "n_edge": n_edge,
     }
+
+
+#: the share of healthy test subjects at each end of the age range for the edge bias
+EDGE_SHARE = 0.1
+
+
+def _interval_columns(data: pd.DataFrame) -> tuple[dict[str, list[str]], list[str]]:
+    """Table 2's display columns of the prediction intervals and the edge bias, and their notes
+    (``n/a`` for a table without interval columns)."""
+    levels = sorted({float(v) for v in data["interval_level"] if np.isfinite(v)})
+    level = f"{100 * levels[0]:g} % PI" if len(levels) == 1 else "PI"
+    share = f"{100 * EDGE_SHARE:g} %"
+
+    def width(w: float) -> str:
+        return "unbounded" if w == math.inf else fmt(w)
+
+    def signed(b: float) -> str:
+        return f"{b:+.2f}" if np.isfinite(b) else "n/a"
+
+    columns = {
+        f"Coverage ({level})": data["interval_coverage"].map(fmt).tolist(),
+        "PI width, median (years)": data["interval_width_median"].map(width).tolist(),
+        f"BAG youngest {share} (years)": data["bag_youngest"].map(signed).tolist(),
+        f"BAG oldest {share} (years)": data["bag_oldest"].map(signed).tolist(),
+    }
+    stated = ", ".join(f"{m} {100 * v:g} %" for m, v in zip(data["model"], data["interval_level"]) if np.isfinite(v))
+    notes = [
+        "Coverage: share of the healthy test subjects whose age lies inside their split-conformal prediction "
+        "interval (predicted_age_lower, predicted_age_upper; calibrated on validation residuals, or on the other "
+        "folds' out-of-fold residuals under cross-validation), to compare with the interval's level"
+        + (f" ({stated})" if len(levels) > 1 else "") + "; PI width: median of upper - lower; 'unbounded': too few "
+        "calibration subjects for the level; n/a: a predictions table without intervals.",
+        f"BAG youngest/oldest {share}: mean BAG of the youngest and of the oldest {share} of the healthy test "
+        "subjects by chronological age (at least one each); a positive young and negative old end is the "
+        "regression-to-the-mean bias of brain-age models.",
+    ]
+    return columns, notes
