@@ -125,3 +125,84 @@ def test_invalid_arguments():
         RnCLoss(temperature=0)
     with pytest.raises(ValueError):
         RnCLoss()(torch.zeros(4, 2), torch.zeros(3))
+
+
+# --- the soft-label loss (loss: kl; SFCN, Peng et al. 2021) ---
+
+
+def _bins(start: float = 10.0, stop: float = 90.0, width: float = 1.0) -> torch.Tensor:
+    return torch.arange(start, stop + width / 2, width, dtype=torch.float64)  # edges
+
+
+def test_soft_labels_sum_to_one_and_peak_at_the_age_bin():
+    from brainage.train.losses import soft_age_labels
+
+    edges = _bins()
+    ages = torch.tensor([20.3, 45.2, 45.99, 71.5, 10.2])
+    labels = soft_age_labels(ages, edges, sigma=1.0)
+    assert labels.shape == (5, 80) and labels.dtype == torch.float32
+    torch.testing.assert_close(labels.sum(dim=1), torch.ones(5), rtol=0, atol=1e-6)
+    assert (labels >= 0).all()
+    bin_of_age = torch.searchsorted(edges, ages.double(), right=True) - 1
+    assert labels.argmax(dim=1).tolist() == bin_of_age.tolist()
+    # sigma 1 y: about 38 % of the mass in the bin of an age at its centre (2 * Phi(0.5) - 1)
+    assert labels[3, 61].item() == pytest.approx(0.3829, abs=1e-4)
+    # inactive bins get nothing, the rest is renormalised
+    active = edges[:-1] >= 40
+    masked = soft_age_labels(ages[1:3], edges, 1.0, active)
+    assert (masked[:, ~active] == 0).all()
+    torch.testing.assert_close(masked.sum(dim=1), torch.ones(2), rtol=0, atol=1e-6)
+
+
+def test_soft_label_kl_is_zero_at_the_label_and_positive_elsewhere():
+    from brainage.train.losses import SoftLabelKLLoss, soft_age_labels, soft_label_kl
+
+    edges = _bins()
+    ages = torch.tensor([22.0, 50.4, 77.7])
+    target = soft_age_labels(ages, edges, 1.0)
+    assert (target == 0).any()  # far bins underflow: their -inf logits must not give NaN
+    assert soft_label_kl(target.log(), target).item() == pytest.approx(0.0, abs=1e-6)
+    assert SoftLabelKLLoss(edges)(target.log(), ages).item() == pytest.approx(0.0, abs=1e-6)
+    # the same distribution shifted by any constant logit is still the label
+    assert soft_label_kl(target.log() + 3.0, target).item() == pytest.approx(0.0, abs=1e-6)
+    other = soft_age_labels(ages + 3.0, edges, 1.0)
+    wrong = soft_label_kl(other.clamp_min(1e-30).log(), target)
+    assert wrong.item() > 1.0
+    # gradient descent on the logits moves them toward the label, finitely
+    logits = torch.zeros(3, 80, requires_grad=True)
+    loss = SoftLabelKLLoss(edges, sigma=1.0)(logits, ages)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert (logits.grad.argmin(dim=1) == target.argmax(dim=1)).all()
+
+
+def test_expected_age_of_a_soft_label_is_the_age():
+    from brainage.models.networks import AgeBinsHead
+    from brainage.train.losses import soft_age_labels
+
+    head = AgeBinsHead(4, width=1.0)  # bins over 0-120 y
+    head.set_age_range(18.0, 88.0)
+    ages = torch.linspace(20.0, 86.0, 133)  # at least 2 y inside the predicted bins
+    labels = soft_age_labels(ages, head.edges, 1.0, head.active)
+    expected = head.expected_age(labels.log())
+    assert float((expected - ages).abs().max()) < 0.05
+    # wider bins
+    head = AgeBinsHead(4, width=2.0)
+    head.set_age_range(18.0, 88.0)
+    labels = soft_age_labels(ages, head.edges, 1.0, head.active)
+    assert float((head.expected_age(labels.log()) - ages).abs().max()) < 0.05
+
+
+def test_bins_head_predicts_within_two_years_of_the_training_ages():
+    from brainage.models.networks import AgeBinsHead
+
+    head = AgeBinsHead(8)
+    head.set_age_range(20.6, 85.2)
+    centres = head.centres[head.active]
+    assert centres.min().item() == 18.5 and centres.max().item() == 87.5  # floor(20.6) - 2 .. ceil(85.2) + 2
+    logits = head(torch.randn(3, 8))
+    assert logits.shape == (3, 120) and torch.isinf(logits[:, ~head.active]).all()
+    ages = head.expected_age(logits)
+    assert ((ages > 18) & (ages < 88)).all()
+    with pytest.raises(ValueError, match="outside its bins"):
+        head.set_age_range(-3.0, 50.0)

@@ -76,3 +76,83 @@ def test_group_norm_network_is_per_sample():
         whole = model(x)
         alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(whole, alone, rtol=1e-5, atol=1e-5)
+
+
+# --- the soft-label head (loss: kl) and the new model keys ---
+
+KL = {"backbone": "resnet18", "grid": 4, "loss": "kl", "batch_size": 4, "epochs": 1, "width": 0.125, "conv1_stride": 2}
+
+
+def test_soft_label_model_outputs_expected_ages_and_round_trips(tmp_path):
+    from brainage.models.files import load_model, save_model
+    from brainage.models.networks import AgeBinsHead, architecture_of
+    from brainage.models.spec import resolve_spec
+
+    arch = architecture_of(resolve_spec(KL))
+    assert arch["bin_width"] == 1.0 and arch["inputs"] == "intensity"
+    torch.manual_seed(0)
+    model = build_age_model(arch, age_mean=50.0, age_sd=15.0).eval()
+    assert isinstance(model.head, AgeBinsHead) and model.head.linear.out_features == 120
+    model.head.set_age_range(30.2, 70.9)
+    x = torch.randn(3, 1, 20, 24, 20)
+    with torch.no_grad():
+        logits, ages = model(x, bin_logits=True), model(x)
+        torch.testing.assert_close(ages, model.head.expected_age(logits))
+        torch.testing.assert_close(model.standardised(x), (ages - 50.0) / 15.0)
+    assert logits.shape == (3, 120) and ((ages > 28) & (ages < 73)).all()
+    meta = {"kind": "e2e", "architecture": arch, "head": model.head.shape_meta(), "age": {"train_mean": 50.0, "train_sd": 15.0}}
+    save_model(model.state_dict(), meta, tmp_path / "model.pt")
+    loaded, _ = load_model(tmp_path / "model.pt")
+    assert torch.equal(loaded.head.active, model.head.active)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ages, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="only a soft-label head"):
+        build_age_model({"backbone": "resnet18", "width": 0.125})(x, bin_logits=True)
+
+
+def test_soft_label_keys_resolve_and_are_checked():
+    from brainage.models.kinds import E2E, kind_of
+    from brainage.models.spec import entry_problems, resolve_spec
+
+    spec = resolve_spec({**KL, "soft_label": {"sigma": 2.0}})
+    assert kind_of(spec) is E2E
+    assert spec["soft_label"] == {"bin_width": 1.0, "sigma": 2.0}
+    assert spec["optimiser"]["name"] == "adam" and spec["optimiser"]["lr"] == 1e-3
+    assert "soft_label" not in resolve_spec({**KL, "loss": "l1"})  # an L1 model's settings are unchanged
+    line = "config models.m.soft_label: only for loss kl (this model: loss l1)"
+    assert entry_problems("m", {**KL, "loss": "l1", "soft_label": {}}) == [line]
+    with pytest.raises(ValueError, match="soft_label: only for loss kl"):
+        resolve_spec({**KL, "loss": "l1", "soft_label": {}})
+    assert entry_problems("c", {"backbone": "pca_gpr", "grid": 4, "inputs": "tissue"})[0].startswith(
+        "config models.c.inputs: a classical model (pca_gpr) takes no 'inputs'; its settings go under 'classical'")
+
+
+def test_config_schema_takes_the_new_keys():
+    from pathlib import Path
+
+    from brainage.config import resolved_config, schema_problems
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
+    config = resolved_config(root=repo)
+    config["models"]["sfcn_kl_tissue"] = {**KL, "backbone": "sfcn", "inputs": "tissue", "soft_label": {"bin_width": 2.0, "sigma": 1.5}}
+    assert schema_problems(config, schema) == []
+    config["models"]["sfcn_kl_tissue"]["inputs"] = "segmentation"
+    assert schema_problems(config, schema)[0].startswith("config models.sfcn_kl_tissue.inputs: 'segmentation' is not one of")
+
+
+def test_a_soft_label_head_is_not_handed_on_between_end_to_end_models():
+    from brainage.models.networks import architecture_of
+    from brainage.models.spec import resolve_spec, source_mismatch
+
+    def source(entry, kind):
+        return {"kind": kind, "grid_res": 4.0, "architecture": architecture_of(resolve_spec(entry))}
+
+    refused = "a soft-label head (loss kl) is neither handed on to nor taken from an end-to-end model"
+    assert refused in source_mismatch(KL, source(KL, "e2e"))
+    assert refused in source_mismatch(KL, source({**KL, "loss": "l1"}, "e2e"))
+    assert refused in source_mismatch({**KL, "loss": "l1"}, source(KL, "e2e"))
+    # only the encoder moves between an RNC model and a soft-label one
+    assert source_mismatch(KL, source({**KL, "loss": "rnc"}, "rnc")) is None
+    assert source_mismatch({**KL, "loss": "rnc"}, source(KL, "e2e")) is None
+    assert source_mismatch({**KL, "loss": "l1"}, source({**KL, "loss": "l1"}, "e2e")) is None

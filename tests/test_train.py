@@ -196,3 +196,48 @@ def test_linear_head_selection(data, tmp_path, select):
     rows = np.array([cache.row_of(p) for p in val["participant_id"]])
     pred = _predict(model, cache, rows, torch.device("cpu"), 4, False, None)
     assert np.abs(pred - val["age"].to_numpy()).mean() == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("inputs", ["intensity", "tissue"])  # 3-6 s each on 2 cores
+def test_tiny_soft_label_training_predicts_ages(data, tmp_path, inputs):
+    """loss: kl (a logit per 1-year age bin, Gaussian soft labels, KL), on the intensity or on
+    tissue maps: the loss falls, the ages are the bins' expectation, and model.pt rebuilds the head."""
+    import pandas as pd
+
+    from brainage.data.cache import CachedVolumes
+    from brainage.train.run import predict_ages
+
+    splits, vols, index = data
+    entry = _entry(loss="kl", epochs=2, augment=False, inputs=inputs)
+    metrics = train_model("kl", entry, TRAINING, splits, vols, index, tmp_path, seed=0, progress=False)
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+    # the KL in nats (about log of the ~75 predicted bins minus the label's entropy), not an L1 in years
+    assert log["train_loss"].max() < 4.0
+    assert np.isfinite(log["val_mae"]).all() and np.isfinite(metrics["test_mae"])
+    model, meta = load_model(tmp_path / "model.pt")
+    assert meta["architecture"]["bin_width"] == 1.0 and meta["architecture"]["inputs"] == inputs
+    assert meta["head"] == {"type": "bins", "start": 0.0, "width": 1.0, "count": 120}
+    train = splits[splits["split"] == "train"]
+    centres = model.head.centres[model.head.active]
+    assert centres.min() == np.floor(train["age"].min()) - 1.5 and centres.max() == np.ceil(train["age"].max()) + 1.5
+    cache = CachedVolumes(vols, index)
+    test = splits[splits["split"] == "test"]
+    pred = predict_ages(model, cache, np.array([cache.row_of(p) for p in test["participant_id"]]), torch.device("cpu"),
+                        4, False, None)
+    assert np.isfinite(pred).all() and ((pred > centres.min().item()) & (pred < centres.max().item())).all()
+    # the loaded model predicts what the trainer measured
+    assert np.abs(pred - test["age"].to_numpy()).mean() == pytest.approx(metrics["test_mae"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_exact_resume_of_a_soft_label_tissue_model(data, tmp_path):
+    """loss kl on tissue maps, stopped after 1 of 2 epochs and resumed: the same weights (and
+    predicted bins) as one uninterrupted run."""
+    splits, vols, index = data
+    entry = _entry(loss="kl", inputs="tissue", epochs=2)
+    train_model("a", entry, TRAINING, splits, vols, index, tmp_path / "a", seed=1, progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False, max_epochs_this_run=1)
+    train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")

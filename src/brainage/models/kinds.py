@@ -46,7 +46,7 @@ class ModelKind:
         return self.network
 
 
-E2E = ModelKind("e2e", "end-to-end regression network (L1 on the standardised age)", network=True, joint_head=True,
+E2E = ModelKind("e2e", "end-to-end regression network (L1 on the standardised age, or KL on soft age labels)", network=True, joint_head=True,
                 views=1, role="e2e")
 RNC = ModelKind("rnc", "Rank-N-Contrast encoder, then a linear head on the frozen encoder", network=True, views=2,
                role="rnc")

@@ -5,13 +5,14 @@ default; the trainer (``brainage.train.engine``), the networks (``brainage.model
 schema (``workflow/schemas/config.schema.yaml``, whose ``models`` keys a test compares with the
 fields here) all read them from this module. Torch-free.
 
-Keys: backbone (resnet18|resnet34|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc),
+Keys: backbone (resnet18|resnet34|resnet50|resnet101|sfcn), grid (mm), loss (l1|rnc|kl),
 batch_size, epochs, augment (true: ``training.augment``; false; or a mapping overriding keys of
 ``training.augment`` for this model), patience (epochs without val improvement; null = never
-stop early), width, conv1_stride, norm (batch|group|instance), gpus, optimiser {name adam|sgd,
-lr, momentum, weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature,
-chunk_size}, head {epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, select
-(best_val|last), patience}, init_from (the folder of a trained model: model.pt and
+stop early), width, conv1_stride, norm (batch|group|instance), inputs (intensity|tissue: what the
+network sees, see :class:`Architecture`), gpus, optimiser {name adam|sgd, lr, momentum,
+weight_decay, milestones (fractions of epochs), gamma}, rnc {temperature, chunk_size},
+soft_label {bin_width, sigma} (loss kl only, :class:`SoftLabel`), head {epochs, lr, momentum,
+weight_decay, milestones, gamma, batch_size, select (best_val|last), patience}, init_from (the folder of a trained model: model.pt and
 model_card.json; see :func:`init_from_problems`).
 
 ``init_from`` (pretraining, e.g. on the simulated cohort): an RNC model's encoder starts from the
@@ -30,32 +31,67 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from brainage.core.paths import MODELS_ROOT, model_files
 from brainage.models.kinds import CLASSICAL_BACKBONES, KINDS, RNC, STACK, STACK_BACKBONE, ModelKind, kind_of
 
-LOSSES = ("l1", "rnc")
+#: l1 and kl train end to end (kl: soft age labels, :class:`SoftLabel`); rnc: an RNC encoder, then a head
+LOSSES = ("l1", "rnc", "kl")
+#: the soft-label loss (Peng et al. 2021): its network ends in one logit per age bin
+SOFT_LABEL_LOSS = "kl"
+#: what a network sees: the normalised T1w intensity (the study's), or soft CSF/GM/WM maps computed
+#: from it inside the network (brainage.models.networks.TissueInput), as the classical model uses
+INPUTS = ("intensity", "tissue")
+
+
+@dataclass(frozen=True)
+class SoftLabel:
+    """The soft-label loss (``loss: kl``, SFCN, Peng et al. 2021): the ages are cut into bins of
+    ``bin_width`` years (those within 2 years, or 2 ``sigma`` if wider, of the training ages are
+    predicted: brainage.models.networks.AgeBinsHead), each training age becomes a Gaussian of SD
+    ``sigma`` years over them, the network outputs a logit per bin, trained by the KL divergence;
+    the predicted age is the expectation over the bins."""
+
+    bin_width: float = 1.0
+    sigma: float = 1.0
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """What defines a network (stored in model.pt): backbone and its shape."""
+    """What defines a network (stored in model.pt): backbone and its shape.
+
+    inputs: ``intensity`` (one channel) or ``tissue`` (the encoder's first step turns the volume
+    into three channels, soft CSF/GM/WM maps); bin_width: None for one linear output (the
+    standardised age), a width in years for a soft-label head (``loss: kl``). A model.pt written
+    before a field existed loads with its default.
+    """
 
     backbone: str
     width: float = 1.0
     conv1_stride: int = 1
     norm: str = "batch"
+    inputs: str = "intensity"
+    bin_width: float | None = None
 
     @classmethod
     def of(cls, spec: dict) -> "Architecture":
+        """From a config entry (raw or resolved) or a stored architecture."""
         defaults = cls(spec["backbone"])
+        if "bin_width" in spec:  # a stored architecture
+            bins = spec["bin_width"]
+        else:
+            bins = (spec.get("soft_label") or {}).get("bin_width", SoftLabel.bin_width) \
+                if str(spec.get("loss", "l1")).lower() == SOFT_LABEL_LOSS else None
         return cls(
             backbone=spec["backbone"],
             width=float(spec.get("width", defaults.width)),
             conv1_stride=int(spec.get("conv1_stride", defaults.conv1_stride)),
             norm=spec.get("norm", defaults.norm),
+            inputs=str(spec.get("inputs", defaults.inputs)),
+            bin_width=None if bins is None else float(bins),
         )
 
 
@@ -73,6 +109,7 @@ class Optimiser:
 OPTIMISER = {
     "l1": Optimiser("adam", 1e-3),
     "rnc": Optimiser("sgd", 0.5, 0.9, 1e-4, [0.7, 0.8, 0.9], 0.1),
+    "kl": Optimiser("adam", 1e-3),
 }
 
 
@@ -110,6 +147,7 @@ class ModelDefaults:
     width: float = Architecture.width
     conv1_stride: int = Architecture.conv1_stride
     norm: str = Architecture.norm
+    inputs: str = Architecture.inputs
     gpus: int = 0
 
 
@@ -137,10 +175,11 @@ REQUIRED = ("backbone", "grid")
 NETWORK_REQUIRED = ("batch_size", "epochs")
 #: every key a model entry may hold (the schema's ``models`` properties)
 KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
-        "optimiser", "rnc", "head", "classical", "init_from", "members")
+        "optimiser", "rnc", "soft_label", "head", "classical", "init_from", "members")
 #: the keys of each nested mapping
 NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
-               "head": tuple(f.name for f in fields(Head)), "classical": tuple(f.name for f in fields(Classical))}
+               "soft_label": tuple(f.name for f in fields(SoftLabel)), "head": tuple(f.name for f in fields(Head)),
+               "classical": tuple(f.name for f in fields(Classical))}
 
 
 def has_saliency(entry: dict) -> bool:
@@ -173,6 +212,8 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     lines = [f"{where}: a network needs {k!r}" for k in ("loss", *NETWORK_REQUIRED) if k not in entry]
     if "classical" in entry:
         lines.append(f"{where}.classical: only for backbone {' or '.join(CLASSICAL_BACKBONES)}")
+    if "soft_label" in entry and str(entry.get("loss", "l1")).lower() != SOFT_LABEL_LOSS:
+        lines.append(f"{where}.soft_label: only for loss {SOFT_LABEL_LOSS} (this model: loss {entry.get('loss', 'l1')})")
     return lines + init_from_problems(name, entry)
 
 
@@ -230,7 +271,13 @@ def source_mismatch(entry: dict, source: dict) -> str | None:
     if kind is not None and not kind.network:
         return "the source is a classical model, it has no network weights"
     ours, theirs = asdict(Architecture.of(entry)), asdict(Architecture.of(source["architecture"]))
-    diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours if ours[k] != theirs[k]]
+    # the head matters only where the whole network is handed on (end to end from end to end)
+    whole = kind_of(entry).joint_head and kind is not None and kind.joint_head
+    diffs = [f"{k} {ours[k]} here, {theirs[k]} in the source" for k in ours
+             if ours[k] != theirs[k] and k != "bin_width"]
+    if whole and (ours["bin_width"] or theirs["bin_width"]):
+        diffs.append("a soft-label head (loss kl) is neither handed on to nor taken from an end-to-end model; "
+                     "start from an RNC model's encoder, or from scratch")
     if float(source["grid_res"]) != float(entry["grid"]):
         diffs.append(f"grid {float(entry['grid']):g} mm here, {float(source['grid_res']):g} mm in the source")
     return "; ".join(diffs) or None
@@ -264,14 +311,19 @@ def resolve_spec(entry: dict) -> dict:
         return _resolve_classical(spec)
     loss = spec.setdefault("loss", "l1")
     if loss not in LOSSES:
-        raise ValueError(f"model loss must be l1 or rnc, got {loss!r}")
+        raise ValueError(f"model loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     for key in (*REQUIRED, *NETWORK_REQUIRED):
         if key not in spec:
             raise ValueError(f"model config needs {key!r}")
-    if "classical" in spec:
-        raise ValueError(entry_problems(str(spec["backbone"]), spec)[-1])
+    if "classical" in spec or ("soft_label" in spec and loss != SOFT_LABEL_LOSS):
+        raise ValueError(next(line for line in entry_problems(str(spec["backbone"]), spec)
+                              if re.search(r"\.(classical|soft_label):", line)))
     for key, value in asdict(ModelDefaults()).items():
         spec.setdefault(key, value)
+    if spec["inputs"] not in INPUTS:
+        raise ValueError(f"model inputs must be one of {', '.join(INPUTS)}, got {spec['inputs']!r}")
+    if loss == SOFT_LABEL_LOSS:
+        spec["soft_label"] = {**asdict(SoftLabel()), **(spec.get("soft_label") or {})}
     spec["optimiser"] = {**asdict(OPTIMISER[loss]), **(spec.get("optimiser") or {})}
     spec["rnc"] = {**asdict(Rnc()), **(spec.get("rnc") or {})}
     spec["head"] = {**asdict(Head()), **(spec.get("head") or {})}

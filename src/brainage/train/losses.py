@@ -10,6 +10,10 @@ d_ij = |y_i - y_j| (L1), the loss is the mean over anchors i and pairs j != i of
 reverse cumulative log-sum-exp of the sorted logits: O(n^2 log n) time, O(n^2) memory, instead of
 the reference code's loop over the n - 1 positives (O(n^3) time and, through autograd, memory).
 `rnc_loss_reference` is that reference loop, kept for tests and `benchmarks/bench_rnc_loss.py`.
+
+`SoftLabelKLLoss` is the soft-label loss of SFCN (Peng et al. 2021, "Accurate brain age prediction
+with lightweight deep neural networks"): each age becomes a Gaussian over age bins
+(`soft_age_labels`), and the network's logits over the bins are trained by the KL divergence.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import torch
 from torch import nn
 
 __all__ = [
+    "SoftLabelKLLoss",
+    "soft_age_labels",
+    "soft_label_kl",
     "RnCLoss",
     "rnc_loss_reference",
     "label_distances",
@@ -167,3 +174,60 @@ def rnc_loss_reference(
         pos_log_probs = pos_logits - torch.log((neg_mask * exp_logits).sum(dim=-1))
         loss = loss - (pos_log_probs / (n * (n - 1))).sum()
     return loss
+
+
+def soft_age_labels(ages: torch.Tensor, edges: torch.Tensor, sigma: float = 1.0,
+                    active: torch.Tensor | None = None) -> torch.Tensor:
+    """Gaussian soft labels over age bins. ages: (B,) years; edges: (K + 1,) the bins' edges;
+    active: (K,) bool, the bins a model predicts (the others get 0) -> (B, K), rows summing to 1.
+
+    A bin's label is the mass of N(age, sigma^2) inside it (Peng et al.'s code), renormalised over
+    the active bins (an age must lie within reach of them); computed in float64 (the tails'
+    differences of the normal CDF), returned in float32.
+    """
+    if not sigma > 0:
+        raise ValueError(f"soft_age_labels: sigma must be > 0, got {sigma}")
+    cdf = torch.special.ndtr((edges.double()[None, :] - ages.double()[:, None]) / sigma)  # (B, K + 1)
+    mass = (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0)
+    if active is not None:
+        mass = mass * active.to(mass.device)
+    return (mass / mass.sum(dim=1, keepdim=True)).float()  # no host sync: ages lie inside the active bins
+
+
+def soft_label_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(target || softmax(logits)), mean over the batch. logits, target: (B, K) -> scalar.
+
+    Bins with target 0 add nothing (also where their logit is -inf: a bin the model does not predict).
+    """
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    target = target.to(log_p.dtype)
+    positive = target > 0
+    terms = torch.xlogy(target, target) - target * log_p.masked_fill(~positive, 0.0)
+    return terms.sum(dim=-1).mean()
+
+
+class SoftLabelKLLoss(nn.Module):
+    """The soft-label loss: KL divergence between each age's Gaussian soft label (:func:`soft_age_labels`)
+    and the softmax of the network's bin logits.
+
+    Args:
+        edges: (K + 1,) the bins' edges in years (``AgeBinsHead.edges``).
+        sigma: SD of the soft label in years (Peng et al.: 1).
+        active: (K,) bool, the bins the model predicts (``AgeBinsHead.active``); None: all.
+    """
+
+    def __init__(self, edges: torch.Tensor, sigma: float = 1.0, active: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"SoftLabelKLLoss: sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.register_buffer("edges", edges.detach().double().clone())
+        self.register_buffer("active", (torch.ones(len(edges) - 1, dtype=torch.bool) if active is None
+                                        else active.detach().bool().clone()))
+
+    def extra_repr(self) -> str:
+        return f"bins={len(self.edges) - 1}, sigma={self.sigma}"
+
+    def forward(self, logits: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """logits: (B, K); ages: (B,) years -> scalar KL (nats)."""
+        return soft_label_kl(logits, soft_age_labels(ages, self.edges, self.sigma, self.active))
