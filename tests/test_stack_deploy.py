@@ -130,3 +130,14 @@ def test_kernel_head_equals_scikit_learn_gp_on_the_same_features():
     rebuilt = KernelHead(**{k: v for k, v in head.shape_meta().items() if k != "type"})
     rebuilt.load_state_dict(head.state_dict())
     torch.testing.assert_close(rebuilt(torch.from_numpy(new).float()), head(torch.from_numpy(new).float()))
+
+
+def test_combine_mean_is_an_equal_weight_ensemble():
+    rng = np.random.default_rng(4)
+    ages = rng.uniform(20, 80, 40)
+    members = {"a": _member_folds(rng, ages, rng.normal(0, 3, 40)), "b": _member_folds(rng, ages, rng.normal(0, 9, 40))}
+    table, info = stack_fold_table("ens", "r0f0", members, "mean")
+    assert info["weights"] == {"a": 0.5, "b": 0.5} and info["combine"] == "mean"
+    a = members["a"]["r0f0"].set_index("participant_id")["predicted_age"]
+    b = members["b"]["r0f0"].set_index("participant_id")["predicted_age"]
+    np.testing.assert_allclose(table["predicted_age"], ((a + b) / 2).loc[table["participant_id"]].to_numpy())

@@ -241,3 +241,12 @@ def test_exact_resume_of_a_soft_label_tissue_model(data, tmp_path):
         train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False, max_epochs_this_run=1)
     train_model("b", entry, TRAINING, splits, vols, index, tmp_path / "b", seed=1, progress=False)
     assert _same_weights(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_models_own_seed_replaces_the_runs(data, tmp_path):
+    """models.<m>.seed: the entry trains as the whole run would under that seed (seed ensembles)."""
+    splits, vols, index = data
+    train_model("m", _entry(epochs=1, seed=7), TRAINING, splits, vols, index, tmp_path / "a", seed=0, progress=False)
+    train_model("m", _entry(epochs=1), TRAINING, splits, vols, index, tmp_path / "b", seed=7, progress=False)
+    train_model("m", _entry(epochs=1), TRAINING, splits, vols, index, tmp_path / "c", seed=0, progress=False)
+    assert _same_weights(tmp_path / "a", tmp_path / "b") and not _same_weights(tmp_path / "a", tmp_path / "c")

@@ -53,6 +53,7 @@ if FOLDS:
             "../../envs/stats.yaml"
         params:
             members=lambda w: config["models"][w.model]["members"],
+            combine=lambda w: config["models"][w.model].get("combine", "fitted"),
             folds=FOLDS,
             code=script_code("stack_fold.py"),
         script:
@@ -72,6 +73,7 @@ if FOLDS:
             "../../envs/torch.yaml"
         params:
             members=lambda w: config["models"][w.model].get("members"),
+            combine=lambda w: config["models"][w.model].get("combine", "fitted"),
             folds=FOLDS,
             interval=config["infer"].get("interval"),
             code=script_code("deploy.py"),

@@ -8,4 +8,4 @@ with redirect_to_log(snakemake.log[0]):
     tsvs = iter(snakemake.input)
     member_tsvs = {m: {f: next(tsvs) for f in folds} for m in members}  # stack_member_folds' order
     run_stack_fold(snakemake.wildcards.model, snakemake.wildcards.fold, member_tsvs, snakemake.output.tsv,
-                   snakemake.output.json)
+                   snakemake.output.json, snakemake.params.combine)

@@ -149,6 +149,9 @@ class ModelDefaults:
     norm: str = Architecture.norm
     inputs: str = Architecture.inputs
     gpus: int = 0
+    #: this model's training seed (null: the run's ``seed``); the same entry under several seeds,
+    #: combined by a stack with ``combine: mean``, is a seed ensemble
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,12 +195,14 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     (brainage.config lists them with the schema's problems, before any job)."""
     where = f"config models.{name}"
     if kind_of(entry) is STACK:
-        extra = [k for k in entry if k not in (*REQUIRED, "members")]
+        extra = [k for k in entry if k not in (*REQUIRED, "members", "combine")]
         lines = [f"{where}.{k}: a stacked model (backbone {STACK_BACKBONE}) takes only grid and members, not {k!r}"
                  for k in extra]
         members = entry.get("members")
         if not isinstance(members, list) or len(members) < 2:
             lines.append(f"{where}.members: a stacked model needs a list of at least two other models' names")
+        if entry.get("combine", "fitted") not in STACK_COMBINE:
+            lines.append(f"{where}.combine: {entry.get('combine')!r} is not one of {', '.join(STACK_COMBINE)}")
         return lines
     if "members" in entry:
         return [f"{where}.members: only a stacked model (backbone {STACK_BACKBONE}) has members"]
@@ -215,6 +220,11 @@ def entry_problems(name: str, entry: dict) -> list[str]:
     if "soft_label" in entry and str(entry.get("loss", "l1")).lower() != SOFT_LABEL_LOSS:
         lines.append(f"{where}.soft_label: only for loss {SOFT_LABEL_LOSS} (this model: loss {entry.get('loss', 'l1')})")
     return lines + init_from_problems(name, entry)
+
+
+#: how a stack weighs its members: convex weights fitted on out-of-fold predictions, or equal
+#: weights (an ensemble: e.g. the same entry under several ``seed`` values)
+STACK_COMBINE = ("fitted", "mean")
 
 
 def stack_problems(name: str, entry: dict, models: dict, scheme: str) -> list[str]:

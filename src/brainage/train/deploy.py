@@ -93,7 +93,7 @@ def deploy_cv_model(name: str, fold_models: Mapping[str, str | Path], oof_tsv: s
 
 def deploy_stack(name: str, member_models: Mapping[str, str | Path], member_oof: Mapping[str, str | Path],
                  oof_tsv: str | Path, out_model: str | Path, out_card: str | Path,
-                 interval: Mapping | None = None) -> dict:
+                 interval: Mapping | None = None, combine: str = "fitted") -> dict:
     """Rule ``deploy`` of a stacked model: its members' deployed models, weighted by the fit on
     every healthy subject's out-of-fold predictions; calibrated on the stack's own out-of-fold
     predictions (``oof_tsv``: its per-fold weights, brainage.train.stack)."""
@@ -101,8 +101,9 @@ def deploy_stack(name: str, member_models: Mapping[str, str | Path], member_oof:
     tables = {m: read_predictions(member_oof[m]) for m in members}
     hc = {m: t[t["split"] == "test"].set_index("participant_id") for m, t in tables.items()}
     ids = hc[members[0]].index
-    weights = fit_weights(np.column_stack([hc[m].loc[ids, "predicted_age"].to_numpy(float) for m in members]),
-                          hc[members[0]].loc[ids, "age"].to_numpy(float))
+    weights = (fit_weights(np.column_stack([hc[m].loc[ids, "predicted_age"].to_numpy(float) for m in members]),
+                           hc[members[0]].loc[ids, "age"].to_numpy(float)) if combine == "fitted"
+               else np.full(len(members), 1.0 / len(members)))
     blobs = [read_blob(member_models[m]) for m in members]
     return _write(name, blobs, weights, read_predictions(oof_tsv), interval,
                   {"deployed": "stack of the members' deployed models", "stack": dict(zip(members, map(float, weights)))},

@@ -114,6 +114,8 @@ def train_model(
         if problems:
             raise ValueError(problems[0])
     spec = ModelSpec.resolve(name, entry)  # the one place a config entry is resolved
+    if spec.get("seed") is not None:  # the entry's own seed (a seed ensemble's member)
+        seed = int(spec["seed"])
     job = TrainingJob(spec, training, splits, volumes, index, Path(out_dir), seed, preprocess, max_epochs_this_run,
                       progress, interval)
     return TRAINERS[spec.kind.name](job)

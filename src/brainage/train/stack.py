@@ -72,14 +72,14 @@ def combine(tables: Mapping[str, pd.DataFrame], weights: Mapping[str, float]) ->
     return out.reset_index()
 
 
-def stack_fold_table(name: str, fold: str, member_folds: Mapping[str, Mapping[str, pd.DataFrame]]
-                     ) -> tuple[pd.DataFrame, dict]:
+def stack_fold_table(name: str, fold: str, member_folds: Mapping[str, Mapping[str, pd.DataFrame]],
+                     mode: str = "fitted") -> tuple[pd.DataFrame, dict]:
     """Fold ``fold``'s predictions table of stack ``name`` and its weights.
 
     ``member_folds``: member -> fold name -> that fold's predictions table (every fold of the
     cross-validation). The weights are fitted on the healthy test rows of the *other* folds of
     ``fold``'s repeat (its training subjects' out-of-fold predictions), then applied to
-    ``fold``'s own rows.
+    ``fold``'s own rows. ``mode`` (config ``combine``) ``mean``: equal weights (an ensemble; nothing is fitted).
     """
     members = list(member_folds)
     repeat = parse_fold(fold)[0]
@@ -97,23 +97,25 @@ def stack_fold_table(name: str, fold: str, member_folds: Mapping[str, Mapping[st
         train.append(pd.DataFrame({"age": hc[members[0]].loc[ids, "age"].astype(float),
                                    **{m: hc[m].loc[ids, "predicted_age"].astype(float) for m in members}}))
     fit = pd.concat(train)
-    weights = dict(zip(members, fit_weights(fit[members].to_numpy(), fit["age"].to_numpy())))
+    weights = dict(zip(members, fit_weights(fit[members].to_numpy(), fit["age"].to_numpy()) if mode == "fitted"
+                       else np.full(len(members), 1.0 / len(members))))
     table = combine({m: member_folds[m][fold] for m in members}, weights)
     table["model"] = name
-    info = {"model": name, "fold": fold, "weights": weights, "fitted_on": {"folds": others, "n": int(len(fit))}}
+    info = {"model": name, "fold": fold, "combine": mode, "weights": weights,
+            "fitted_on": {"folds": others, "n": int(len(fit))}}
     log.info("stack %s, fold %s: weights %s (fitted on %d out-of-fold subjects of folds %s)", name, fold,
              ", ".join(f"{m} {w:.3f}" for m, w in weights.items()), len(fit), ",".join(others))
     return table, info
 
 
 def run_stack_fold(name: str, fold: str, member_tsvs: Mapping[str, Mapping[str, str]], out_tsv: str,
-                   out_json: str) -> pd.DataFrame:
+                   out_json: str, mode: str = "fitted") -> pd.DataFrame:
     """Rule ``stack_fold``: read every member's fold tables, write the stack's table of ``fold``."""
     from brainage.core.io import write_json, write_tsv
     from brainage.core.metrics import read_predictions
 
     member_folds = {m: {f: read_predictions(p) for f, p in folds.items()} for m, folds in member_tsvs.items()}
-    table, info = stack_fold_table(name, fold, member_folds)
+    table, info = stack_fold_table(name, fold, member_folds, mode)
     write_tsv(out_tsv, table)
     write_json(out_json, info)
     return table
