@@ -178,7 +178,7 @@ REQUIRED = ("backbone", "grid")
 NETWORK_REQUIRED = ("batch_size", "epochs")
 #: every key a model entry may hold (the schema's ``models`` properties)
 KEYS = ("backbone", "grid", "loss", "batch_size", "epochs", *(f.name for f in fields(ModelDefaults)),
-        "optimiser", "rnc", "soft_label", "head", "classical", "init_from", "members")
+        "optimiser", "rnc", "soft_label", "head", "classical", "init_from", "members", "combine")
 #: the keys of each nested mapping
 NESTED_KEYS = {"optimiser": tuple(f.name for f in fields(Optimiser)), "rnc": tuple(f.name for f in fields(Rnc)),
                "soft_label": tuple(f.name for f in fields(SoftLabel)), "head": tuple(f.name for f in fields(Head)),
