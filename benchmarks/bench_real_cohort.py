@@ -48,11 +48,15 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
       SFCN (20 and 60 epochs);
     - ``<rnc>_kernel``: the RNC encoder with a Gaussian-process head on its frozen features
       (``head: {type: kernel}``) instead of the linear head;
-    - ``<e2e>_tissue``: the end-to-end ResNet18 on soft CSF/GM/WM maps (``inputs: tissue``);
-      ``sfcn_kl``: an SFCN on the soft-label KL loss (``loss: kl``), and on tissue maps;
+    - ``<e2e>_tissue``, ``sfcn_tissue`` (and 60 epochs): the networks on soft CSF/GM/WM maps
+      (``inputs: tissue``); ``sfcn_kl``: an SFCN on the soft-label KL loss (``loss: kl``), on
+      tissue maps, and 60 epochs at lr 0.01;
+    - ``sfcn_seeds``, ``sfcn_tissue_seeds``: the SFCN under three seeds, averaged (``combine: mean``);
     - stacks (``backbone: stack``, weights on out-of-fold predictions of the training folds):
-      ``stack_nets`` (the networks only), ``stack_e2e`` (classical + end-to-end) and
-      ``stack_all`` (classical + every network);
+      ``stack_nets`` (the networks only: SFCN, end-to-end ResNet18, RNC + kernel head),
+      ``stack_e2e`` and ``stack_sfcn`` (classical + one network), ``stack_all`` (classical +
+      those networks) and ``stack_tissue`` (classical + the tissue-map networks). With ``--reuse`` (mtime triggers) a stack whose members changed must be
+      deleted first (its outputs under results/predictions and results/models);
     - with ``pretrained`` (a trained RNC model's folder), the RNC model started from it: its
       encoder as is with a new linear head (``<rnc>_sim``), and fine-tuned on the real folds as
       long as the real-only model trains, at a tenth of its learning rate (``<rnc>_simft``).
@@ -69,10 +73,26 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
     models[f"{e2e}_tissue"] = {**models[e2e], "inputs": "tissue"}
     models["sfcn_kl"] = {**models["sfcn"], "loss": "kl"}
     models["sfcn_kl_tissue"] = {**models["sfcn_kl"], "inputs": "tissue"}
-    nets = [e2e, f"{rnc}_kernel"]
+    models["sfcn_tissue"] = {**models["sfcn"], "inputs": "tissue"}
+    models["sfcn_tissue_e60"] = {**models["sfcn_tissue"], "epochs": 60, "patience": 20}
+    # the soft-label loss learns slowly from uniform bins: 20 epochs at Adam 1e-3 stay near the mean
+    models["sfcn_kl_e60"] = {**models["sfcn_kl"], "epochs": 60, "patience": 20, "optimiser": {"lr": 0.01}}
+    # a seed ensemble of the best single network: the same entry under three seeds, equal weights
+    for k in (1, 2):
+        models[f"sfcn_s{k}"] = {**models["sfcn"], "seed": k}
+    models["sfcn_seeds"] = {"backbone": "stack", "grid": grid, "combine": "mean", "members": ["sfcn", "sfcn_s1", "sfcn_s2"]}
+    for k in (1, 2):
+        models[f"sfcn_tissue_s{k}"] = {**models["sfcn_tissue"], "seed": k}
+    models["sfcn_tissue_seeds"] = {"backbone": "stack", "grid": grid, "combine": "mean",
+                                   "members": ["sfcn_tissue", "sfcn_tissue_s1", "sfcn_tissue_s2"]}
+    nets = ["sfcn", e2e, f"{rnc}_kernel"]
     models["stack_nets"] = {"backbone": "stack", "grid": grid, "members": nets}
     models["stack_e2e"] = {"backbone": "stack", "grid": grid, "members": [classical, e2e]}
     models["stack_all"] = {"backbone": "stack", "grid": grid, "members": [classical, *nets]}
+    models["stack_sfcn"] = {"backbone": "stack", "grid": grid, "members": [classical, "sfcn"]}
+    # the tissue-map networks with the classical model (which reads the same maps)
+    models["stack_tissue"] = {"backbone": "stack", "grid": grid,
+                              "members": [classical, "sfcn_tissue", f"{e2e}_tissue"]}
     if pretrained is not None:
         source = str(Path(pretrained).resolve())
         models[f"{rnc}_sim"] = {**models[rnc], "epochs": 0, "init_from": source}
