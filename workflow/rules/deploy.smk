@@ -21,7 +21,9 @@ def deploy_inputs(wildcards):
         members = config["models"][wildcards.model]["members"]
         return {
             **own,
-            "members": [str(paths.model_files(model_dir_of(m))["model"]) for m in members],
+            "members": [
+                str(paths.model_files(model_dir_of(m))["model"]) for m in members
+            ],
             "member_oof": [str(paths.prediction_files(m)["tsv"]) for m in members],
         }
     return {
@@ -41,14 +43,14 @@ def model_dir_of(model):
 if FOLDS:
 
     rule stack_fold:
-        wildcard_constraints:
-            model="|".join(STACKS) if STACKS else "NO_STACK",
         input:
             stack_member_folds,
         output:
             **patterns(paths.fold_prediction_files("{model}", "{fold}")),
         log:
             "logs/predict_cohort/{model}/{fold}.log",
+        wildcard_constraints:
+            model="|".join(STACKS) if STACKS else "NO_STACK",
         conda:
             "../../envs/stats.yaml"
         params:

@@ -76,8 +76,6 @@ rule cache:
 
 
 rule train:
-    wildcard_constraints:
-        model="|".join(TRAINED) if TRAINED else "NO_MODEL",
     input:
         unpack(model_grid),
         unpack(init_from_model),
@@ -101,6 +99,8 @@ rule train:
         "logs/train/{model}.log",
     benchmark:
         "logs/train/{model}.benchmark.tsv"
+    wildcard_constraints:
+        model="|".join(TRAINED) if TRAINED else "NO_MODEL",
     conda:
         "../../envs/torch.yaml"
     threads: 2
