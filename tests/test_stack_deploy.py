@@ -141,3 +141,24 @@ def test_combine_mean_is_an_equal_weight_ensemble():
     a = members["a"]["r0f0"].set_index("participant_id")["predicted_age"]
     b = members["b"]["r0f0"].set_index("participant_id")["predicted_age"]
     np.testing.assert_allclose(table["predicted_age"], ((a + b) / 2).loc[table["participant_id"]].to_numpy())
+
+
+def test_stack_entries_are_checked_against_the_other_models_and_the_splits():
+    from brainage.models.spec import entry_problems, stack_problems
+
+    models = {"a": {"backbone": "pca_gpr", "grid": 4}, "b": {"backbone": "sfcn", "grid": 4},
+              "c": {"backbone": "sfcn", "grid": 2},
+              "ens": {"backbone": "stack", "grid": 4, "combine": "mean", "members": ["b", "a"]},
+              "top": {"backbone": "stack", "grid": 4, "members": ["a", "ens"]},
+              "loop1": {"backbone": "stack", "grid": 4, "members": ["a", "loop2"]},
+              "loop2": {"backbone": "stack", "grid": 4, "members": ["b", "loop1"]}}
+    assert stack_problems("top", models["top"], models, "kfold") == []  # a stack of a stack
+    assert "needs training.splits.scheme: kfold" in stack_problems("top", models["top"], models, "fixed")[0]
+    assert "'loop2' contains 'loop1' itself" in stack_problems("loop1", models["loop1"], models, "kfold")[0]
+    bad = {"backbone": "stack", "grid": 4, "members": ["c", "zzz"]}
+    lines = stack_problems("s", bad, models, "kfold")
+    assert any("'c' is on the 2 mm grid" in line for line in lines)
+    assert any("'zzz' is not a model" in line for line in lines)
+    assert "combine: 'median' is not one of fitted, mean" in " ".join(
+        entry_problems("s", {"backbone": "stack", "grid": 4, "members": ["a", "b"], "combine": "median"}))
+    assert "at least two" in entry_problems("s", {"backbone": "stack", "grid": 4, "members": ["a"]})[0]

@@ -227,10 +227,23 @@ def entry_problems(name: str, entry: dict) -> list[str]:
 STACK_COMBINE = ("fitted", "mean")
 
 
+def _stacked_under(name: str, models: dict, seen: frozenset = frozenset()) -> set[str]:
+    """Every model a stack combines, through stacked members (cycles stop at ``seen``)."""
+    out: set[str] = set()
+    for member in (models.get(name) or {}).get("members") or []:
+        if member in seen or not isinstance(models.get(member), dict):
+            continue
+        out.add(member)
+        if kind_of(models[member]) is STACK:
+            out |= _stacked_under(member, models, seen | {name})
+    return out
+
+
 def stack_problems(name: str, entry: dict, models: dict, scheme: str) -> list[str]:
     """A stacked model against the other entries and the splits, one ``config ...`` line each:
-    its members are other, non-stacked entries on its grid, and the run cross-validates (its
-    weights are fitted on out-of-fold predictions)."""
+    its members are other entries on its grid (stacks too, a seed ensemble say, but never one
+    that contains this stack), and the run cross-validates (its weights are fitted on
+    out-of-fold predictions)."""
     where, lines = f"config models.{name}", []
     if scheme != "kfold":
         lines.append(f"{where}: a stacked model is fitted on out-of-fold predictions; it needs "
@@ -239,8 +252,8 @@ def stack_problems(name: str, entry: dict, models: dict, scheme: str) -> list[st
         other = models.get(member)
         if not isinstance(other, dict):
             lines.append(f"{where}.members: {member!r} is not a model of 'models' ({', '.join(models)})")
-        elif kind_of(other) is STACK:
-            lines.append(f"{where}.members: {member!r} is itself a stacked model; stack the base models")
+        elif member == name or (kind_of(other) is STACK and name in _stacked_under(member, models)):
+            lines.append(f"{where}.members: {member!r} contains {name!r} itself; a stack cannot contain itself")
         elif "grid" in entry and "grid" in other and float(other["grid"]) != float(entry["grid"]):
             lines.append(f"{where}.members: {member!r} is on the {float(other['grid']):g} mm grid, the stack on "
                          f"{float(entry['grid']):g} mm; a stack's members share its grid")
