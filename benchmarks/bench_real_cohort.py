@@ -55,7 +55,9 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
     - stacks (``backbone: stack``, weights on out-of-fold predictions of the training folds):
       ``stack_nets`` (the networks only: SFCN, end-to-end ResNet18, RNC + kernel head),
       ``stack_e2e`` and ``stack_sfcn`` (classical + one network), ``stack_all`` (classical +
-      those networks) and ``stack_tissue`` (classical + the tissue-map networks). With ``--reuse`` (mtime triggers) a stack whose members changed must be
+      those networks), ``stack_tissue`` (classical + the tissue-map networks), ``stack_seeds``
+      (classical + the SFCN seed ensemble) and ``stack_best`` (classical + both seed ensembles +
+      the tissue-map ResNet18). With ``--reuse`` (mtime triggers) a stack whose members changed must be
       deleted first (its outputs under results/predictions and results/models);
     - with ``pretrained`` (a trained RNC model's folder), the RNC model started from it: its
       encoder as is with a new linear head (``<rnc>_sim``), and fine-tuned on the real folds as
@@ -93,6 +95,10 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
     # the tissue-map networks with the classical model (which reads the same maps)
     models["stack_tissue"] = {"backbone": "stack", "grid": grid,
                               "members": [classical, "sfcn_tissue", f"{e2e}_tissue"]}
+    # stacks of the seed ensembles (a stack may combine stacks)
+    models["stack_seeds"] = {"backbone": "stack", "grid": grid, "members": [classical, "sfcn_seeds"]}
+    models["stack_best"] = {"backbone": "stack", "grid": grid,
+                            "members": [classical, "sfcn_seeds", "sfcn_tissue_seeds", f"{e2e}_tissue"]}
     if pretrained is not None:
         source = str(Path(pretrained).resolve())
         models[f"{rnc}_sim"] = {**models[rnc], "epochs": 0, "init_from": source}
