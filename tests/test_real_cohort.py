@@ -31,12 +31,14 @@ DATA = REPO / "tests" / "data" / "ixi_cohort"
 def _config() -> dict:
     """config/ixi.yaml over config/defaults.yaml as a user layers it (`--configfile config/ixi.yaml`),
     with the tiny run's quick settings but its cohort and grids (tests/config/tiny.yaml), a tiny
-    model, 3 folds."""
+    network, the classical model and their stack, 3 folds."""
     config = resolved_config([REPO / "config" / "ixi.yaml"], REPO)
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
     update_config(config, {k: v for k, v in tiny.items() if k not in ("cohort", "preprocess", "models")})
     config["training"]["splits"]["folds"] = 3
-    config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e"], "epochs": 2, "width": 0.125, "batch_size": 4},
+    # config/ixi.yaml's end-to-end network (on tissue maps), small; its classical model; a stack of both
+    config["models"] = {"resnet18_e2e": {**config["models"]["resnet18_e2e_tissue"], "epochs": 2, "width": 0.125,
+                                         "batch_size": 4},
                         "brainager": config["models"]["brainager"],
                         "stack": {"backbone": "stack", "grid": 4, "members": ["brainager", "resnet18_e2e"]}}
     return config
