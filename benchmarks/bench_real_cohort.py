@@ -183,28 +183,18 @@ def mean_age_baseline(work: Path) -> pd.DataFrame:
     return frame
 
 
-def edge_bias(age: np.ndarray, pred: np.ndarray, share: float = 0.1) -> tuple[float, float]:
-    """Mean BAG of the youngest and of the oldest ``share`` of subjects (at least one each)."""
-    order = np.argsort(age, kind="stable")
-    k = max(1, int(np.ceil(share * len(age))))
-    bag = pred - age
-    return float(bag[order[:k]].mean()), float(bag[order[-k:]].mean())
+def summary_row(name: str, frame: pd.DataFrame, folds: pd.DataFrame, wall: float | None) -> dict:
+    """One printed row from out-of-fold predictions (``age``, ``predicted_age`` and, when present,
+    the interval columns): accuracy, Table 2's edge bias and interval summary (brainage.report.stats)."""
+    from brainage.report.stats import edge_bias, interval_summary, mean_absolute_error, r_squared
 
-
-def summary_row(name: str, age: np.ndarray, pred: np.ndarray, folds: pd.DataFrame, wall: float | None,
-                lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> dict:
-    from brainage.core.intervals import coverage
-    from brainage.report.stats import mean_absolute_error, r_squared
-
-    young, old = edge_bias(age, pred)
-    row = {"model": name, "n": len(age), "mae": mean_absolute_error(age, pred)[0], "r2": r_squared(age, pred),
-           "mae_folds": folds["mae"].mean(), "mae_folds_sd": folds["mae"].std(ddof=1),
-           "r2_folds": folds["r2"].mean(), "r2_folds_sd": folds["r2"].std(ddof=1), "train_wall_s": wall,
-           "bag_young10": young, "bag_old10": old, "coverage": np.nan, "width_median": np.nan}
-    if lower is not None and upper is not None:
-        row["coverage"] = coverage(age, lower, upper)
-        row["width_median"] = float(np.median(upper - lower))
-    return row
+    age, pred = frame["age"].to_numpy(float), frame["predicted_age"].to_numpy(float)
+    young, old, _ = edge_bias(frame)
+    interval = interval_summary(frame)
+    return {"model": name, "n": len(age), "mae": mean_absolute_error(age, pred)[0], "r2": r_squared(age, pred),
+            "mae_folds": folds["mae"].mean(), "mae_folds_sd": folds["mae"].std(ddof=1),
+            "r2_folds": folds["r2"].mean(), "r2_folds_sd": folds["r2"].std(ddof=1), "train_wall_s": wall,
+            "bag_young10": young, "bag_old10": old, "coverage": interval.coverage, "width_median": interval.width_median}
 
 
 def model_rows(work: Path, models: dict) -> list[dict]:
@@ -217,9 +207,7 @@ def model_rows(work: Path, models: dict) -> list[dict]:
         pred = read_predictions(work / paths.prediction_files(name)["tsv"])
         hc = pred[pred["split"] == "test"]
         walls = [pd.read_csv(p, sep="\t")["s"].iloc[0] for p in (work / "logs" / "train" / name).glob("*.benchmark.tsv")]
-        bounds = [hc[c].to_numpy(float) if c in hc else None for c in ("predicted_age_lower", "predicted_age_upper")]
-        rows.append(summary_row(name, hc["age"].to_numpy(float), hc["predicted_age"].to_numpy(float),
-                                fold_accuracy(pred), float(np.sum(walls)) if walls else None, *bounds))
+        rows.append(summary_row(name, hc, fold_accuracy(pred), float(np.sum(walls)) if walls else None))
     return rows
 
 
@@ -229,7 +217,7 @@ def baseline_row(work: Path) -> dict:
     base = mean_age_baseline(work)
     folds = pd.DataFrame([{"mae": mean_absolute_error(g["age"], g["pred"])[0], "r2": r_squared(g["age"], g["pred"])}
                           for _, g in base.groupby("fold")])
-    return summary_row("mean_age", base["age"].to_numpy(float), base["pred"].to_numpy(float), folds, 0.0)
+    return summary_row("mean_age", base.rename(columns={"pred": "predicted_age"}), folds, 0.0)
 
 
 def demo_rows(work: Path, demo_models: Path, grid: float) -> list[dict]:
