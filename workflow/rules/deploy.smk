@@ -22,7 +22,7 @@ def deploy_inputs(wildcards):
         return {
             **own,
             "members": [
-                str(paths.model_files(model_dir_of(m))["model"]) for m in members
+                str(paths.model_files(paths.model_dir(m))["model"]) for m in members
             ],
             "member_oof": [str(paths.prediction_files(m)["tsv"]) for m in members],
         }
@@ -33,11 +33,6 @@ def deploy_inputs(wildcards):
             for f in FOLDS
         ],
     }
-
-
-def model_dir_of(model):
-    """results/models/<model>: where a deployed model goes."""
-    return paths.model_dir(model)
 
 
 if FOLDS:

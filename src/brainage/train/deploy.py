@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainage.core.intervals import LEVEL, Calibration, calibrate
+from brainage.core.intervals import Calibration, calibrate, settings
 from brainage.core.io import InputError, write_json
 from brainage.core.metrics import mean_absolute_error, read_predictions
 from brainage.models.ensemble import ensemble_blob
@@ -42,11 +42,8 @@ SHARED_KEYS = ("grid_res", "grid_shape", "preprocess", "intensity_normalisation"
 
 def oof_calibration(oof: pd.DataFrame, interval: Mapping | None) -> Calibration:
     """The interval rule from a model's out-of-fold predictions of its healthy subjects."""
-    interval = dict(interval or {})
     hc = oof[oof["split"] == "test"]
-    conditional = interval.get("conditional")
-    return calibrate(hc["predicted_age"].to_numpy(float), hc["age"].to_numpy(float),
-                     float(interval.get("level", LEVEL)), None if conditional in (None, "none") else conditional)
+    return calibrate(hc["predicted_age"].to_numpy(float), hc["age"].to_numpy(float), **settings(interval))
 
 
 def _shared_meta(name: str, metas: list[dict], what: str) -> dict:
@@ -71,7 +68,7 @@ def _write(name: str, blobs: list[dict], weights, oof: pd.DataFrame, interval: M
     meta = {"name": name, **_shared_meta(name, [b["meta"] for b in blobs], "members"), "age": age,
             "interval": calibration.to_meta(), "metrics": metrics, **extra}
     save_torch(ensemble_blob(blobs, weights, 0.0, meta), out_model)
-    card = {key: value for key, value in meta.items()}
+    card = dict(meta)
     card.update(kind="ensemble", members=[b["meta"].get("name") for b in blobs], weights=[float(w) for w in weights])
     write_json(out_card, card)
     log.info("%s: deployed %d members (weights %s); out-of-fold MAE %.2f y, %g %% interval +- %.2f y (n=%d)", name,

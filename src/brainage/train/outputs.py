@@ -70,11 +70,9 @@ def write_outputs(run: Run, model: nn.Module, state: dict, out_dir: Path, prepro
 
 def val_interval(predicted, age, interval: dict) -> dict:
     """The split-conformal interval of a model calibrated on its validation subjects (model.pt meta)."""
-    from brainage.core.intervals import calibrate
+    from brainage.core.intervals import calibrate, settings
 
-    conditional = interval.get("conditional")
-    return calibrate(predicted, age, float(interval["level"]),
-                     None if conditional in (None, "none") else conditional).to_meta()
+    return calibrate(predicted, age, **settings(interval)).to_meta()
 
 
 def plot_learning_curve(table: pd.DataFrame, name: str, path: str | Path) -> None:
