@@ -117,6 +117,31 @@ def test_grad_ram_restores_training_mode_and_leaves_no_hooks(trained_like):
     assert not model.encoder.layer4._forward_hooks
 
 
+def test_grad_ram_keeps_no_graph_below_the_target_block(trained_like):
+    # autograd saves tensors for the backward pass only where a gradient is needed: Grad-RAM
+    # differentiates from layer4 up, so the trunk below it (conv1..layer3, where a 1 mm volume's
+    # activations are largest) must save nothing; a plain forward with gradients saves it all.
+    model = copy.deepcopy(trained_like)
+    model.encoder.conv1.weight.requires_grad_(False)  # a frozen part stays frozen afterwards
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    x = _volumes(1, seed=5)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        grad_ram(model, x)
+    with_grad_ram = sum(saved)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    plain = sum(saved)
+    assert with_grad_ram * 10 < plain  # layer4 and the head only (seen: the whole trunk without the fix)
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["encoder.conv1.weight"]
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_grad_ram_for_frozen_rnc_encoder_and_linear_head(trained_like):
     # RNC: the encoder is frozen (no parameter needs a gradient), only the head was trained.
     frozen = copy.deepcopy(trained_like)
