@@ -2,7 +2,7 @@
 width on its grid (1 mm: 193 x 229 x 193; RNC-lowRez: 2 mm), on simulated heads, on this CPU.
 
     python benchmarks/bench_study_models.py [--config config/paper.yaml] [--memory-gb 24]
-        [--threads 2] [--steps 2] [--rnc-subjects 2] [--study-batches] [--only resnet18@1]
+        [--threads 2] [--steps 2] [--rnc-subjects 2] [--rnc-steps 1] [--study-batches] [--only resnet18@1]
         [--workdir /tmp/bench_study_models]
 
 Two parts.
@@ -20,9 +20,9 @@ Two parts.
    in this order (the resident peak ``ru_maxrss`` only grows, so each phase's peak is its own):
    a prediction (eval, no graph), a Grad-RAM map, the linear head (features of the frozen
    encoder, then the study's head optimiser on them), ``--steps`` optimisation steps
-   (end-to-end: batch 1, the study's optimiser; RNC: ``--rnc-subjects`` subjects = 2x views
-   through the gradient cache, one view per chunk), then a checkpoint written and resumed into a
-   fresh model and optimiser (compared tensor for tensor) and one more step from each (equal).
+   (end-to-end: batch 1, the study's optimiser; RNC: ``--rnc-steps`` steps of ``--rnc-subjects``
+   subjects = 2x views through the gradient cache, one view per chunk), then a checkpoint written and resumed into a
+   fresh model and optimiser (weights and optimiser state compared tensor for tensor).
 
 From the measured RNC step the batch size the gradient cache reaches in ``--memory-gb`` is
 derived: the chunk's graph stays one view whatever the batch, and each subject adds its two
@@ -248,6 +248,8 @@ def child(args: argparse.Namespace) -> None:
 
     (_, load_s) = timed(resume)
     same = all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh_trained.state_dict().values()))
+    for a, b in zip(opt.state_dict()["state"].values(), fresh_opt.state_dict()["state"].values()):
+        same = same and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
     ckpt.remove()
     _emit({"phase": "checkpoint", "save_s": save_s, "resume_s": load_s, "mib": size / 2**20, "restored_equal": same,
            "peak_gib": _peak_gib()})
@@ -255,7 +257,7 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(key: str, job: dict, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(job), "--memory-gb", str(args.memory_gb),
-           "--threads", str(args.threads), "--steps", str(args.steps)]  # fmt: skip
+           "--threads", str(args.threads), "--steps", str(args.rnc_steps if job["kind"] == "rnc" else args.steps)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     phases = {}
     for line in proc.stdout.splitlines():
@@ -300,6 +302,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rnc-subjects", type=int, default=2)
+    parser.add_argument("--rnc-steps", type=int, default=1, help="RNC steps (each 2 x subjects views, 4 passes)")
     parser.add_argument("--study-batches", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated backbone@grid keys, e.g. resnet18@1")
     parser.add_argument("--utilisation", type=float, default=0.3)

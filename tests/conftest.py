@@ -15,6 +15,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STRICT = os.environ.get("BRAINAGE_STRICT_TESTS") == "1"
+#: CI (.ci/run) builds a second virtual environment with the README's base install line only
+#: (no test or slurm extra) and names it here: the pipeline runs of the tests and every README
+#: command they run come from it, so the base install must carry all they need (the report once
+#: needed pygments, which only the test extra brought). Unset (a laptop): this interpreter's.
+BASE_VENV = os.environ.get("BRAINAGE_BASE_VENV")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -85,10 +90,35 @@ def make_workdir(work: Path, config: dict | None = None) -> Path:
     return work
 
 
-def snakemake_cmd(work: Path, *args: str) -> list[str]:
+def base_bin() -> Path:
+    """The bin folder of the base install (``BRAINAGE_BASE_VENV``), else of this interpreter."""
     import sys
 
-    return [sys.executable, "-m", "snakemake", "-s", str(work / "Snakefile"), "-d", str(work), *args]
+    return Path(BASE_VENV) / "bin" if BASE_VENV else Path(sys.executable).parent
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the base install first on PATH (plus ``extra``)."""
+    env = {**os.environ, **extra}
+    env["PATH"] = f"{base_bin()}{os.pathsep}{env.get('PATH', '')}"
+    if BASE_VENV:
+        env["VIRTUAL_ENV"] = BASE_VENV
+    return env
+
+
+def run_line(line: str, cwd: Path, timeout: float = 1800, **extra_env: str):
+    """A command line as a user types it (README): bash, in ``cwd``, the base install on PATH."""
+    import subprocess
+
+    return subprocess.run(["bash", "-c", line], cwd=cwd, env=base_env(**extra_env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def snakemake_cmd(work: Path, *args: str, python: str | None = None) -> list[str]:
+    """Snakemake on ``work``, from the base install (``python``: another interpreter, e.g. the
+    test environment's for ``--profile slurm``, whose plugin is the slurm extra's)."""
+    return [python or str(base_bin() / "python"), "-m", "snakemake", "-s", str(work / "Snakefile"), "-d", str(work),
+            *args]
 
 
 def planned_jobs(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
@@ -124,16 +154,19 @@ def tiny_run(tmp_path_factory) -> Path:
     reuse = os.environ.get("BRAINAGE_TINY_RUN")
     if reuse:
         return Path(reuse)
+    import readme
+
     work = make_workdir(tmp_path_factory.mktemp("tiny_run"), tiny_run_config())
-    log = ""
-    for step in ([QC_FAILURE_T1W], []):  # simulate the QC failure's scan, spoil it, run all
-        out = subprocess.run(snakemake_cmd(work, "--cores", "2", *step), capture_output=True, text=True,
-                             timeout=1800)
-        log += out.stdout + out.stderr
-        (work / "snakemake.log").write_text(log)
-        assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
-        if step:
-            spoil_header_voxel_size(work / QC_FAILURE_T1W, QC_FAILURE_SCALE)
+    # simulate the QC failure's scan and spoil it, then the README's `snakemake --cores all` as
+    # written, from the base install, in the working directory
+    first = subprocess.run(snakemake_cmd(work, "--cores", "2", QC_FAILURE_T1W), capture_output=True, text=True,
+                           timeout=1800)
+    (work / "snakemake.log").write_text(first.stdout + first.stderr)
+    assert first.returncode == 0, f"tiny pipeline failed in {work}:\n{(first.stdout + first.stderr)[-6000:]}"
+    spoil_header_voxel_size(work / QC_FAILURE_T1W, QC_FAILURE_SCALE)
+    out = run_line(readme.run_command(), work, timeout=1800)
+    (work / "snakemake.log").write_text(first.stdout + first.stderr + out.stdout + out.stderr)
+    assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
     return work
 
 

@@ -11,8 +11,7 @@ Table 2's per-fold figures are those of the folds' own subjects.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,8 @@ from sklearn.metrics import mean_absolute_error
 from snakemake.utils import update_config
 
 from brainage.config import resolved_config
-from conftest import REPO, TINY_CONFIG, make_workdir, snakemake_cmd
+import readme
+from conftest import REPO, TINY_CONFIG, make_workdir, run_line
 
 DATA = REPO / "tests" / "data" / "ixi_cohort"
 
@@ -46,13 +46,19 @@ def _config() -> dict:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    work = make_workdir(tmp_path_factory.mktemp("real_cohort") / "work", _config())
-    made = subprocess.run([sys.executable, "-m", "brainage.cli", "manifest", "--ixi-demographics",
-                           str(DATA / "demographics.csv"), "--ixi-t1", str(DATA), "--out",
-                           str(work / "participants.tsv")], capture_output=True, text=True, timeout=300)
+    """The README's IXI walkthrough block, from the base install, in a working directory whose
+    config/ixi.yaml is :func:`_config` (a user's --configfile layers over the defaults as it
+    does); the run to Table 2 and the deployed models (saliency and figures are the tiny run's)."""
+    config = _config()
+    work = make_workdir(tmp_path_factory.mktemp("real_cohort") / "work", config)
+    (work / "config" / "ixi.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "tests" / "data").mkdir(parents=True)
+    (work / "tests" / "data" / "ixi_cohort").symlink_to(DATA)
+    block = next(b for b in readme.command_blocks() if b.startswith("brainage manifest --ixi-demographics tests/"))
+    manifest_line, run = block.splitlines()
+    made = run_line(manifest_line, work, timeout=300)
     assert made.returncode == 0, made.stderr
-    out = subprocess.run(snakemake_cmd(work, "--cores", "2", "table2", "deploy_all"), capture_output=True,
-                         text=True, timeout=1800)
+    out = run_line(run + " table2 deploy_all", work, timeout=1800)
     (work / "snakemake.log").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
     return work
@@ -135,3 +141,30 @@ def test_the_stack_combines_its_members_with_weights_fitted_outside_each_test_fo
         np.testing.assert_allclose(group["predicted_age"], expected, rtol=1e-9)
     stack_model = json.loads((real_run / "results" / "models" / "stack" / "model_card.json").read_text())
     assert stack_model["kind"] == "ensemble" and set(stack_model["stack"]) == {"brainager", "resnet18_e2e"}
+
+
+def test_the_readme_predict_line_on_new_real_heads(real_run, tmp_path):
+    """The README's line after the walkthrough, as written, from the base install: a folder of
+    new raw heads (one real IXI head no model trained on, and a truncated file) -> one row each;
+    the head predicted with its interval, the broken file a row with its reason."""
+    import gzip
+    import shutil
+
+    line = next(b for b in readme.command_blocks() if b.startswith("brainage predict --model results/models/brainager"))
+    new = real_run / "new_scans"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    head = REPO / "tests" / "data" / "ixi" / "IXI012-HH-1211-T1_ds.nii.gz"
+    shutil.copy(head, new / head.name)
+    (new / "broken.nii.gz").write_bytes(gzip.compress(head.read_bytes()[:5000])[:3000])
+    out = run_line(line, real_run, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(real_run / "preds.tsv", sep="\t", keep_default_na=False).set_index("file")
+    assert sorted(Path(f).name for f in table.index) == ["IXI012-HH-1211-T1_ds.nii.gz", "broken.nii.gz"]
+    good = table.loc[next(f for f in table.index if f.endswith(head.name))]
+    age = float(pd.read_csv(REPO / "tests" / "data" / "ixi" / "demographics.csv").set_index("IXI_ID").loc["IXI012", "AGE"])
+    assert abs(float(good["predicted_age"]) - age) < 30  # a real head is predicted as an adult of some age
+    assert float(good["predicted_age_lower"]) < float(good["predicted_age"]) < float(good["predicted_age_upper"])
+    assert good["error"] == ""
+    broken = table.loc[next(f for f in table.index if f.endswith("broken.nii.gz"))]
+    assert broken["predicted_age"] == "" and "cannot read image" in broken["error"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import math
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import yaml
 from PIL import Image
 from scipy import stats as sps
 
-from conftest import QC_FAILURE, snakemake_cmd
+import readme
+from conftest import QC_FAILURE, base_bin, run_line
 
 pytestmark = pytest.mark.slow
 
@@ -118,18 +118,16 @@ def test_brainage_predict_agrees_with_the_pipeline_on_the_same_scan(run, cohort)
     pipeline's prediction for that subject (to 0.05 y: the training cache holds float16)."""
     import re
     import subprocess
-    import sys
 
     model = run["models"][0]
     pred = run["predictions"][model]
     subject = _group(pred, cohort)["participant_id"].iloc[0]
     t1w = run["work"] / run["participants"].set_index("participant_id").loc[subject, "t1w"]
-    # In a fresh process with the preprocess rule's one thread (workflow/rules/preprocess.smk): ITK
-    # reads its thread count once per process and the registration differs in its last digits
-    # with it (67.5 y with 1, 67.4 with 2); in-process, the call would also leave torch on 1 thread
-    # for every later test.
-    out = subprocess.run([sys.executable, "-m", "brainage.cli", "predict", "--model",
-                          str(run["results"] / "models" / model / "model.pt"), "--t1w", str(t1w), "--threads", "1"],
+    # With 2 threads (the preprocess rule runs on 1): registration runs ITK on one thread whatever
+    # the job's threads (it once gave 67.5 y with 1 and 67.4 with 2). In a fresh process, from
+    # the base install: in-process, the call would also change torch's threads for later tests.
+    out = subprocess.run([str(base_bin() / "brainage"), "predict", "--model",
+                          str(run["results"] / "models" / model / "model.pt"), "--t1w", str(t1w), "--threads", "2"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     predicted = float(re.search(r"predicted brain age: ([-\d.]+) years", out.stdout).group(1))
@@ -260,8 +258,9 @@ def _montage_index(run, subject: str) -> int:
 def report(tiny_run, tmp_path_factory) -> str:
     work = tmp_path_factory.mktemp("report") / "work"
     shutil.copytree(tiny_run, work, symlinks=True)
-    out = subprocess.run(snakemake_cmd(work, "--cores", "1", "--report", "results/report.html"),
-                         capture_output=True, text=True, timeout=600)
+    # the README's line as written, from the base install (it once lacked pygments)
+    line = next(c for c in readme.inline_snakemake() if c.startswith("snakemake --report "))
+    out = run_line(line, work, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     return (work / "results" / "report.html").read_text()
 

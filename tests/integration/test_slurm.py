@@ -154,7 +154,8 @@ def tiny_slurm_run(slurm_cluster, tiny_run, tmp_path_factory):
     forced = ["--forcerun", *raw] if config["cohort"]["source"] == "simulate" else ["--forcerun", "preprocess"]
 
     planned = planned_jobs(work, *forced)
-    cmd = snakemake_cmd(work, "--profile", "slurm", "--cores", str(cpus), *forced)
+    # from the test environment: in CI it was built by the README's slurm line (the executor plugin)
+    cmd = snakemake_cmd(work, "--profile", "slurm", "--cores", str(cpus), *forced, python=sys.executable)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     start = time.monotonic()
     try:
@@ -252,7 +253,7 @@ def test_outputs(tiny_slurm_run):
     # SLURM's own logs are where the README says
     assert list((work / "logs" / "slurm").rglob("*.log"))
     # and a second invocation finds nothing to do
-    out = subprocess.run(snakemake_cmd(work, "--profile", "slurm", "--cores", "2", "-n"),
+    out = subprocess.run(snakemake_cmd(work, "--profile", "slurm", "--cores", "2", "-n", python=sys.executable),
                          cwd=work, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
