@@ -1,7 +1,7 @@
 """The study's networks at their real size: every network of ``config/paper.yaml`` built at full
 width on its grid (1 mm: 193 x 229 x 193; RNC-lowRez: 2 mm), on simulated heads, on this CPU.
 
-    python benchmarks/bench_study_models.py [--config config/paper.yaml] [--memory-gb 24]
+    python benchmarks/bench_study_models.py [--config config/paper.yaml] [--memory-gb 24] [--budget-gb 24]
         [--threads 2] [--steps 2] [--rnc-subjects 2] [--rnc-steps 1] [--study-batches] [--only resnet18@1]
         [--workdir /tmp/bench_study_models]
 
@@ -149,10 +149,6 @@ def child(args: argparse.Namespace) -> None:
     from brainage.apply.explain.saliency import auto_target_layer, grad_ram
     from brainage.core.grids import downsample_from_1mm
     from brainage.models.networks import architecture_of, build_age_model
-    from brainage.train.checkpoint import Checkpoint
-    from brainage.train.gradcache import contrastive_step
-    from brainage.train.losses import RnCLoss
-    from brainage.train.run import make_optimiser, make_scheduler, new_state
 
     limit = int(args.memory_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -184,8 +180,16 @@ def child(args: argparse.Namespace) -> None:
     _emit({"phase": "gradram", "s_per_sample": sec, "peak_gib": _peak_gib(), "layer": layer,
            "in_unit_range": bool(float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0)})
 
-    # the linear head: features of the frozen encoder once, then the study's head optimiser on them
-    head_cfg = settings["head"]
+    if kind == "rnc":
+        linear_head(model, x_all, ages, settings["head"], need, timed)
+    train_and_resume(model, kind, settings, x_all, ages, batch, job, args, timed)
+
+
+def linear_head(model, x_all, ages, head_cfg: dict, need: int, timed) -> None:
+    """The RNC model's linear head: features of the frozen encoder once, then the study's head
+    optimiser on them."""
+    import torch
+
     with torch.no_grad():
         feats, sec = timed(lambda: torch.cat([model.features(x_all[i:i + 1]) for i in range(need)]))
     head = torch.nn.Linear(feats.shape[1], 1)
@@ -196,6 +200,18 @@ def child(args: argparse.Namespace) -> None:
         torch.nn.functional.l1_loss(head((feats - feats.mean(0)) / (feats.std(0) + 1e-6)).squeeze(-1), z).backward()
         hopt.step()
     _emit({"phase": "head", "s_per_sample": sec / need, "peak_gib": _peak_gib(), "epochs": int(head_cfg["epochs"])})
+
+
+def train_and_resume(model, kind: str, settings: dict, x_all, ages, batch: int, job: dict, args, timed) -> None:
+    """``args.steps`` optimisation steps, then a checkpoint resumed into a fresh model and optimiser."""
+    import numpy as np
+    import torch
+
+    from brainage.models.networks import architecture_of, build_age_model
+    from brainage.train.checkpoint import Checkpoint
+    from brainage.train.gradcache import contrastive_step
+    from brainage.train.losses import RnCLoss
+    from brainage.train.run import make_optimiser, make_scheduler, new_state
 
     model.train()
     trained = model.encoder if kind == "rnc" else model
@@ -270,6 +286,22 @@ def measure(key: str, job: dict, args: argparse.Namespace) -> dict:
     return phases
 
 
+def derived_rnc(e2e: dict, subjects: int) -> dict:
+    """The gradient-cached RNC step of a network from its measured end-to-end step (batch 1): each
+    of the 2 x subjects views is one forward without a graph (the prediction's time) and one
+    forward + backward of a chunk of one view (the end-to-end step's time and peak)."""
+    out = {k: e2e[k] for k in ("predict", "gradram") if k in e2e}
+    train = e2e.get("train", {})
+    if "s_per_sample" in train:
+        out["train"] = {"s_per_sample": 2 * (e2e["predict"]["s_per_sample"] + train["s_per_sample"]),
+                        "peak_gib": train["peak_gib"], "batch": subjects, "chunk": 1, "derived": True,
+                        "views_included": False}
+    elif train:
+        out["train"] = dict(train)
+    out["head"] = dict(e2e["predict"])  # the head's features: one forward without a graph per subject
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the projection
 
@@ -298,13 +330,18 @@ def run_flops(settings: dict, kind: str, c: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "config" / "paper.yaml")
-    parser.add_argument("--memory-gb", type=float, default=24.0)
+    parser.add_argument("--memory-gb", type=float, default=24.0, help="address-space cap of each network's process")
+    parser.add_argument("--budget-gb", type=float, default=24.0, help="memory the batch-size reach is derived for")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rnc-subjects", type=int, default=2)
     parser.add_argument("--rnc-steps", type=int, default=1, help="RNC steps (each 2 x subjects views, 4 passes)")
     parser.add_argument("--study-batches", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated backbone@grid keys, e.g. resnet18@1")
+    parser.add_argument("--rnc-grid", type=float, default=2.0,
+                        help="RNC steps run on grids this coarse or coarser; finer ones are derived from the "
+                             "network's end-to-end step (4 passes of every view: an hour per step on 2 cores at 1 mm)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the measurements kept in --workdir")
     parser.add_argument("--utilisation", type=float, default=0.3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_study_models"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -341,21 +378,32 @@ def main() -> None:
     for key, models in nets.items():
         if only and key not in only:
             continue
-        for kind in sorted({m["kind"] for m in models.values()}):
+        kinds = sorted({m["kind"] for m in models.values()})  # "e2e" before "rnc"
+        for kind in kinds:
             settings = next(m["settings"] for m in models.values() if m["kind"] == kind)
             if args.study_batches:
                 batch = max(int(m["settings"]["batch_size"]) for m in models.values() if m["kind"] == kind)
             else:
                 batch = args.rnc_subjects if kind == "rnc" else 1
+            if kind == "rnc" and "e2e" in kinds and not args.study_batches and float(settings["grid"]) < args.rnc_grid:
+                measured[(key, kind)] = derived_rnc(measured[(key, "e2e")], batch)
+                print(row(key, kind, batch, 1, measured[(key, kind)]) + "  [derived from the e2e row: see below]")
+                continue
             job = {"settings": settings, "kind": kind, "batch": batch, "chunk": 1 if kind == "rnc" else None,
                    "heads": str(heads), "workdir": str(args.workdir), "key": f"{key}_{kind}"}
+            cache = args.workdir / f"measured_{key}_{kind}_b{batch}_s{args.steps if kind != 'rnc' else args.rnc_steps}.json"
             t1 = time.perf_counter()
-            r = measured[(key, kind)] = measure(key, job, args)
+            if args.reuse and cache.exists():
+                r = json.loads(cache.read_text())
+            else:
+                r = measure(key, job, args)
+                cache.write_text(json.dumps(r))
+            measured[(key, kind)] = r
             print(row(key, kind, batch, job["chunk"], r) + f"  [{time.perf_counter() - t1:.0f} s]", flush=True)
 
-    print(f"\n## what fits {args.memory_gb:g} GB on this CPU (fp32), from the runs above")
+    print(f"\n## what fits {args.budget_gb:g} GB (fp32, CPU), from the runs above")
     for (key, kind), r in measured.items():
-        print(fits_line(key, kind, r, nets[key], counts[key], args.memory_gb))
+        print(fits_line(key, kind, r, nets[key], counts[key], args.budget_gb))
 
     print(f"\n## projection (not a measurement): GPU hours of the study's training, {SUBJECTS} subjects 80/10/10, "
           f"counted FLOPs / (peak dense bf16 x {args.utilisation:g} sustained)")
@@ -408,13 +456,16 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
                 f"that much memory per sample in the batch (bf16 halves the activations)")
     view_gib = 3 * 4 * math.prod(grid_dims(key)) / 2**30  # fp32, three copies of each view
     if kind == "rnc":
-        fixed = train["peak_gib"] - 2 * train["batch"] * view_gib
+        derived = train.get("views_included") is False  # the e2e step's peak: one view's graph, no batch of views
+        fixed = train["peak_gib"] - (0.0 if derived else 2 * train["batch"] * view_gib)
         reach = int((budget - fixed) // (2 * view_gib))
-        return (f"{key} rnc: gradient cache (chunk 1 view) peak {train['peak_gib']:.1f} GiB at {train['batch']} subjects; "
+        source = "derived from the e2e step: one view's graph" if derived else f"measured at {train['batch']} subjects"
+        return (f"{key} rnc: gradient cache (chunk 1 view) peak {train['peak_gib']:.1f} GiB ({source}); "
                 f"{fixed:.1f} GiB do not grow with the batch, each subject adds {2 * view_gib:.2f}: batch <= {reach} "
                 f"subjects fits {budget_gb:g} GB; the study's batches {wanted}: "
                 + ", ".join(f"{b} {'fits' if b <= reach else 'does not fit'}" for b in wanted))
-    base = r.get("head", {}).get("peak_gib", 0.0)  # model, inputs, the largest no-graph forward
+    # model, inputs, the largest forward without the trunk's graph (prediction, Grad-RAM)
+    base = max(r.get(k, {}).get("peak_gib", 0.0) for k in ("predict", "gradram"))
     per_sample = train["peak_gib"] - base if train["batch"] == 1 else None
     text = f"{key} e2e: batch {train['batch']} step peak {train['peak_gib']:.1f} GiB"
     if per_sample is not None and per_sample > 0:

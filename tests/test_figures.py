@@ -23,6 +23,7 @@ from brainage.data.atlases import build_resources, resource_paths
 from brainage.core.paths import saliency_file
 
 import _stats_fixtures as fx
+from conftest import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,7 +292,8 @@ def test_stats_rules_named_targets_and_report(data, tmp_path):
     )
 
     def smk(*args):
-        out = subprocess.run(["snakemake", "--cores", "2", *args], cwd=wf, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(["snakemake", "--cores", "2", *args], cwd=wf, capture_output=True, text=True, timeout=600,
+                             env=base_env())  # the base install's snakemake
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout + out.stderr
 

@@ -8,7 +8,6 @@ PPMI sources written here with nibabel and plain text.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from brainage.data import manifest
 from brainage.core.io import InputError
+from conftest import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 IXI = REPO / "tests" / "data" / "ixi"
@@ -443,7 +443,7 @@ def test_cli_rejects_bad_input_with_one_line_per_problem(tmp_path):
 
 
 def snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = base_env(PYTHONPATH=str(REPO / "src"))  # the base install's snakemake
     return subprocess.run(["snakemake", "--cores", "1", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)
 

@@ -85,7 +85,9 @@ def env_python(tmp_path_factory):
             venv.create(root, with_pip=True, system_site_packages=False, clear=True)
             python = root / "bin" / "python"
             subprocess.run(
-                [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                # --no-compile: the probe imports a few modules of torch's thousands; compiling
+                # them all to .pyc was a third of the install
+                [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
                  "-c", str(REPO / "requirements.lock"), *pip_packages(env_file)],
                 check=True, timeout=900,
             )
