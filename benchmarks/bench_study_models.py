@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import resource
 import subprocess
 import sys
@@ -238,7 +239,10 @@ def train_and_resume(model, kind: str, settings: dict, x_all, ages, batch: int, 
             times.append(sec)
             losses.append(loss)
     except RuntimeError as exc:  # the address-space cap: an allocation that does not fit
-        _emit({"phase": "train", "error": str(exc).splitlines()[0][:160], "peak_gib": _peak_gib(), "batch": batch})
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        error = (f"an allocation of {int(asked.group(1)) / 2**20:.0f} MiB refused at the {args.memory_gb:g} GiB cap "
+                 f"after {_peak_gib():.1f} GiB resident") if asked else str(exc).splitlines()[0][:160]
+        _emit({"phase": "train", "error": error, "peak_gib": _peak_gib(), "batch": batch})
         return
     steady = times[1:] or times
     _emit({"phase": "train", "s_per_sample": sum(steady) / len(steady) / batch, "first_step_s": times[0],
@@ -451,9 +455,9 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
     wanted = sorted({int(m["settings"]["batch_size"]) for m in models.values() if m["kind"] == kind})
     if "s_per_sample" not in train:
         why = train.get("error") or r.get("died", {}).get("message", "not run")
-        return (f"{key} {kind}: one sample's training step does not fit {budget_gb:g} GB ({why}); autograd saves "
-                f"up to {c['saved_bytes'] / 2**30:.0f} GiB per sample; study batches {wanted} need a GPU with "
-                f"that much memory per sample in the batch (bf16 halves the activations)")
+        return (f"{key} {kind}: one sample's training step does not fit this machine ({why}; a {budget_gb:g} GB "
+                f"test needs more than its {_ram_gib():.0f} GiB); autograd saves up to {c['saved_bytes'] / 2**30:.0f} GiB per "
+                f"sample by count; the study's batches {wanted} need a GPU (bf16 autocast about halves activations)")
     view_gib = 3 * 4 * math.prod(grid_dims(key)) / 2**30  # fp32, three copies of each view
     if kind == "rnc":
         derived = train.get("views_included") is False  # the e2e step's peak: one view's graph, no batch of views
@@ -474,6 +478,12 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
                  + ", ".join(f"{b} {'fits' if b <= reach else 'does not fit'}" for b in wanted)
                  + " (the end-to-end kind has no gradient cache: its batch is one graph)")
     return text
+
+
+def _ram_gib() -> float:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 def grid_dims(key: str) -> tuple[int, int, int]:

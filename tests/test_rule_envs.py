@@ -16,7 +16,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -76,22 +75,28 @@ def pip_packages(env_file: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def env_python(tmp_path_factory):
-    """env stem -> python of a fresh venv (no system site-packages) holding that env's packages."""
+    """env stem -> python of a fresh venv (no system site-packages) holding that env's packages.
+    All envs are built at the first call, side by side (pip mostly waits on unpacking)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     made: dict[str, Path] = {}
 
+    def create(env_file: Path) -> Path:
+        root = tmp_path_factory.mktemp(f"env-{env_file.stem}")
+        venv.create(root, with_pip=True, system_site_packages=False, clear=True)
+        python = root / "bin" / "python"
+        subprocess.run(
+            # --no-compile: the probe imports a handful of torch's thousands of modules
+            [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
+             "-c", str(REPO / "requirements.lock"), *pip_packages(env_file)],
+            check=True, timeout=900,
+        )
+        return python
+
     def build(env_file: Path) -> Path:
-        if env_file.stem not in made:
-            root = tmp_path_factory.mktemp(f"env-{env_file.stem}")
-            venv.create(root, with_pip=True, system_site_packages=False, clear=True)
-            python = root / "bin" / "python"
-            subprocess.run(
-                # --no-compile: the probe imports a few modules of torch's thousands; compiling
-                # them all to .pyc was a third of the install
-                [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
-                 "-c", str(REPO / "requirements.lock"), *pip_packages(env_file)],
-                check=True, timeout=900,
-            )
-            made[env_file.stem] = python
+        if not made:
+            with ThreadPoolExecutor(max_workers=len(ENVS)) as pool:
+                made.update(zip((e.stem for e in ENVS), pool.map(create, ENVS)))
         return made[env_file.stem]
 
     return build
