@@ -455,8 +455,8 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
     wanted = sorted({int(m["settings"]["batch_size"]) for m in models.values() if m["kind"] == kind})
     if "s_per_sample" not in train:
         why = train.get("error") or r.get("died", {}).get("message", "not run")
-        return (f"{key} {kind}: one sample's training step does not fit this machine ({why}; a {budget_gb:g} GB "
-                f"test needs more than its {_ram_gib():.0f} GiB); autograd saves up to {c['saved_bytes'] / 2**30:.0f} GiB per "
+        return (f"{key} {kind}: one sample's training step does not fit this machine ({why}; this machine's "
+                f"{_ram_gib():.1f} GiB cannot test {budget_gb:g} GB); autograd saves up to {c['saved_bytes'] / 2**30:.0f} GiB per "
                 f"sample by count; the study's batches {wanted} need a GPU (bf16 autocast about halves activations)")
     view_gib = 3 * 4 * math.prod(grid_dims(key)) / 2**30  # fp32, three copies of each view
     if kind == "rnc":
