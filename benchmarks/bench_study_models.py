@@ -18,15 +18,19 @@ Two parts.
    ``grad_ram``) on simulated heads (the simulator's subjects rendered on the 1 mm template grid,
    ``brainage.data.simulate.cohort.render_template_subject``; 2 mm by ``downsample_from_1mm``),
    in this order (the resident peak ``ru_maxrss`` only grows, so each phase's peak is its own):
-   a prediction (eval, no graph), a Grad-RAM map, the linear head (features of the frozen
-   encoder, then the study's head optimiser on them), ``--steps`` optimisation steps
+   a prediction (eval, no graph), a Grad-RAM map, for RNC models the linear head (features of
+   the frozen encoder, then the study's head optimiser on them), ``--steps`` optimisation steps
    (end-to-end: batch 1, the study's optimiser; RNC: ``--rnc-steps`` steps of ``--rnc-subjects``
    subjects = 2x views through the gradient cache, one view per chunk), then a checkpoint written and resumed into a
    fresh model and optimiser (weights and optimiser state compared tensor for tensor).
 
-From the measured RNC step the batch size the gradient cache reaches in ``--memory-gb`` is
-derived: the chunk's graph stays one view whatever the batch, and each subject adds its two
-views three times (the loader's batch, its augmented copy, the concatenated views).
+An RNC model on a grid finer than ``--rnc-grid`` (1 mm: an hour per step on 2 cores) is not run
+but derived from its network's end-to-end step: each view costs one forward without a graph and
+one forward + backward of a one-view chunk, whose peak is that step's.
+
+From the RNC step the batch size the gradient cache reaches in ``--budget-gb`` is derived: the
+chunk's graph stays one view whatever the batch, and each subject adds its two views three
+times (the loader's batch, its augmented copy, the concatenated views).
 ``--study-batches`` runs the study's own batch sizes instead (RNC 24 and 48, end-to-end 4 and 8;
 hours on a CPU, minutes on a GPU).
 
@@ -182,15 +186,16 @@ def child(args: argparse.Namespace) -> None:
            "in_unit_range": bool(float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0)})
 
     if kind == "rnc":
-        linear_head(model, x_all, ages, settings["head"], need, timed)
+        linear_head(model, x_all, ages, settings["head"], timed)
     train_and_resume(model, kind, settings, x_all, ages, batch, job, args, timed)
 
 
-def linear_head(model, x_all, ages, head_cfg: dict, need: int, timed) -> None:
+def linear_head(model, x_all, ages, head_cfg: dict, timed) -> None:
     """The RNC model's linear head: features of the frozen encoder once, then the study's head
     optimiser on them."""
     import torch
 
+    need = len(x_all)
     with torch.no_grad():
         feats, sec = timed(lambda: torch.cat([model.features(x_all[i:i + 1]) for i in range(need)]))
     head = torch.nn.Linear(feats.shape[1], 1)
@@ -275,7 +280,7 @@ def train_and_resume(model, kind: str, settings: dict, x_all, ages, batch: int, 
            "peak_gib": _peak_gib()})
 
 
-def measure(key: str, job: dict, args: argparse.Namespace) -> dict:
+def measure(job: dict, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(job), "--memory-gb", str(args.memory_gb),
            "--threads", str(args.threads), "--steps", str(args.rnc_steps if job["kind"] == "rnc" else args.steps)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -400,7 +405,7 @@ def main() -> None:
             if args.reuse and cache.exists():
                 r = json.loads(cache.read_text())
             else:
-                r = measure(key, job, args)
+                r = measure(job, args)
                 cache.write_text(json.dumps(r))
             measured[(key, kind)] = r
             print(row(key, kind, batch, job["chunk"], r) + f"  [{time.perf_counter() - t1:.0f} s]", flush=True)
@@ -450,7 +455,6 @@ def row(key: str, kind: str, batch: int, chunk, r: dict) -> str:
 
 
 def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: float) -> str:
-    budget = budget_gb  # GiB: the cap is budget_gb * 2**30 bytes
     train = r.get("train", {})
     wanted = sorted({int(m["settings"]["batch_size"]) for m in models.values() if m["kind"] == kind})
     if "s_per_sample" not in train:
@@ -462,7 +466,7 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
     if kind == "rnc":
         derived = train.get("views_included") is False  # the e2e step's peak: one view's graph, no batch of views
         fixed = train["peak_gib"] - (0.0 if derived else 2 * train["batch"] * view_gib)
-        reach = int((budget - fixed) // (2 * view_gib))
+        reach = int((budget_gb - fixed) // (2 * view_gib))
         source = "derived from the e2e step: one view's graph" if derived else f"measured at {train['batch']} subjects"
         return (f"{key} rnc: gradient cache (chunk 1 view) peak {train['peak_gib']:.1f} GiB ({source}); "
                 f"{fixed:.1f} GiB do not grow with the batch, each subject adds {2 * view_gib:.2f}: batch <= {reach} "
@@ -473,7 +477,7 @@ def fits_line(key: str, kind: str, r: dict, models: dict, c: dict, budget_gb: fl
     per_sample = train["peak_gib"] - base if train["batch"] == 1 else None
     text = f"{key} e2e: batch {train['batch']} step peak {train['peak_gib']:.1f} GiB"
     if per_sample is not None and per_sample > 0:
-        reach = int((budget - base) // per_sample)
+        reach = int((budget_gb - base) // per_sample)
         text += (f"; about {per_sample:.1f} GiB more per sample in the batch: batch <= {reach} fits; the study's "
                  + ", ".join(f"{b} {'fits' if b <= reach else 'does not fit'}" for b in wanted)
                  + " (the end-to-end kind has no gradient cache: its batch is one graph)")

