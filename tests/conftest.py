@@ -32,6 +32,32 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+#: at most this many xdist workers (``-n auto``, pyproject addopts): each runs pipelines with
+#: torch, ANTs and deepbet at 2-4 GiB, and the tiny run and its SLURM run (one unit) bound the
+#: wall time anyway. One process kept 0.95 of CI's 2 cores busy on average (2026-12-07).
+MAX_WORKERS = 4
+#: the longest work units, started first: seconds in CI (pytest --durations=0, one process, 2026-12-07)
+#: 572 (the tiny run 190, its SLURM run 377), 144, 129, 111, 97, 96, 71, 52, 45, 40, 37
+LONGEST_FIRST = ("tests/integration/test_slurm.py", "tests/test_real_cohort.py", "tests/test_rule_envs.py",
+                 "tests/test_faults.py", "tests/test_batches.py", "tests/test_preprocess.py", "tests/test_simulate.py",
+                 "tests/test_readme_commands.py", "tests/test_rerun.py", "tests/test_manifest.py",
+                 "tests/test_predict_batch.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first. Under xdist (pyproject addopts: ``--dist loadfile``) a module is
+    one unit of work, so its fixtures are made once; a free worker takes the next unit in this
+    order (``--no-loadscope-reorder``), so the long ones must not be left to the end. The
+    session's tiny run is made once for all workers (``tiny_run``)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist does not know it
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
@@ -146,17 +172,42 @@ def planned_jobs(work: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
 def tiny_run(tmp_path_factory) -> Path:
     """Working directory of a completed run of the whole tiny pipeline (read-only: copy it).
 
-    ``BRAINAGE_TINY_RUN=<dir>`` reuses a run made earlier by this fixture (or by
-    ``make_workdir`` + ``snakemake --cores 2``), to iterate on tests without paying for the run.
+    Made once per test session, whatever the number of xdist workers: the first worker to ask
+    makes it under a lock in the folder all workers share, the others wait and reuse it (a
+    failed run is reported to each of them, not made again). ``BRAINAGE_TINY_RUN=<dir>`` reuses
+    a run made earlier by this fixture (or by ``make_workdir`` + ``snakemake --cores 2``), to
+    iterate on tests without paying for the run.
     """
-    import subprocess
+    from filelock import FileLock
 
     reuse = os.environ.get("BRAINAGE_TINY_RUN")
     if reuse:
         return Path(reuse)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # <basetemp>/popen-gw<N>: the session's folder is above
+        shared = shared.parent
+    work, failed = shared / "tiny_run", shared / "tiny_run.failed"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if failed.is_file():
+            pytest.fail(failed.read_text(), pytrace=False)
+        if not (work / ".complete").is_file():
+            try:
+                _make_tiny_run(work)
+            except AssertionError as err:
+                failed.write_text(str(err))
+                raise
+            (work / ".complete").touch()
+    return work
+
+
+def _make_tiny_run(work: Path) -> None:
+    import shutil
+    import subprocess
+
     import readme
 
-    work = make_workdir(tmp_path_factory.mktemp("tiny_run"), tiny_run_config())
+    shutil.rmtree(work, ignore_errors=True)
+    make_workdir(work, tiny_run_config())
     # simulate the QC failure's scan and spoil it, then the README's `snakemake --cores all` as
     # written, from the base install, in the working directory
     first = subprocess.run(snakemake_cmd(work, "--cores", "2", QC_FAILURE_T1W), capture_output=True, text=True,
@@ -167,7 +218,6 @@ def tiny_run(tmp_path_factory) -> Path:
     out = run_line(readme.run_command(), work, timeout=1800)
     (work / "snakemake.log").write_text(first.stdout + first.stderr + out.stdout + out.stderr)
     assert out.returncode == 0, f"tiny pipeline failed in {work}:\n{(out.stdout + out.stderr)[-6000:]}"
-    return work
 
 
 #: the subject of the tiny run whose scan is spoiled so that it fails QC (one AD more is simulated
