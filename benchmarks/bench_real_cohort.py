@@ -2,7 +2,7 @@
 
     python benchmarks/bench_real_cohort.py --data ../shared/data/ixi_dev [--grid 4] [--folds 5]
         [--repeats 1] [--workdir /tmp/bench_real_cohort] [--models classical,resnet18_e2e,...]
-        [--demo-models DIR] [--pretrained DIR] [--cores 2] [--reuse]
+        [--demo-models DIR] [--pretrained DIR] [--synth-pretrained DIR] [--cores 2] [--reuse]
 
 Runs the pipeline itself (this repository's Snakefile, ``config/ixi.yaml`` layered over
 ``config/defaults.yaml``, ``training.splits.scheme: kfold``) on the IXI-style folder ``--data`` (scans and a
@@ -21,6 +21,9 @@ simulated cohort); each is applied to every real subject (the simulation-to-real
 ``--pretrained DIR``: a trained RNC model (e.g. a demo run's ``results/models/rnc_resnet18``,
 pretrained on simulated heads): adds ``<rnc>_sim`` (its encoder frozen, a new linear head on
 each real fold) and ``<rnc>_simft`` (fine-tuned on each real fold) beside the real-only model.
+``--synth-pretrained DIR``: the ``results/models`` of a ``config/pretrain_synth.yaml`` run (SFCNs
+pretrained on simulated heads, with SynthSeg-style random contrast and without): adds them
+fine-tuned on each real fold, and frozen (see :func:`bench_models`).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ BASE = {
 }
 
 
-def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]:
+def bench_models(grid: float, pretrained: Path | None = None, synth: Path | None = None) -> dict[str, dict]:
     """The baselines (:data:`BASE`), the levers measured beside them, and config/ixi.yaml's models,
     on ``grid``:
 
@@ -75,7 +78,15 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
       deleted first (its outputs under results/predictions and results/models);
     - with ``pretrained`` (a trained RNC model's folder), the RNC model started from it: its
       encoder as is with a new linear head (``<rnc>_sim``), and fine-tuned on the real folds as
-      long as the real-only model trains, at a tenth of its learning rate (``<rnc>_simft``).
+      long as the real-only model trains, at a tenth of its learning rate (``<rnc>_simft``);
+    - ``sfcn_synth``: the SFCN with SynthSeg-style random contrast on the real folds
+      (``augment: {synth: 0.8}``, no pretraining);
+    - with ``synth`` (the ``results/models`` folder of a ``config/pretrain_synth.yaml`` run: SFCNs
+      pretrained on simulated heads with and without the random contrast, and on tissue maps),
+      each fine-tuned on the real folds as long as the real-only model trains at 0.3x its learning
+      rate (``sfcn_simft``, ``sfcn_synthft``, ``sfcn_tissue_simft``); the random-contrast
+      encoder frozen with a Gaussian-process head on its features (``sfcn_synth_frozen``); and
+      ``stack_synth``, the classical model with the pretrained networks.
     """
     models = copy.deepcopy(BASE)
     e2e, rnc, classical = "resnet18_e2e", "rnc_resnet18", "brainager"
@@ -117,6 +128,18 @@ def bench_models(grid: float, pretrained: Path | None = None) -> dict[str, dict]
             sys.exit(f"bench_real_cohort: config/ixi.yaml's {name} differs from the benchmark's entry of that name; "
                      f"rename one (a reused workdir would mix their folds)")
         models[name] = entry  # what the shipped config trains is measured too
+    models["sfcn_synth"] = {**models["sfcn"], "augment": {**_AUG, "synth": 0.8}}
+    if synth is not None:
+        source = Path(synth).resolve()
+        tune = {"optimiser": {"lr": 3e-4}}
+        models["sfcn_simft"] = {**models["sfcn"], "init_from": str(source / "sfcn"), **tune}
+        models["sfcn_synthft"] = {**models["sfcn"], "init_from": str(source / "sfcn_synth"), **tune}
+        models["sfcn_tissue_simft"] = {**models["sfcn_tissue"], "init_from": str(source / "sfcn_tissue"), **tune}
+        models["sfcn_synth_frozen"] = {**{k: v for k, v in models["sfcn"].items() if k not in ("patience",)},
+                                       "loss": "rnc", "epochs": 0, "augment": False,
+                                       "head": {"type": "kernel"}, "init_from": str(source / "sfcn_synth")}
+        models["stack_synth"] = {"backbone": "stack", "grid": grid,
+                                 "members": [classical, "sfcn_synthft", "sfcn_tissue_simft"]}
     if pretrained is not None:
         source = str(Path(pretrained).resolve())
         models[f"{rnc}_sim"] = {**models[rnc], "epochs": 0, "init_from": source}
@@ -296,6 +319,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrained", type=Path,
                         help="a trained RNC model's folder (e.g. a demo run's results/models/rnc_resnet18): "
                              "adds the RNC model started from it (config models.<name>.init_from)")
+    parser.add_argument("--synth-pretrained", type=Path,
+                        help="results/models of a config/pretrain_synth.yaml run: adds the SFCNs fine-tuned from "
+                             "its simulated-cohort models (with and without SynthSeg-style contrast)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--reuse", action="store_true",
                         help="rerun only missing or older outputs (keeps preprocessing made by an earlier code version)")
@@ -303,7 +329,7 @@ def main(argv=None) -> None:
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    models = bench_models(args.grid, args.pretrained)
+    models = bench_models(args.grid, args.pretrained, args.synth_pretrained)
     if args.models:
         wanted = args.models.split(",")
         unknown = sorted(set(wanted) - set(models))

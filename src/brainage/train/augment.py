@@ -8,6 +8,9 @@ Each transform is applied with probability ``p`` (0.5 in the study), independent
   back to the full grid (trilinear);
 - Gaussian noise: mean 0, sd 0.025 (on intensities normalised to ~[0, 1], see brainage.data.cache).
 
+Beyond the study: ``synth`` (default 0, off), a SynthSeg-style random contrast drawn before the
+spatial transforms (:mod:`brainage.train.synth`).
+
 The study's transforms are MONAI's (``Affine``, ``Rotate``, ``SpatialCrop``, ``Resize``). Applied
 one after the other (``folded=False``, the baseline), each spatial transform resamples the
 volume: three interpolations, three passes over memory, and blur accumulating. With
@@ -45,6 +48,8 @@ import torch.nn.functional as F
 from monai.transforms import Affine, Compose, Resize, Rotate, SpatialCrop
 from monai.transforms.utils import create_rotate
 
+from brainage.train.synth import synthesize
+
 __all__ = [
     "AugmentConfig", "AugmentParams", "sample_params", "spatial_transforms", "voxel_matrix", "resample_affine",
     "augment_volume", "augment_batch",
@@ -60,6 +65,12 @@ class AugmentConfig:
     rotate_rad: tuple[float, float] = (0.1, 0.5)
     noise_sd: float = 0.025
     crop_min_scale: float = 0.7
+    #: SynthSeg-style random contrast (brainage.train.synth): the probability that a view is
+    #: synthesised (0: never, the study's augmentation), and its blur, bias and noise ranges
+    synth: float = 0.0
+    synth_blur_vox: float = 1.0
+    synth_bias_sd: float = 0.3
+    synth_noise_sd: float = 0.05
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AugmentConfig":
@@ -77,6 +88,7 @@ class AugmentParams:
     rotate: tuple[float, float, float] | None
     crop: tuple[tuple[int, int, int], tuple[int, int, int]] | None  # (start, end), end exclusive
     noise_seed: int | None
+    synth_seed: int | None = None
 
 
 def sample_params(cfg: AugmentConfig, shape: tuple[int, int, int], rng: np.random.Generator) -> AugmentParams:
@@ -93,7 +105,10 @@ def sample_params(cfg: AugmentConfig, shape: tuple[int, int, int], rng: np.rando
         starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, sizes)]
         crop = (tuple(starts), tuple(st + s for st, s in zip(starts, sizes)))
     noise_seed = int(rng.integers(2**31 - 1)) if apply[3] else None
-    return AugmentParams(translate, rotate, crop, noise_seed)  # type: ignore[arg-type]
+    synth_seed = None
+    if cfg.synth > 0 and rng.random() < cfg.synth:  # drawn last: synth 0 leaves every other draw as it was
+        synth_seed = int(rng.integers(2**31 - 1))
+    return AugmentParams(translate, rotate, crop, noise_seed, synth_seed)  # type: ignore[arg-type]
 
 
 def spatial_transforms(params: AugmentParams, shape: tuple[int, int, int]) -> list:
@@ -191,6 +206,8 @@ def augment_volume(
     ``folded=True`` resamples once (:func:`voxel_matrix`, :func:`resample_affine`);
     ``folded=False`` applies MONAI's transforms one after the other (the study's way, the baseline).
     """
+    if params.synth_seed is not None:  # a new contrast first, then the study's transforms on it
+        volume = synthesize(volume, params.synth_seed, cfg.synth_blur_vox, cfg.synth_bias_sd, cfg.synth_noise_sd)
     shape = tuple(volume.shape[1:])
     out = volume
     if folded:
