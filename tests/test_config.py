@@ -58,7 +58,8 @@ def as_snakemake_layers(*configfiles: str) -> dict:
 
 
 def test_resolved_config_layers_as_snakemake_does():
-    for files in [("config.yaml",), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml")]:
+    for files in [("config.yaml",), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml"),
+                  ("config.yaml", "pretrain_synth.yaml")]:
         assert resolved_config([CONFIG / f for f in files], REPO) == as_snakemake_layers(*files), files
     assert demo() == as_snakemake_layers("config.yaml")  # no --configfile: the demo
 
@@ -76,7 +77,8 @@ def test_every_section_keeps_the_key_order_of_the_defaults():
         return found
 
     expected = {path: keys for path, keys in orders(defaults).items() if path}
-    for files in [(), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml")]:
+    for files in [(), ("paper.yaml",), ("ixi.yaml",), ("config.yaml", "pretrain_sim.yaml"),
+                  ("config.yaml", "pretrain_synth.yaml")]:
         config = as_snakemake_layers(*files) if files else demo()
         assert {path: keys for path, keys in orders(config).items() if path} == expected, files
 
@@ -165,6 +167,27 @@ def test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model():
     assert source_mismatch(ixi, card) is None
     assert source_mismatch({**ixi, "width": 0.5}, card) == "width 0.5 here, 0.25 in the source"
     assert Architecture.of(encoder) == Architecture.of(ixi)
+
+
+def test_synth_pretraining_config_is_valid_and_fits_the_ixi_sfcns():
+    """config/pretrain_synth.yaml layered as its comment says: valid, healthy controls only, one
+    model with the random contrast continuing from the plain one, and each usable by the SFCN of
+    config/ixi.yaml with the same inputs through init_from (a fine-tuned end-to-end model)."""
+    from brainage.models.spec import source_mismatch
+
+    config = as_snakemake_layers("config.yaml", "pretrain_synth.yaml")
+    check_config(config, SCHEMA)
+    models = config["models"]
+    assert config["cohort"]["simulate"]["n_ad"] == config["cohort"]["simulate"]["n_pd"] == 0
+    assert models["sfcn_synth"]["augment"]["synth"] > 0 and not models["sfcn"]["augment"].get("synth")
+    assert models["sfcn_synth"]["init_from"] == "results/models/sfcn"
+    ixi = _yaml(CONFIG / "ixi.yaml")["models"]["sfcn_tissue"]
+    for name, entry in models.items():
+        card = {"kind": "e2e", "architecture": entry, "grid_res": entry["grid"]}
+        target = {**ixi, "inputs": entry.get("inputs", "intensity")}
+        assert source_mismatch(target, card) is None, name
+    card = {"kind": "e2e", "architecture": models["sfcn"], "grid_res": 4}
+    assert source_mismatch(ixi, card) == "inputs tissue here, intensity in the source"
 
 
 def test_the_last_files_models_replace_an_earlier_files_whole():
