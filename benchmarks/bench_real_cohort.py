@@ -71,7 +71,7 @@ def bench_models(grid: float, pretrained: Path | None = None, synth: Path | None
     - ``sfcn_seeds``, ``sfcn_tissue_seeds``: the SFCN under three seeds, averaged (``combine: mean``);
     - stacks (``backbone: stack``, weights on out-of-fold predictions of the training folds):
       ``stack_nets`` (the networks only: SFCN, end-to-end ResNet18, RNC + kernel head),
-      ``stack_e2e`` and ``stack_sfcn`` (classical + one network), ``stack_all`` (classical +
+      ``stack_e2e``, ``stack_sfcn`` and ``stack_sfcn_tissue`` (classical + one network), ``stack_all`` (classical +
       those networks), ``stack_tissue`` (classical + the tissue-map networks), ``stack_seeds``
       (classical + the SFCN seed ensemble) and ``stack_best`` (classical + both seed ensembles +
       the tissue-map ResNet18). With ``--reuse`` (mtime triggers) a stack whose members changed must be
@@ -116,6 +116,7 @@ def bench_models(grid: float, pretrained: Path | None = None, synth: Path | None
     models["stack_e2e"] = {"backbone": "stack", "grid": grid, "members": [classical, e2e]}
     models["stack_all"] = {"backbone": "stack", "grid": grid, "members": [classical, *nets]}
     models["stack_sfcn"] = {"backbone": "stack", "grid": grid, "members": [classical, "sfcn"]}
+    models["stack_sfcn_tissue"] = {"backbone": "stack", "grid": grid, "members": [classical, "sfcn_tissue"]}
     # the tissue-map networks with the classical model (which reads the same maps)
     models["stack_tissue"] = {"backbone": "stack", "grid": grid,
                               "members": [classical, "sfcn_tissue", f"{e2e}_tissue"]}
@@ -138,8 +139,15 @@ def bench_models(grid: float, pretrained: Path | None = None, synth: Path | None
         models["sfcn_synth_frozen"] = {**{k: v for k, v in models["sfcn"].items() if k not in ("patience",)},
                                        "loss": "rnc", "epochs": 0, "augment": False,
                                        "head": {"type": "kernel"}, "init_from": str(source / "sfcn_synth")}
+        # the tissue-map SFCN trained on simulated heads only, frozen: a linear or a GP head on its features
+        for head in ("linear", "kernel"):
+            models[f"sfcn_tissue_frozen_{head}"] = {**models["sfcn_synth_frozen"], "inputs": "tissue",
+                                                   "head": {"type": head, "epochs": 40, "select": "last"},
+                                                   "init_from": str(source / "sfcn_tissue")}
         models["stack_synth"] = {"backbone": "stack", "grid": grid,
                                  "members": [classical, "sfcn_synthft", "sfcn_tissue_simft"]}
+        models["stack_frozen"] = {"backbone": "stack", "grid": grid,
+                                  "members": [classical, "sfcn_tissue_frozen_linear", "sfcn_tissue_seeds"]}
     if pretrained is not None:
         source = str(Path(pretrained).resolve())
         models[f"{rnc}_sim"] = {**models[rnc], "epochs": 0, "init_from": source}
@@ -152,9 +160,12 @@ def bench_models(grid: float, pretrained: Path | None = None, synth: Path | None
 
 def with_members(models: dict, wanted: list[str]) -> dict:
     """``wanted`` models and every stack member they need, in the benchmark's order."""
-    need = set(wanted)
-    for name in wanted:
-        need |= set(models[name].get("members") or [])
+    need, todo = set(), list(wanted)
+    while todo:  # a stack's members may be stacks
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo += list(models[name].get("members") or [])
     return {name: entry for name, entry in models.items() if name in need}
 
 

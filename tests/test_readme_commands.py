@@ -90,6 +90,10 @@ COVERAGE = {
     "cohort='{source: manifest, manifest: participants.tsv}'":
         "not run: the study on a GPU cluster; its parts are run above (--profile slurm on the tiny config, "
         "a manifest cohort in tests/test_real_cohort.py)",
+    "snakemake --configfile $PWD/config/config.yaml $PWD/config/pretrain_synth.yaml -d DIR --cores all train_all":
+        "not run: it simulates and preprocesses 300 heads and trains three SFCNs (half an hour); "
+        "tests/test_config.py::test_synth_pretraining_config_is_valid_and_fits_the_ixi_sfcns checks the layers "
+        "as Snakemake reads them, tests/test_synth.py the random contrast",
     "snakemake --configfile $PWD/config/config.yaml $PWD/config/pretrain_sim.yaml -d DIR --cores all train_all":
         "not run: it trains the demo's models on a larger simulated cohort (an hour); "
         "tests/test_config.py::test_pretraining_config_is_valid_and_its_encoder_fits_the_ixi_rnc_model checks "
