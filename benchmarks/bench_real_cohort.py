@@ -252,7 +252,9 @@ def baseline_row(work: Path) -> dict:
     base = mean_age_baseline(work)
     folds = pd.DataFrame([{"mae": mean_absolute_error(g["age"], g["pred"])[0], "r2": r_squared(g["age"], g["pred"])}
                           for _, g in base.groupby("fold")])
-    return summary_row("mean_age", base.rename(columns={"pred": "predicted_age"}), folds, 0.0)
+    # pooled as the models' out-of-fold predictions are: one row per subject, its repeats averaged
+    pooled = base.groupby("participant_id").agg(age=("age", "first"), predicted_age=("pred", "mean"))
+    return summary_row("mean_age", pooled, folds, 0.0)
 
 
 def demo_rows(work: Path, demo_models: Path, grid: float) -> list[dict]:
