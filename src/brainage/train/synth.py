@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from brainage.data.cache import INTENSITY_NORMALISATION
+from brainage.data.cache import intensity_scale
 from brainage.models.networks import TissueInput
 
 __all__ = ["synthesize", "gaussian_blur"]
@@ -71,6 +71,9 @@ def synthesize(volume: torch.Tensor, seed: int, blur_vox: float = 1.0, bias_sd: 
     """One random-contrast image of ``volume`` (1, D, H, W), brain > 0 and scaled ~[0, 1]:
     (1, D, H, W) float32 on its device; the same ``seed`` gives the same image."""
     x = volume.float()
+    brain = x[0] > 0
+    if not bool(brain.any()):
+        return x
     shape = tuple(x.shape[1:])
     gen = torch.Generator().manual_seed(int(seed))
     means = 0.1 + 0.9 * torch.rand(3, generator=gen)
@@ -83,15 +86,9 @@ def synthesize(volume: torch.Tensor, seed: int, blur_vox: float = 1.0, bias_sd: 
     white = torch.randn(shape, generator=gen)
     device = x.device
     p = _TISSUES(x[None].cpu())[0].to(device)  # (3, D, H, W) CSF, GM, WM
-    tissue = (means + texture * fields.permute(1, 2, 3, 0)).permute(3, 0, 1, 2).to(device)
+    tissue = (means[:, None, None, None] + texture[:, None, None, None] * fields).to(device)
     image = gaussian_blur((p * tissue).sum(0), tuple(blur))
     field = F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0, 0].to(device)
     image = image * torch.exp(bias * field) + noise * white.to(device)
-    brain = x[0] > 0
     image = torch.where(brain, image.clamp_min(0), torch.zeros((), device=device))
-    inside = image[brain]
-    if inside.numel() == 0:
-        return x
-    q = INTENSITY_NORMALISATION["percentile"] / 100.0
-    scale = torch.quantile(inside.double().cpu(), q).float().clamp_min(1e-6).to(device)
-    return (image / scale)[None]
+    return (image / intensity_scale(image.cpu().numpy()))[None]  # the cache's own scaling
